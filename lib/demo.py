@@ -1,0 +1,90 @@
+"""A small real dataset for a fresh offline machine, built from images installed packages ship.
+
+scikit-image ships a retina fundus photograph, an IHC histology slide, a microscopy
+cell image, a Shepp-Logan CT phantom and everyday photographs; pydicom ships CT and MR
+test files. Each medical image also yields a few crops so neighbourhoods have members.
+Class folders become labels: fundus, histology, microscopy, ct, mr, photo.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import config
+from . import dataset as ds_mod
+
+MEDICAL = {
+    "fundus": ["retina.jpg", "microaneurysms.png"],
+    "histology": ["ihc.png"],
+    "microscopy": ["cell.png"],
+    "ct": ["phantom.png"],
+}
+PHOTOS = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "hubble_deep_field.jpg", "camera.png",
+          "brick.png", "grass.png", "gravel.png", "horse.png", "coins.png", "moon.png", "motorcycle_left.png"]
+DICOMS = {"ct": ["CT_small.dcm", "liver_1frame.dcm"], "mr": ["MR_small.dcm", "MR_small_bigendian.dcm",
+                                                            "MR_small_expb.dcm"]}
+
+
+def _crops(img: Image.Image, n: int = 4) -> list[Image.Image]:
+    """Four overlapping corner crops (60% of each side): near neighbours of the original."""
+    w, h = img.size
+    cw, ch = int(w * 0.6), int(h * 0.6)
+    return [img.crop((x, y, x + cw, y + ch)) for x, y in ((0, 0), (w - cw, 0), (0, h - ch), (w - cw, h - ch))][:n]
+
+
+def source_folder() -> Path:
+    return config.home() / "demo_src"
+
+
+def write_sources(out: Path | None = None) -> Path:
+    """Write the demo images as files under ``out`` (default ``<home>/demo_src``)."""
+    import pydicom.data
+    import skimage
+
+    out = out or source_folder()
+    if out.exists():
+        shutil.rmtree(out)
+    sk = Path(skimage.__file__).parent / "data"
+    for label, names in MEDICAL.items():
+        d = config.ensure(out / label)
+        for name in names:
+            img = Image.open(sk / name).convert("RGB")
+            stem = Path(name).stem
+            img.save(d / f"{stem}.png")
+            for i, crop in enumerate(_crops(img)):
+                crop.save(d / f"{stem}_crop{i}.png")
+    d = config.ensure(out / "photo")
+    for name in PHOTOS:
+        Image.open(sk / name).convert("RGB").save(d / f"{Path(name).stem}.png")
+    for label, names in DICOMS.items():
+        d = config.ensure(out / label)
+        for name in names:
+            shutil.copy(pydicom.data.get_testdata_file(name), d / name)
+    # A flipped copy per DICOM keeps each modality's neighbourhood non-trivial.
+    from .images import open_image
+
+    for label in DICOMS:
+        for f in sorted((out / label).glob("*.dcm")):
+            arr = np.asarray(open_image(f))
+            Image.fromarray(arr[:, ::-1].copy()).save(f.with_name(f.stem + "_flip.png"))
+    return out
+
+
+def build(name: str = "demo", *, embed: bool = True) -> ds_mod.IngestReport:
+    """Write the sources, ingest them as dataset ``name`` and embed it with ``color``."""
+    report = ds_mod.ingest(write_sources(), name)
+    if embed:
+        from .embeddings import embed as run_embed
+
+        run_embed(name, "color")
+    return report
+
+
+def ensure_demo(name: str = "demo") -> None:
+    """Build the demo dataset once, if the data home has no dataset at all."""
+    if not ds_mod.list_names():
+        build(name)

@@ -1,0 +1,405 @@
+"""The content-addressed embedding cache and the ``embed`` job that fills it.
+
+Layout, under ``<home>/cache/emb/<fingerprint[:24]>/``::
+
+    model.json                      what the fingerprint stands for (spec, weights hash, preprocessing)
+    shards/<name>.vec.npy           float16 (n, dim) vectors
+    shards/<name>.ids.npy           the n content ids (sha256 hex, |S64)
+    shards/<name>.json              commit record: n, dim, dtype, sha256 of both files
+
+A shard exists only once its commit record does; every file is written to a temp name
+and renamed, so a killed run never leaves a half-written shard that is read. Vectors
+are keyed by content id, not by dataset, so an image in two datasets is embedded once
+per model. Shard names derive from their ids, so a resumed run writes exactly the
+shards an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import config
+from .errors import ImageError, WorkbenchError
+
+DTYPE = np.float16
+ID_DTYPE = "S64"
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_save_npy(arr: np.ndarray, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------ the store
+
+
+class EmbeddingStore:
+    """All vectors of one model fingerprint, across every dataset."""
+
+    def __init__(self, fingerprint: str, root: Path | None = None):
+        self.fingerprint = fingerprint
+        self.dir = (root or config.cache_dir() / "emb") / fingerprint[:24]
+        self.shard_dir = self.dir / "shards"
+        self._ids: np.ndarray | None = None
+        self._locs: np.ndarray | None = None
+        self._shards: list[str] | None = None
+
+    # -- writing
+
+    def write_info(self, info: dict) -> None:
+        config.ensure(self.dir)
+        path = self.dir / "model.json"
+        if not path.exists():
+            _atomic_write_text(json.dumps({"fingerprint": self.fingerprint, **info}, indent=2, default=str), path)
+
+    def write_shard(self, ids: Sequence[str], vectors: np.ndarray) -> str:
+        """Commit one shard: vectors (n, dim) float, ids (n,) content ids. Returns its name."""
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+        config.ensure(self.shard_dir)
+        name = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:24]
+        vec_path, ids_path = self.shard_dir / f"{name}.vec.npy", self.shard_dir / f"{name}.ids.npy"
+        _atomic_save_npy(np.asarray(vectors, dtype=DTYPE), vec_path)
+        _atomic_save_npy(np.asarray(ids, dtype=ID_DTYPE), ids_path)
+        record = {"n": len(ids), "dim": int(vectors.shape[1]), "dtype": np.dtype(DTYPE).name,
+                  "vec_sha256": _sha256_file(vec_path), "ids_sha256": _sha256_file(ids_path),
+                  "created": time.time()}
+        _atomic_write_text(json.dumps(record), self.shard_dir / f"{name}.json")
+        self._ids = self._locs = self._shards = None
+        return name
+
+    # -- reading
+
+    def shard_names(self) -> list[str]:
+        if not self.shard_dir.exists():
+            return []
+        return sorted(p.name[:-5] for p in self.shard_dir.glob("*.json"))
+
+    def verify(self) -> list[str]:
+        """Check every shard's checksums; move corrupt ones aside. Returns their names."""
+        bad = []
+        for name in self.shard_names():
+            rec_path = self.shard_dir / f"{name}.json"
+            try:
+                rec = json.loads(rec_path.read_text())
+                ok = (_sha256_file(self.shard_dir / f"{name}.vec.npy") == rec["vec_sha256"]
+                      and _sha256_file(self.shard_dir / f"{name}.ids.npy") == rec["ids_sha256"])
+            except (OSError, ValueError, KeyError):
+                ok = False
+            if not ok:
+                bad.append(name)
+                quarantine = config.ensure(self.dir / "corrupt")
+                for suffix in (".json", ".vec.npy", ".ids.npy"):
+                    src = self.shard_dir / f"{name}{suffix}"
+                    if src.exists():
+                        shutil.move(src, quarantine / f"{name}{suffix}")
+        if bad:
+            self._ids = self._locs = self._shards = None
+        return bad
+
+    def _load_catalog(self) -> None:
+        if self._ids is not None:
+            return
+        names, ids, locs = self.shard_names(), [], []
+        for si, name in enumerate(names):
+            arr = np.load(self.shard_dir / f"{name}.ids.npy")
+            ids.append(arr)
+            locs.append(np.stack([np.full(len(arr), si, np.int32), np.arange(len(arr), dtype=np.int32)], 1))
+        self._shards = names
+        self._ids = np.concatenate(ids) if ids else np.zeros(0, ID_DTYPE)
+        self._locs = np.concatenate(locs) if locs else np.zeros((0, 2), np.int32)
+
+    def ids(self) -> np.ndarray:
+        """Every cached content id, (n,) |S64."""
+        self._load_catalog()
+        return self._ids
+
+    def __len__(self) -> int:
+        return len(self.ids())
+
+    def missing(self, content_ids: Sequence[str]) -> list[str]:
+        """The ids (unique, in order) that have no vector yet."""
+        import pandas as pd
+
+        uniq = list(dict.fromkeys(content_ids))
+        have = pd.Index(self.ids())
+        pos = have.get_indexer(np.asarray(uniq, dtype=ID_DTYPE)) if len(have) else np.full(len(uniq), -1)
+        return [u for u, p in zip(uniq, pos, strict=True) if p < 0]
+
+    def open(self, content_ids: Sequence[str]) -> DatasetEmbeddings:
+        """Memory-mapped view of the vectors of ``content_ids`` (in that order)."""
+        import pandas as pd
+
+        self._load_catalog()
+        pos = pd.Index(self._ids).get_indexer(np.asarray(content_ids, dtype=ID_DTYPE)) if len(self._ids) \
+            else np.full(len(content_ids), -1)
+        if (pos < 0).any():
+            raise WorkbenchError(f"{int((pos < 0).sum())} of {len(pos)} images have no vector in cache "
+                                 f"{self.dir}; run `python -m lib embed` first")
+        mmaps = [np.load(self.shard_dir / f"{n}.vec.npy", mmap_mode="r") for n in self._shards]
+        return DatasetEmbeddings(list(content_ids), self._locs[pos], mmaps, self.fingerprint, self.dir)
+
+    def info(self) -> dict:
+        p = self.dir / "model.json"
+        return json.loads(p.read_text()) if p.exists() else {}
+
+
+@dataclass
+class DatasetEmbeddings:
+    """Vectors of one dataset's rows, read lazily from memory-mapped shards.
+
+    ``locs`` (n, 2) holds (shard, row) per dataset row; nothing is copied until asked.
+    """
+
+    ids: list[str]
+    locs: np.ndarray
+    shards: list[np.ndarray]
+    fingerprint: str
+    store_dir: Path
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.shards[0].shape[1]) if self.shards else 0
+
+    def take(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Vectors of dataset rows -> (len(rows), dim) float32, unit norm."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.dim), np.float32)
+        locs = self.locs[rows]
+        for si in np.unique(locs[:, 0]):
+            sel = locs[:, 0] == si
+            out[sel] = self.shards[si][locs[sel, 1]]
+        # fp16 storage moves norms by ~1e-3; renormalise so inner product is cosine.
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
+    def iter_chunks(self, size: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
+        """(start_row, (m, dim) float32) chunks over all rows, for index building."""
+        for start in range(0, len(self), size):
+            yield start, self.take(np.arange(start, min(start + size, len(self))))
+
+    def matrix(self) -> np.ndarray:
+        """All vectors as one (n, dim) float32 array (a copy: for small and mid-size sets)."""
+        return self.take(np.arange(len(self)))
+
+    @property
+    def key(self) -> str:
+        """Changes whenever the rows or the shards behind them change."""
+        h = hashlib.sha256(self.fingerprint.encode())
+        h.update(np.asarray(self.ids, dtype=ID_DTYPE).tobytes())
+        h.update(np.ascontiguousarray(self.locs).tobytes())
+        h.update(str([s.shape for s in self.shards]).encode())
+        return h.hexdigest()[:20]
+
+
+# ------------------------------------------------------------------------ loading
+
+
+_PREPROCESS: Callable | None = None
+
+
+def _worker_init() -> None:
+    import sys
+
+    if "torch" in sys.modules:  # one thread per worker: the model owns the cores
+        sys.modules["torch"].set_num_threads(1)
+
+
+def _prepare_batch(batch: list[tuple[str, str]]) -> tuple[list[str], np.ndarray | None, list[tuple[str, str]]]:
+    """Decode + preprocess (id, path) pairs -> (ok ids, stacked arrays, [(path, reason)])."""
+    from .images import open_image
+
+    ids, arrays, errors = [], [], []
+    for cid, path in batch:
+        try:
+            arrays.append(_PREPROCESS(open_image(path)))
+            ids.append(cid)
+        except ImageError as e:
+            errors.append((path, str(e)))
+        except Exception as e:  # preprocessing must not kill a long run
+            errors.append((path, f"{type(e).__name__}: {e}"))
+    return ids, (np.stack(arrays) if arrays else None), errors
+
+
+def prefetch_batches(items: Sequence[tuple[str, str]], preprocess: Callable, batch_size: int,
+                     workers: int) -> Iterator[tuple[list[str], np.ndarray | None, list]]:
+    """Yield preprocessed batches in order, decoding ahead in ``workers`` processes.
+
+    At most ``2 * workers`` batches are in flight, so memory stays bounded however many
+    images there are.
+    """
+    global _PREPROCESS
+    batches = [list(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
+    _PREPROCESS = preprocess
+    if workers <= 0 or len(batches) <= 1 or not hasattr(os, "fork"):
+        for b in batches:
+            yield _prepare_batch(b)
+        return
+    import multiprocessing as mp
+    from collections import deque
+
+    # fork: workers inherit the preprocess closure (and the loaded transforms) for free.
+    with mp.get_context("fork").Pool(workers, initializer=_worker_init) as pool:
+        pending: deque = deque()
+        it = iter(batches)
+        for b in it:
+            pending.append(pool.apply_async(_prepare_batch, (b,)))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            result = pending.popleft().get()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.apply_async(_prepare_batch, (nxt,)))
+            yield result
+
+
+# ------------------------------------------------------------------------ the job
+
+
+@dataclass
+class EmbedReport:
+    dataset: str
+    spec: str
+    fingerprint: str
+    total: int
+    cached: int
+    computed: int
+    errors: list = field(default_factory=list)
+    seconds: float = 0.0
+    corrupt_shards: list = field(default_factory=list)
+
+    def summary(self) -> str:
+        rate = f", {self.computed / self.seconds:.1f} img/s" if self.computed and self.seconds else ""
+        extra = f", {len(self.corrupt_shards)} corrupt shard(s) recomputed" if self.corrupt_shards else ""
+        return (f"{self.dataset} x {self.spec}: {self.total} unique images, {self.cached} cached, "
+                f"{self.computed} computed, {len(self.errors)} errors{extra} "
+                f"({self.seconds:.2f} s{rate}); fingerprint {self.fingerprint[:12]}")
+
+
+def default_workers(backend_uses_torch: bool) -> int:
+    cpus = os.cpu_count() or 1
+    # A torch model uses every core for its matmuls; decoding needs a fraction of one.
+    return max(1, min(8, cpus // 2)) if backend_uses_torch else cpus
+
+
+def embed(
+    name: str,
+    spec: str,
+    *,
+    batch_size: int = 64,
+    workers: int | None = None,
+    shard_size: int = 4096,
+    device: str | None = None,
+    precision: str = "auto",
+    random_weights: bool = False,
+    backend=None,
+    progress: bool = False,
+    verify: bool = True,
+) -> EmbedReport:
+    """Embed every image of dataset ``name`` that the cache for ``spec`` lacks.
+
+    A run with nothing missing never loads the model. ``backend`` passes an already
+    loaded model (the app and notebooks reuse theirs).
+    """
+    from . import dataset as ds_mod
+    from .models import load_model, resolve_fingerprint
+
+    t0 = time.perf_counter()
+    ds = ds_mod.load(name)
+    unique = ds.unique_ids
+    fp = backend.fingerprint if backend is not None else resolve_fingerprint(spec, random_weights=random_weights)
+    corrupt: list[str] = []
+    if fp is not None:
+        store = EmbeddingStore(fp)
+        if verify:
+            corrupt = store.verify()
+        if not store.missing(unique):
+            return EmbedReport(name, spec, fp, len(unique), len(unique), 0, [], time.perf_counter() - t0, corrupt)
+    if backend is None:
+        backend = load_model(spec, random_weights=random_weights, device=device, precision=precision)
+    store = EmbeddingStore(backend.fingerprint)
+    if fp != backend.fingerprint and verify:
+        corrupt += store.verify()
+    store.write_info({**backend.fingerprint_info, "spec": backend.spec, "dim": backend.dim})
+    missing = store.missing(unique)
+    path_of = dict(zip(ds.images["id"], ds.images["path"], strict=True))
+    items = [(cid, str(ds.abspath(path_of[cid]))) for cid in missing]
+    report = EmbedReport(name, backend.spec, backend.fingerprint, len(unique), len(unique) - len(missing), 0,
+                         [], 0.0, corrupt)
+    if workers is None:
+        workers = default_workers(backend.uses_torch)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(items), desc=f"embed {backend.spec}", unit="img", disable=not progress,
+               dynamic_ncols=True)
+    buf_ids: list[str] = []
+    buf_vecs: list[np.ndarray] = []
+    try:
+        for ids, arrays, errors in prefetch_batches(items, backend.preprocess, batch_size, workers):
+            report.errors.extend(errors)
+            if arrays is not None:
+                buf_vecs.append(backend.encode_preprocessed(arrays))
+                buf_ids.extend(ids)
+            bar.update(len(ids) + len(errors))
+            while len(buf_ids) >= shard_size:
+                vecs = np.concatenate(buf_vecs)
+                store.write_shard(buf_ids[:shard_size], vecs[:shard_size])
+                report.computed += shard_size
+                buf_ids, buf_vecs = buf_ids[shard_size:], [vecs[shard_size:]]
+        if buf_ids:
+            store.write_shard(buf_ids, np.concatenate(buf_vecs))
+            report.computed += len(buf_ids)
+    finally:
+        bar.close()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def load_embeddings(name: str, spec: str, *, random_weights: bool = False, backend=None) -> DatasetEmbeddings:
+    """The cached vectors of dataset ``name`` under model ``spec``, one per dataset row."""
+    from . import dataset as ds_mod
+    from .models import resolve_fingerprint
+
+    ds = ds_mod.load(name)
+    fp = backend.fingerprint if backend is not None else resolve_fingerprint(spec, random_weights=random_weights)
+    if fp is None:
+        raise WorkbenchError(f"no embeddings of {spec!r} yet; run: python -m lib embed {name} --model {spec}")
+    store = EmbeddingStore(fp)
+    if store.missing(ds.unique_ids):
+        raise WorkbenchError(
+            f"dataset {name!r} is not fully embedded with {spec!r}; run: python -m lib embed {name} --model {spec}")
+    return store.open(ds.ids)

@@ -1,0 +1,233 @@
+"""Decode any image file the workbench meets into an RGB ``PIL.Image``.
+
+One loader for ingest, embedding, scoring and the app, so every path sees the same
+pixels: EXIF orientation applied, first frame of multi-frame files, every PIL mode
+converted to 8-bit RGB, DICOM windowed to 8 bits, and a pixel limit against
+decompression bombs. Failures raise :class:`lib.errors.ImageError` with the path
+and the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+#: Largest image (width * height) the workbench decodes. A 20000x20000 PNG is 400 Mpx
+#: and would take 1.2 GB as RGB; photos and slides in figure collections are far below.
+MAX_PIXELS = int(os.environ.get("WORKBENCH_MAX_PIXELS", 100_000_000))
+
+#: File extensions treated as images when walking a folder (DICOM also by magic bytes).
+IMAGE_EXTENSIONS = {
+    ".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp",
+    ".ppm", ".pgm", ".pbm", ".dcm", ".dicom",
+}
+
+# PIL's own bomb check fires at 2x its limit; ours fires first with a clear reason.
+Image.MAX_IMAGE_PIXELS = None
+
+
+def content_id(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 hex digest of the file's bytes: the image's identity everywhere."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_dicom(path: str | Path) -> bool:
+    """True when the file has the DICOM preamble magic (``DICM`` at byte 128) or a .dcm name."""
+    p = Path(path)
+    if p.suffix.lower() in {".dcm", ".dicom"}:
+        return True
+    try:
+        with open(p, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _sniff(path: Path) -> str:
+    """Describe what a non-image file looks like, for the error message."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return "empty file (0 bytes)"
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<?xml", b"<svg")):
+        return "not an image: the file holds HTML/XML text"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "not an image: the file holds plain text"
+    return "not an image: unknown or unsupported format"
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB.
+
+    Transparent pixels are composited on white (a viewer's default page); 16-bit and
+    float images are stretched from their own min..max to 0..255, since medical PNGs
+    often use 12 of their 16 bits.
+    """
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+        mode = img.mode
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        return Image.fromarray(_stretch(arr)).convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _stretch(arr: np.ndarray) -> np.ndarray:
+    """Linearly map ``arr`` (H, W) from its min..max to uint8 0..255."""
+    lo, hi = float(np.min(arr)), float(np.max(arr))
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    return np.clip((arr - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
+
+
+def _check_size(path: Path, width: int, height: int) -> None:
+    if width < 1 or height < 1:
+        raise ImageError(f"{path}: image has no pixels ({width}x{height})")
+    if width * height > MAX_PIXELS:
+        raise ImageError(
+            f"{path}: {width}x{height} = {width * height / 1e6:.0f} Mpx exceeds the "
+            f"{MAX_PIXELS / 1e6:.0f} Mpx limit (possible decompression bomb); "
+            "raise WORKBENCH_MAX_PIXELS to allow it"
+        )
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Decode ``path`` to an oriented RGB image, or raise :class:`ImageError`.
+
+    Returns
+    -------
+    PIL.Image.Image in mode ``RGB``, size (W, H) after EXIF orientation.
+    """
+    img, _ = open_image_with_meta(path)
+    return img
+
+
+def open_image_with_meta(path: str | Path) -> tuple[Image.Image, dict]:
+    """Like :func:`open_image`, also returning metadata (format, frames, DICOM tags)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read file ({e.strerror or e})") from None
+    if size == 0:
+        raise ImageError(f"{path}: empty file (0 bytes)")
+    if is_dicom(path):
+        return _open_dicom(path)
+    try:
+        with Image.open(path) as im:
+            _check_size(path, *im.size)
+            meta = {"format": im.format, "frames": getattr(im, "n_frames", 1)}
+            if meta["frames"] > 1:
+                im.seek(0)
+            # exif_transpose loads the frame; truncated data fails here.
+            oriented = ImageOps.exif_transpose(im)
+            oriented.load()
+            return to_rgb(oriented), meta
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: {_sniff(path)}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        msg = str(e) or type(e).__name__
+        if "truncated" in msg.lower() or isinstance(e, EOFError):
+            msg = f"truncated or corrupt image data ({msg})"
+        raise ImageError(f"{path}: {msg}") from None
+    except Image.DecompressionBombError as e:  # only if a caller re-enabled PIL's own check
+        raise ImageError(f"{path}: {e}") from None
+
+
+def dicom_to_array(ds) -> np.ndarray:
+    """Pixel data of a pydicom dataset as uint8, (H, W) or (H, W, 3), first frame.
+
+    Grayscale goes through the modality LUT (rescale slope/intercept), then the VOI
+    window when the file has one, else the full range; MONOCHROME1 is inverted so
+    that high values are dark, as a radiologist would see it.
+    """
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space
+
+    arr = ds.pixel_array
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    if frames > 1:
+        arr = arr[0]
+    if samples == 3:
+        if photometric.startswith("YBR") and photometric != "YBR_FULL_422":
+            arr = convert_color_space(arr, photometric, "RGB")
+        elif photometric == "YBR_FULL_422":
+            arr = convert_color_space(arr, "YBR_FULL", "RGB")
+        if arr.dtype != np.uint8:
+            arr = np.stack([_stretch(arr[..., c].astype(np.float64)) for c in range(3)], -1)
+        return arr
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        rgb = apply_color_lut(arr, ds)
+        if rgb.dtype != np.uint8:
+            rgb = (rgb / 257).astype(np.uint8) if rgb.max() > 255 else rgb.astype(np.uint8)
+        return rgb
+    values = apply_modality_lut(arr, ds).astype(np.float64)
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        windowed = apply_voi_lut(arr, ds, index=0).astype(np.float64)
+        # apply_voi_lut returns values in the stored range; stretch that window to 8 bits.
+        out = _stretch(windowed)
+    else:
+        out = _stretch(values)
+    if photometric == "MONOCHROME1":
+        out = 255 - out
+    return out
+
+
+def _open_dicom(path: Path) -> tuple[Image.Image, dict]:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, force=path.suffix.lower() in {".dcm", ".dicom"})
+    except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, KeyError) as e:
+        raise ImageError(f"{path}: not a readable DICOM file ({e})") from None
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise ImageError(f"{path}: DICOM file has no pixel data")
+    rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+    _check_size(path, cols, rows)
+    try:
+        arr = dicom_to_array(ds)
+    except Exception as e:  # pydicom raises many types for unsupported syntaxes
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        hint = f" (transfer syntax {ts.name})" if ts is not None else ""
+        raise ImageError(f"{path}: cannot decode DICOM pixel data{hint}: {e}") from None
+    img = Image.fromarray(arr).convert("RGB")
+    meta = {
+        "format": "DICOM",
+        "frames": int(getattr(ds, "NumberOfFrames", 1) or 1),
+        "Modality": str(getattr(ds, "Modality", "") or ""),
+        "BodyPartExamined": str(getattr(ds, "BodyPartExamined", "") or ""),
+        "ViewPosition": str(getattr(ds, "ViewPosition", "") or ""),
+    }
+    return img, meta
+
+
+def thumbnail(img: Image.Image, side: int = 256) -> Image.Image:
+    """A copy of ``img`` fitted inside ``side`` x ``side``, aspect kept."""
+    out = img.copy()
+    out.thumbnail((side, side), Image.Resampling.BILINEAR)
+    return out

@@ -1,0 +1,171 @@
+"""What every embedding backend exposes, and the torch plumbing CLIP-style ones share."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..errors import ModelError
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "bf16-cast")
+
+
+def fingerprint_of(info: dict) -> str:
+    """sha256 of a canonical JSON of what determines the vectors (spec, weights, preprocessing)."""
+    return hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Backend:
+    """An image (and maybe text) encoder producing L2-normalised float32 vectors.
+
+    Subclasses set ``spec``, ``dim``, ``fingerprint_info`` and implement
+    :meth:`preprocess` (PIL -> array, runs in loader workers, must be picklable or
+    fork-inherited) and :meth:`encode_preprocessed` (stacked arrays -> vectors).
+    """
+
+    kind = "base"
+    has_text = False
+    uses_torch = False
+    spec: str
+    dim: int
+    fingerprint_info: dict
+    device = "cpu"
+    precision = "fp32"
+    #: Temperature for zero-shot logits (CLIP's learned scale, exp'ed).
+    logit_scale = 100.0
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint_of(self.fingerprint_info)
+
+    @property
+    def name(self) -> str:
+        return self.spec
+
+    def preprocess(self, img: Image.Image) -> np.ndarray:
+        raise NotImplementedError
+
+    def encode_preprocessed(self, batch: np.ndarray) -> np.ndarray:
+        """(B, ...) preprocessed arrays -> (B, dim) float32, rows of unit norm."""
+        raise NotImplementedError
+
+    def encode_images(self, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
+        """PIL images -> (N, dim) float32 unit vectors."""
+        out = [
+            self.encode_preprocessed(np.stack([self.preprocess(im) for im in images[i:i + batch_size]]))
+            for i in range(0, len(images), batch_size)
+        ]
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Strings -> (N, dim) float32 unit vectors; only for backends with a text tower."""
+        raise ModelError(
+            f"model {self.spec!r} has no text tower: text queries, zero-shot and caption "
+            "embeddings need a CLIP-style model (e.g. open_clip:ViT-B-32@laion2b_s34b_b79k)"
+        )
+
+    def describe(self) -> dict:
+        return {"spec": self.spec, "kind": self.kind, "dim": self.dim, "text": self.has_text,
+                "device": self.device, "precision": self.precision, "fingerprint": self.fingerprint}
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows of ``x`` (N, D) scaled to unit L2 norm, as float32."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def select_device(device: str | None = None) -> str:
+    """``device`` if given, else the best available: cuda, then mps, then cpu."""
+    import torch
+
+    if device:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ModelError(f"device {device!r} requested but CUDA is not available here")
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def state_dict_hash(module) -> str:
+    """sha256 over every parameter and buffer (name, dtype, shape, bytes)."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        shape = tuple(t.shape)
+        t = t.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{shape}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class TorchBackend(Backend):
+    """Shared device/precision handling for torch image-text models."""
+
+    uses_torch = True
+
+    def _setup(self, model, device: str | None, precision: str) -> None:
+        import torch
+
+        if precision not in PRECISIONS:
+            raise ModelError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        self.device = select_device(device)
+        if precision == "auto":
+            precision = "fp16" if self.device == "cuda" else "fp32"
+        self.precision = precision
+        model = model.eval().to(self.device)
+        if precision == "bf16-cast":
+            # Casting the whole model (not autocast) uses the CPU's native bf16 matmuls
+            # end to end; autocast keeps casting activations back and forth.
+            model = model.to(torch.bfloat16)
+        self.model = model
+        self._input_dtype = torch.bfloat16 if precision == "bf16-cast" else torch.float32
+
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        if self.precision in ("fp16", "bf16"):
+            dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+            dev = "cuda" if self.device.startswith("cuda") else self.device
+            return torch.autocast(dev, dtype=dtype)
+        return contextlib.nullcontext()
+
+    def _to_numpy(self, feats) -> np.ndarray:
+        import torch
+
+        feats = feats.float()
+        feats = feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return feats.to("cpu", torch.float32).numpy()
+
+    def encode_preprocessed(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, self._input_dtype, non_blocking=True)
+        with torch.inference_mode(), self._autocast():
+            return self._to_numpy(self._image_forward(x))
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        if not self.has_text:
+            return super().encode_texts(texts)
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        with torch.inference_mode(), self._autocast():
+            return self._to_numpy(self._text_forward(list(texts)))
+
+    def _image_forward(self, x):
+        raise NotImplementedError
+
+    def _text_forward(self, texts: list[str]):
+        raise NotImplementedError

@@ -1,0 +1,148 @@
+"""open_clip models: pretrained tags, ``hf-hub:`` ids and local checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import ModelError, WeightsMissing
+from . import weights as W
+from .base import TorchBackend, state_dict_hash
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+_registered = False
+
+
+def register_configs() -> None:
+    """Add the architectures shipped in ``lib/models/configs`` (tiny test models) to open_clip."""
+    global _registered
+    if not _registered:
+        import open_clip
+
+        open_clip.add_model_config(CONFIG_DIR)
+        _registered = True
+
+
+class OpenClipBackend(TorchBackend):
+    """``open_clip:ARCH@PRETRAINED``, ``open_clip:ARCH@/path/ckpt`` or ``open_clip:hf-hub:ORG/NAME``."""
+
+    kind = "open_clip"
+    has_text = True
+
+    def __init__(self, arch: str, pretrained: str | None, *, random_weights: bool = False,
+                 seed: int = 0, device: str | None = None, precision: str = "auto"):
+        import open_clip
+        import torch
+
+        register_configs()
+        self.arch, self.pretrained = arch, pretrained
+        hub = arch.startswith("hf-hub:")
+        local = pretrained is not None and _looks_like_path(pretrained)
+        self.spec = f"open_clip:{arch}" + (f"@{pretrained}" if pretrained else "")
+        if not hub and arch not in open_clip.list_models():
+            raise ModelError(
+                f"unknown open_clip architecture {arch!r}; see open_clip.list_models() "
+                "(e.g. ViT-B-32, ViT-B-16, ViT-L-14)"
+            )
+        if random_weights:
+            if hub:
+                raise ModelError("--random-weights needs an architecture name, not an hf-hub id")
+            torch.manual_seed(seed)
+            model = _quiet(lambda: open_clip.create_model(arch, pretrained=None))
+            source = f"random(seed={seed})"
+        elif hub:
+            repo = arch[len("hf-hub:"):]
+            if not (W.hf_is_cached(repo, "open_clip_config.json") or W.hub_reachable()):
+                raise W.missing_weights(f"open_clip {arch}", repo,
+                                        "open_clip:ARCH@/path/to/open_clip_model.safetensors")
+            model = _call(lambda: open_clip.create_model(arch), arch)
+            source = f"hf-hub:{repo}@{W.hf_cached_revision(repo) or 'main'}"
+        elif local:
+            model = _quiet(lambda: open_clip.create_model(arch, pretrained=None))
+            state = W.load_state_dict(pretrained)
+            try:
+                model.load_state_dict(state, strict=True)
+            except RuntimeError as e:
+                raise ModelError(f"{pretrained}: does not match architecture {arch}: {str(e)[:400]}") from None
+            source = f"file:{Path(pretrained).name}"
+        elif pretrained:
+            cfg = open_clip.get_pretrained_cfg(arch, pretrained)
+            if not cfg:
+                tags = ", ".join(t for a, t in open_clip.list_pretrained() if a == arch) or "none"
+                raise ModelError(f"open_clip has no pretrained tag {pretrained!r} for {arch} (known: {tags})")
+            repo = (cfg.get("hf_hub") or "").strip("/") or None
+            cached = repo and any(W.hf_is_cached(repo, f) for f in (
+                "open_clip_model.safetensors", "open_clip_pytorch_model.bin"))
+            if not cached and not W.hub_reachable():
+                raise W.missing_weights(f"open_clip {arch} '{pretrained}'", repo or cfg.get("url"),
+                                        f"open_clip:{arch}@/path/to/open_clip_model.safetensors")
+            model = _call(lambda: open_clip.create_model(arch, pretrained=pretrained), f"{arch}@{pretrained}")
+            source = f"tag:{pretrained}"
+        else:
+            raise ModelError(
+                f"open_clip spec {self.spec!r} names no weights: use open_clip:{arch}@TAG, "
+                f"open_clip:{arch}@/path/to/weights.safetensors, or --random-weights for tests"
+            )
+        self.tokenizer = _call(lambda: open_clip.get_tokenizer(arch), arch)
+        from open_clip.transform import PreprocessCfg, image_transform_v2
+
+        self.transform = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
+        self.logit_scale = float(model.logit_scale.exp().item()) if hasattr(model, "logit_scale") else 100.0
+        self.dim = int(model.text_projection.shape[1] if getattr(model, "text_projection", None) is not None
+                       and hasattr(model.text_projection, "shape") else _probe_dim(model))
+        self.fingerprint_info = {
+            "kind": "open_clip", "arch": arch, "weights": state_dict_hash(model), "source": source,
+            "preprocess": dict(model.visual.preprocess_cfg),
+        }
+        self.random_weights = random_weights
+        self._setup(model, device, precision)
+
+    def preprocess(self, img: Image.Image) -> np.ndarray:
+        return self.transform(img).numpy()
+
+    def _image_forward(self, x):
+        return self.model.encode_image(x)
+
+    def _text_forward(self, texts):
+        tokens = self.tokenizer(texts).to(self.device)
+        return self.model.encode_text(tokens)
+
+
+def _quiet(fn):
+    """open_clip logs a warning for every model built without pretrained weights; we load them ourselves."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        return fn()
+    finally:
+        root.setLevel(level)
+
+
+def _probe_dim(model) -> int:
+    import torch
+
+    size = model.visual.preprocess_cfg["size"]
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    with torch.inference_mode():
+        return int(model.encode_image(torch.zeros(1, 3, *size)).shape[-1])
+
+
+def _looks_like_path(s: str) -> bool:
+    return s.startswith(("/", ".", "~")) or s.endswith((".safetensors", ".pt", ".pth", ".bin"))
+
+
+def _call(fn, what: str):
+    try:
+        return fn()
+    except (ModelError, WeightsMissing):
+        raise
+    except Exception as e:
+        text = str(e)
+        if any(k in text for k in ("download", "connection", "Internet", "resolve", "cache")):
+            raise W.missing_weights(f"open_clip {what}", None, "open_clip:ARCH@/path/to/weights.safetensors") from None
+        raise ModelError(f"cannot load open_clip {what}: {text[:400]}") from None
