@@ -101,10 +101,15 @@ def cmd_show(a) -> int:
 
 
 @verb("demo", "build the offline demo dataset from images shipped with installed packages")
-@args_for(lambda p: p.add_argument("--name", default="demo"))
+@args_for(lambda p: (
+    p.add_argument("--name", default="demo"),
+    p.add_argument("--if-empty", action="store_true", help="only if the data home has no dataset yet"),
+))
 def cmd_demo(a) -> int:
-    from . import demo
+    from . import dataset, demo
 
+    if a.if_empty and dataset.list_names():
+        return 0
     print(demo.build(a.name).summary())
     return 0
 
@@ -193,6 +198,128 @@ def cmd_models(a) -> int:
             n = sum(json.loads(p.read_text())["n"] for p in (d / "shards").glob("*.json")) \
                 if (d / "shards").exists() else 0
             print(f"  {d.name}  {info.get('spec', '?'):50s} dim={info.get('dim', '?')}  vectors={n}")
+    return 0
+
+
+# ---------------------------------------------------------------- zero-shot and retrieval
+
+
+def _zeroshot_args(p):
+    p.add_argument("name")
+    _model_args(p)
+    p.add_argument("--classes", default="medgore",
+                   help="a shipped class set (medgore, medgore-descriptive, modality, body_region), "
+                        "a JSON file (format: lib/prompts/README.md) or a comma-separated list of names")
+    p.add_argument("--templates", default=None,
+                   help="a shipped template set (generic, histopathology, plain, modality, body_region), "
+                        "a JSON file or one template containing {c}; default: the class set's own, else generic")
+    p.add_argument("--label-col", default=None,
+                   help="dataset column holding the truth (default: the class set's, usually 'label')")
+    p.add_argument("--out", default=None, help="predictions parquet (default: <home>/results/NAME/zeroshot-...)")
+
+
+@verb("zeroshot", "classify a dataset zero-shot from class names and prompt templates (needs a text tower)")
+@args_for(_zeroshot_args)
+def cmd_zeroshot(a) -> int:
+    import pandas as pd
+
+    from .zeroshot import prompts_for, run_zeroshot
+
+    res = run_zeroshot(a.name, a.model, classes=a.classes, templates=a.templates, label_column=a.label_col,
+                       random_weights=a.random_weights, out=a.out)
+    per_class = {c: len(p) for c, p in prompts_for(res.classes, res.templates).items()}
+    print(f"{a.name} x {a.model}: {len(res.predictions)} images; classes {', '.join(res.classes.classes)} "
+          f"({res.classes.name}); templates {res.templates.name} "
+          f"({min(per_class.values())}-{max(per_class.values())} prompts per class)")
+    counts = res.predictions["pred"].value_counts().reindex(list(res.classes.classes), fill_value=0)
+    _print_table(pd.DataFrame({"class": counts.index, "predicted": counts.to_numpy()}))
+    if res.metrics is None:
+        print(f"\nno value of column {a.label_col or res.classes.label_column!r} maps to these classes: no metrics")
+    else:
+        extra = f", {res.n_unmapped} with values outside the classes left out" if res.n_unmapped else ""
+        pos = f"; positive class {res.positive}" if res.positive else ""
+        print(f"\nmetrics on {res.n_scored} labelled images{extra}{pos}:")
+        _print_table(res.metrics_table().assign(value=lambda d: d["value"].astype(float).round(4)))
+        print("\nconfusion (rows: truth, columns: predicted):")
+        print(res.confusion.to_string())
+    print(f"\npredictions: {res.path}")
+    return 0
+
+
+def _retrieve_args(p):
+    p.add_argument("name")
+    _model_args(p)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--text", help="text query (needs a text tower)")
+    what.add_argument("--image", help="an image file (embedded with the model)")
+    what.add_argument("--id", help="content id (or unique prefix) of a dataset image")
+    what.add_argument("--eval", action="store_true", help="Recall@K on the dataset's (image, caption) pairs")
+    p.add_argument("--k", type=int, default=10, help="results per query")
+    p.add_argument("--index", default="auto", help="auto | flat | hnsw | ivf")
+    p.add_argument("--group-col", default=None, help="with --eval: also report per value of this column")
+    p.add_argument("--gallery", choices=["pooled", "group"], default="pooled",
+                   help="with --eval --group-col: search the whole gallery or only the group's")
+    p.add_argument("--ks", default="1,5,10,50,200", help="with --eval: K values")
+    p.add_argument("--beyond-gallery", choices=["one", "nan"], default="one",
+                   help="with --eval: Recall@K where K >= gallery size is 1.0 (one) or reported as NaN")
+    p.add_argument("--out", default=None, help="CSV to write (default for --eval: <home>/results/NAME/)")
+
+
+@verb("retrieve", "search a dataset by text, image or id, or evaluate caption retrieval (Recall@K)")
+@args_for(_retrieve_args)
+def cmd_retrieve(a) -> int:
+    from . import retrieval
+    from .errors import WorkbenchError
+
+    if a.eval:
+        try:
+            ks = [int(k) for k in a.ks.split(",") if k.strip()]
+        except ValueError:
+            raise WorkbenchError(f"--ks must be comma-separated integers, got {a.ks!r}") from None
+        res = retrieval.run_retrieval_eval(a.name, a.model, a.group_col, ks=ks, pooled=a.gallery == "pooled",
+                                           beyond_gallery=a.beyond_gallery, random_weights=a.random_weights,
+                                           out=a.out)
+        print(f"{a.name} x {a.model}: {res.pairs} (image, caption) pairs, {res.skipped} rows without caption; "
+              f"gallery {'pooled' if res.pooled else 'per group'}")
+        recall_cols = [c for c in res.table.columns if "_R" in c]
+        _print_table(res.table.round({c: 4 for c in recall_cols}))
+        print(f"\ntable: {res.path}")
+        return 0
+
+    from .neighbors import open_space
+
+    if a.id:
+        space = open_space(a.name, a.model, random_weights=a.random_weights, index_kind=a.index)
+        row = space.row_of(space.dataset.resolve_id(a.id))
+        df = retrieval.image_to_image(space, None, row, a.k)
+        q = space.dataset.images.iloc[row]
+        print(f"query {q['id'][:16]}  label={q['label']}  {q['path']}")
+    else:
+        from .embeddings import embed
+        from .models import load_model
+
+        backend = load_model(a.model, random_weights=a.random_weights)
+        if a.text is not None:
+            from .zeroshot import require_text
+
+            require_text(backend)  # before embedding a whole dataset for nothing
+        embed(a.name, a.model, random_weights=a.random_weights, backend=backend)
+        space = open_space(a.name, a.model, random_weights=a.random_weights, backend=backend, index_kind=a.index)
+        if a.text is not None:
+            df = retrieval.text_to_image(space, backend, a.text, a.k)
+            print(f"query text: {a.text!r}")
+        else:
+            df = retrieval.image_to_image(space, backend, a.image, a.k)
+            print(f"query {a.image}")
+    if a.out:
+        from pathlib import Path
+
+        from .config import ensure
+
+        ensure(Path(a.out).parent)
+        df.to_csv(a.out, index=False)
+    df = df.assign(id=df["id"].str[:16], score=df["score"].round(4))
+    _print_table(df[["rank", "score", "id", "label", "path"]], a.k)
     return 0
 
 

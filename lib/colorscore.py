@@ -76,21 +76,32 @@ DEFAULT_PARAMS = ColorParams()
 
 # --------------------------------------------------------------------------- masks
 #
-# PIL stores every converted channel as an 8-bit code c that truncates the exact value
-# x: c = floor(x * 255) for hue (as a fraction of 360 degrees) and saturation, and
-# c ~= floor(x) for YCbCr (fixed-point maths, off by at most ~1). Thresholds are turned
-# into integer codes once, so a pixel whose exact value lies within one code of a
-# threshold may fall on either side of it; every other pixel is classified exactly.
+# PIL stores every converted channel as an 8-bit code c that truncates the exact value x:
+# c = floor(x * 255) for hue (as a fraction of 360 degrees) and saturation, and
+# c ~= floor(x) for YCbCr (fixed-point maths; c - x lies in (-1.007, 0.023] over all 2^24
+# colours). Thresholds t are compared with the code's bin centre c + 0.5, turned into integer
+# thresholds once: only a pixel whose exact value lies within about half a code of t can
+# land on the wrong side. Value (max(R, G, B)) is stored exactly and compared exactly.
 
 
-def _at_least(x: float) -> int:
-    """Smallest integer code c with c >= x (x in code units)."""
-    return math.ceil(x - 1e-9)
+def _centre_at_least(t: float) -> int:
+    """Smallest code c with c + 0.5 >= t."""
+    return math.ceil(t - 0.5 - 1e-9)
 
 
-def _at_most(x: float) -> int:
-    """Largest integer code c with c <= x (x in code units)."""
-    return math.floor(x + 1e-9)
+def _centre_at_most(t: float) -> int:
+    """Largest code c with c + 0.5 <= t."""
+    return math.floor(t - 0.5 + 1e-9)
+
+
+def _centre_above(t: float) -> int:
+    """Smallest code c with c + 0.5 > t."""
+    return math.floor(t - 0.5 + 1e-9) + 1
+
+
+def _centre_below(t: float) -> int:
+    """Largest code c with c + 0.5 < t."""
+    return math.ceil(t - 0.5 - 1e-9) - 1
 
 
 def blood_mask_hsv(hsv: np.ndarray, params: ColorParams = DEFAULT_PARAMS) -> np.ndarray:
@@ -100,19 +111,20 @@ def blood_mask_hsv(hsv: np.ndarray, params: ColorParams = DEFAULT_PARAMS) -> np.
     ----------
     hsv : uint8 array (H, W, 3) as returned by ``np.asarray(img.convert("HSV"))``:
         hue code floor(hue / 360 * 255), saturation code floor(s * 255), value max(R, G, B).
+        Hue 0..360 degrees wraps, so 340..20 is the red band across 0.
 
     Returns
     -------
     bool array (H, W)
     """
     h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
-    lo = _at_least(params.blood_hue_low_deg / 360.0 * 255.0)
-    hi = _at_most(params.blood_hue_high_deg / 360.0 * 255.0)
+    lo = _centre_at_least(params.blood_hue_low_deg / 360.0 * 255.0)
+    hi = _centre_at_most(params.blood_hue_high_deg / 360.0 * 255.0)
     red = (h >= lo) & (h <= hi) if lo <= hi else (h >= lo) | (h <= hi)
     return (
         red
-        & (s >= _at_least(params.blood_min_saturation * 255.0))
-        & (v >= _at_least(params.blood_min_value * 255.0))
+        & (s >= _centre_at_least(params.blood_min_saturation * 255.0))
+        & (v >= math.ceil(params.blood_min_value * 255.0 - 1e-9))
     )
 
 
@@ -129,12 +141,11 @@ def skin_mask_ycbcr(ycc: np.ndarray, params: ColorParams = DEFAULT_PARAMS) -> np
     bool array (H, W)
     """
     y, cb, cr = ycc[..., 0], ycc[..., 1], ycc[..., 2]
-    # On integer codes c > t <=> c > floor(t) and c < t <=> c < ceil(t): comparing with
-    # ints keeps numpy on uint8 instead of casting three channels to float.
+    # Integer thresholds keep numpy on uint8 instead of casting three channels to float.
     return (
-        (y > math.floor(params.skin_min_y))
-        & (cb > math.floor(params.skin_cb_low)) & (cb < math.ceil(params.skin_cb_high))
-        & (cr > math.floor(params.skin_cr_low)) & (cr < math.ceil(params.skin_cr_high))
+        (y >= _centre_above(params.skin_min_y))
+        & (cb >= _centre_above(params.skin_cb_low)) & (cb <= _centre_below(params.skin_cb_high))
+        & (cr >= _centre_above(params.skin_cr_low)) & (cr <= _centre_below(params.skin_cr_high))
     )
 
 
@@ -177,7 +188,7 @@ def color_masks(
 def color_fractions(img: Image.Image, params: ColorParams = DEFAULT_PARAMS) -> tuple[float, float]:
     """(blood_fraction, skin_fraction): the share of blood-like and skin-like pixels."""
     blood, skin = color_masks(img, params)
-    return float(blood.mean()), float(skin.mean())
+    return np.count_nonzero(blood) / blood.size, np.count_nonzero(skin) / skin.size
 
 
 # --------------------------------------------------------------------------- EB score
@@ -241,16 +252,18 @@ def eb_table(fractions_df: pd.DataFrame, reference_mask=None) -> pd.DataFrame:
 
 
 def _load(path: str, params: ColorParams) -> Image.Image:
-    """Decode ``path`` for scoring.
+    """Decode ``path`` for scoring: the pixels of :func:`lib.images.open_image`, faster.
 
-    JPEGs are decoded with DCT scaling to no less than the scoring size (8x faster on
-    camera photos); everything else goes through :func:`lib.images.open_image`. EXIF
-    orientation is not applied on the JPEG path: it does not change pixel fractions.
+    JPEGs are decoded with DCT scaling to no less than the scoring size (8x faster on camera
+    photos), and EXIF orientation is not applied: neither changes pixel fractions beyond
+    resampling noise. Files PIL cannot open directly (DICOM, damaged, too large) go through
+    ``open_image``, which decodes them or raises :class:`ImageError` with the reason.
     """
     try:
         with Image.open(path) as im:
-            if im.format == "JPEG" and im.width * im.height <= MAX_PIXELS:
-                im.draft(None, (params.max_side, params.max_side))
+            if im.width * im.height <= MAX_PIXELS:
+                if im.format == "JPEG":
+                    im.draft(None, (params.max_side, params.max_side))
                 im.load()
                 return to_rgb(im)
     except Exception:  # open_image below gives the user-facing reason

@@ -48,12 +48,15 @@ BT601 = {  # full-range ITU-R BT.601 (JFIF) RGB -> YCbCr
     "cr": (0.5, -0.418688, -0.081312, 128.0),
 }
 
-# PIL stores converted channels as truncated 8-bit codes (measured over all 2^24 colours:
-# code - exact value lies in (-1.007, 0.023]); a pixel whose exact value is within one code
-# of a threshold may therefore land on either side of it. Hue codes are 360/255 degrees.
-HUE_STEP_DEG = 360.0 / 255.0 * 1.01
-SAT_STEP = 1.0 / 255.0 * 1.01
-YCC_STEP = 1.01
+# PIL stores converted channels as truncated 8-bit codes (code - exact value lies in
+# (-1.007, 0.023] for YCbCr over all 2^24 colours, in (-1, 0] for hue and saturation codes),
+# and the masks compare thresholds with the code's bin centre (code + 0.5). So a pixel whose
+# exact value is within about half a code of a threshold may land on either side of it;
+# the test marks those pixels "ambiguous". Hue codes are 360/255 degrees wide.
+BAND = 0.53  # codes
+HUE_BAND_DEG = BAND * 360.0 / 255.0
+SAT_BAND = BAND / 255.0
+YCC_BAND = BAND
 
 
 def reference_masks(img: Image.Image, p: cs.ColorParams):
@@ -78,11 +81,11 @@ def reference_masks(img: Image.Image, p: cs.ColorParams):
             skin[yy, xx] = (y > p.skin_min_y and p.skin_cb_low < cb < p.skin_cb_high
                             and p.skin_cr_low < cr < p.skin_cr_high)
             ambiguous[yy, xx] = (
-                min(abs(deg - p.blood_hue_low_deg), abs(deg - p.blood_hue_high_deg)) <= HUE_STEP_DEG
-                or abs(sat - p.blood_min_saturation) <= SAT_STEP
-                or abs(y - p.skin_min_y) <= YCC_STEP
-                or min(abs(cb - p.skin_cb_low), abs(cb - p.skin_cb_high)) <= YCC_STEP
-                or min(abs(cr - p.skin_cr_low), abs(cr - p.skin_cr_high)) <= YCC_STEP
+                min(abs(deg - p.blood_hue_low_deg), abs(deg - p.blood_hue_high_deg)) <= HUE_BAND_DEG
+                or abs(sat - p.blood_min_saturation) <= SAT_BAND
+                or abs(y - p.skin_min_y) <= YCC_BAND
+                or min(abs(cb - p.skin_cb_low), abs(cb - p.skin_cb_high)) <= YCC_BAND
+                or min(abs(cr - p.skin_cr_low), abs(cr - p.skin_cr_high)) <= YCC_BAND
             )
     return blood, skin, ambiguous
 
@@ -260,11 +263,10 @@ def test_cache_writes_are_atomic(files, home, monkeypatch):
         f.write(b"PAR1 half a file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pd.DataFrame, "to_parquet", killed_mid_write)
-    with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(pd.DataFrame, "to_parquet", killed_mid_write)
         cs.score_paths(pairs, workers=1)
     assert sorted(folder.iterdir()) == before  # no partial part, no temp file left
-    monkeypatch.undo()
     assert cs.FractionCache().read().id.tolist() == ["id0"]
     # A part damaged by something else is ignored (its rows are recomputed), not fatal.
     (folder / "part-zzz.parquet").write_bytes(b"garbage")

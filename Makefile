@@ -1,0 +1,39 @@
+# The two commands a newcomer needs:  make run   and   make test
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+PORT ?= 8501
+
+.PHONY: setup run test test-fast lint bench browser clean-data
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	touch $@
+
+# Set everything up, make sure there is something to look at (the offline demo
+# dataset, built once), and open the app on http://127.0.0.1:$(PORT).
+run: setup
+	$(PY) -m lib demo --if-empty
+	$(VENV)/bin/streamlit run app.py --server.port $(PORT)
+
+# The whole suite, browser tests included (they need Debian's chromium: `make browser`).
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not browser and not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) -m bench
+
+browser:
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+
+clean-data:
+	rm -rf data/datasets data/cache data/demo_src data/annotations.sqlite
