@@ -302,7 +302,7 @@ def cmd_retrieve(a) -> int:
         if a.text is not None:
             from .zeroshot import require_text
 
-            require_text(backend)  # before embedding a whole dataset for nothing
+            require_text(backend, "text search")  # before embedding a whole dataset for nothing
         embed(a.name, a.model, random_weights=a.random_weights, backend=backend)
         space = open_space(a.name, a.model, random_weights=a.random_weights, backend=backend, index_kind=a.index)
         if a.text is not None:
@@ -320,6 +320,286 @@ def cmd_retrieve(a) -> int:
         df.to_csv(a.out, index=False)
     df = df.assign(id=df["id"].str[:16], score=df["score"].round(4))
     _print_table(df[["rank", "score", "id", "label", "path"]], a.k)
+    return 0
+
+
+# ---------------------------------------------------------------- analyses: expansion, probes, comparison, maps
+
+
+def _result_path(a, filename: str):
+    """``--out`` if given, else ``<home>/results/<dataset>/<filename>``."""
+    from pathlib import Path
+
+    from . import config
+
+    path = Path(a.out) if getattr(a, "out", None) else config.home() / "results" / a.name / filename
+    config.ensure(path.parent)
+    return path
+
+
+def _seed_args(p, default_per_class=None):
+    p.add_argument("--seeds", default=None,
+                   help="seed file: CSV/parquet with columns id (or a unique prefix) and label, or JSON {label: [ids]}")
+    p.add_argument("--seeds-from-labels", "--seeds-per-class", dest="seeds_per_class", type=int,
+                   default=default_per_class, metavar="N",
+                   help="draw N seeds per dataset label at random (seeded by --seed)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for the seed draw")
+    p.add_argument("--k", type=int, default=99, help="neighbours per seed")
+    p.add_argument("--rule", default="best_rank", choices=["best_rank", "majority", "drop"],
+                   help="label of an image reached by seeds of several classes (seeds keep theirs)")
+    p.add_argument("--index", default="auto", help="auto | flat | hnsw | ivf")
+
+
+def _expansion(a):
+    from .errors import WorkbenchError
+    from .neighbors import expand, open_space, read_seeds, seeds_from_labels
+
+    space = open_space(a.name, a.model, random_weights=a.random_weights, index_kind=a.index)
+    if a.seeds:
+        seeds = read_seeds(a.seeds, space.dataset)
+    elif a.seeds_per_class:
+        seeds = seeds_from_labels(space.dataset, a.seeds_per_class, seed=a.seed)
+    else:
+        raise WorkbenchError("give --seeds FILE or --seeds-from-labels N")
+    return space, expand(space, seeds, k=a.k, rule=a.rule)
+
+
+def _slug(spec: str) -> str:
+    from .probe import slug
+
+    return slug(spec)
+
+
+@verb("expand", "MedGore seed expansion: label the k nearest neighbours of seed images with the seed's class")
+@args_for(lambda p: (
+    p.add_argument("name"), _model_args(p), _seed_args(p),
+    p.add_argument("--out", default=None, help="labelled-set parquet (default: <home>/results/NAME/expand-...)"),
+))
+def cmd_expand(a) -> int:
+    _, res = _expansion(a)
+    path = _result_path(a, f"expand-{_slug(a.model)}-k{a.k}.parquet")
+    paths = res.save(path)
+    print(f"{a.name} x {a.model}: {len(res.seeds)} seeds, k={a.k}, rule={a.rule}: "
+          f"{int(res.labelled['label'].notna().sum())} labelled images, {len(res.conflicts)} conflicts")
+    _print_table(res.counts.round({"share_unique": 4}))
+    if len(res.conflicts):
+        print(f"\nconflicts (images reached by several classes; first 20 of {len(res.conflicts)}):")
+        _print_table(res.conflicts.head(20).assign(id=lambda d: d["id"].str[:16]), 20)
+    print("\nwritten: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+@verb("homogeneity", "share of seed neighbours that keep the seed's class, per band of ranks (Beta estimate)")
+@args_for(lambda p: (
+    p.add_argument("name"), _model_args(p), _seed_args(p, default_per_class=10),
+    p.add_argument("--band", type=int, default=20, help="ranks per band"),
+    p.add_argument("--truth", default=None,
+                   help="CSV/parquet with id (or image_id) and label of the judged neighbours "
+                        "(default: the dataset's labels)"),
+    p.add_argument("--figure", default=None, help="also write the plotly figure to this .html file"),
+    p.add_argument("--out", default=None, help="table CSV (default: <home>/results/NAME/homogeneity-...)"),
+))
+def cmd_homogeneity(a) -> int:
+    import pandas as pd
+
+    from .neighbors import homogeneity, homogeneity_figure, read_seeds, truth_from_dataset
+
+    space, res = _expansion(a)
+    if a.truth:
+        pairs = read_seeds(a.truth, space.dataset)  # same format: id + label
+        truth = pd.Series({i: lab for lab, ids in pairs.items() for i in ids}, name="truth")
+    else:
+        truth = truth_from_dataset(space.dataset)
+    table = homogeneity(res, truth, band_width=a.band)
+    path = _result_path(a, f"homogeneity-{_slug(a.model)}-k{a.k}-b{a.band}.csv")
+    table.to_csv(path, index=False)
+    print(f"{a.name} x {a.model}: {len(res.seeds)} seeds, k={a.k}, bands of {a.band} ranks; "
+          f"truth: {a.truth or 'dataset labels'}")
+    _print_table(table.drop(columns=["band", "rank_lo", "rank_hi"]).round({"mean": 4, "sd": 4}), 100)
+    if a.figure:
+        homogeneity_figure(table).write_html(a.figure)
+        print(f"figure: {a.figure}")
+    print(f"table: {path}")
+    return 0
+
+
+@verb("probe", "linear probe (standardised logistic regression) on image, caption or both embeddings")
+@args_for(lambda p: (
+    p.add_argument("name"), _model_args(p),
+    p.add_argument("--input", default="image", choices=["image", "text", "both"],
+                   help="image embeddings, caption embeddings (text tower) or both concatenated"),
+    p.add_argument("--folds", type=int, default=5, help="stratified k-fold cross-validation"),
+    p.add_argument("--split", action="store_true",
+                   help="train on split=train, test on split=test instead of cross-validating"),
+    p.add_argument("--C", type=float, default=1.0, help="inverse L2 regularisation strength"),
+    p.add_argument("--class-weight", default=None, choices=["balanced"], help="reweight classes"),
+    p.add_argument("--seed", type=int, default=0),
+    p.add_argument("--out", default=None, help="predictions parquet (default: <home>/results/NAME/probe-...)"),
+))
+def cmd_probe(a) -> int:
+    import pandas as pd
+
+    from .probe import default_path, run_probe
+
+    res = run_probe(a.name, a.model, a.input, folds=a.folds, use_split=a.split, C=a.C,
+                    class_weight=a.class_weight, seed=a.seed, random_weights=a.random_weights)
+    paths = res.save(a.out or default_path(a.name, a.model, a.input))
+    left = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in res.dropped.items() if v) or "none"
+    print(f"{a.name} x {a.model} ({a.input}, {res.mode}): {len(res.predictions)} images, "
+          f"{res.n_features} features; left out: {left}")
+    keys = ["n", "accuracy", "roc_auc", "average_precision", "f1_macro", "double_f1", "precision", "recall"]
+    m = res.metrics
+    _print_table(pd.DataFrame({"metric": [k for k in keys if k in m],
+                               "value": [round(float(m[k]), 4) for k in keys if k in m]}))
+    print("\nwritten: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+@verb("compare", "compare models on a dataset: probe metrics, agreement, score correlation, Jaccard@k")
+@args_for(lambda p: (
+    p.add_argument("name"),
+    p.add_argument("--models", required=True, help="comma-separated model specs (at least two)"),
+    p.add_argument("--random-weights", action="store_true",
+                   help="seeded random weights for every model that has weights (tests and benchmarks only)"),
+    p.add_argument("--k", type=int, default=10, help="neighbours for the Jaccard@k overlap"),
+    p.add_argument("--task", default="probe", choices=["probe", "none"],
+                   help="probe: also cross-validated probe metrics per model; none: neighbourhoods only"),
+    p.add_argument("--input", default="image", choices=["image", "text", "both"]),
+    p.add_argument("--folds", type=int, default=5),
+    p.add_argument("--out", default=None, help="output folder (default: <home>/results/NAME/)"),
+))
+def cmd_compare(a) -> int:
+    from pathlib import Path
+
+    from . import config
+    from .compare import compare_models
+
+    specs = [s.strip() for s in a.models.split(",") if s.strip()]
+    res = compare_models(a.name, specs, a.k, task=a.task, input=a.input, folds=a.folds,
+                         random_weights=a.random_weights)
+    folder = Path(a.out) if a.out else config.home() / "results" / a.name
+    paths = res.save(folder, prefix="compare-" + "-vs-".join(_slug(s) for s in specs)[:150])
+    if len(res.metrics):
+        cols = [c for c in ("model", "n", "accuracy", "roc_auc", "average_precision", "f1_macro", "double_f1")
+                if c in res.metrics]
+        print("probe metrics:")
+        _print_table(res.metrics[cols].round(4))
+        print(f"\n{len(res.disagreements)} of {len(res.agreement)} images with differing predictions")
+    if len(res.correlation):
+        print("\nscore rank correlation:")
+        _print_table(res.correlation.round(4))
+    print(f"\nneighbourhood overlap (Jaccard@{a.k}):")
+    _print_table(res.overlap.round(4))
+    print("\nwritten: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+@verb("project", "2-D map of a model's embeddings (UMAP, cached; or PCA, instant)")
+@args_for(lambda p: (
+    p.add_argument("name"), _model_args(p),
+    p.add_argument("--method", default="umap", choices=["umap", "pca"]),
+    p.add_argument("--n-neighbors", type=int, default=15),
+    p.add_argument("--min-dist", type=float, default=0.1),
+    p.add_argument("--seed", type=int, default=0),
+    p.add_argument("--out", default=None, help="coordinates parquet (default: <home>/results/NAME/project-...)"),
+))
+def cmd_project(a) -> int:
+    from .dataset import _atomic_parquet
+    from .projection import project_dataset
+
+    kwargs = {"seed": a.seed} if a.method == "pca" else \
+        {"n_neighbors": a.n_neighbors, "min_dist": a.min_dist, "seed": a.seed}
+    df = project_dataset(a.name, a.model, a.method, random_weights=a.random_weights, **kwargs)
+    path = _result_path(a, f"project-{_slug(a.model)}-{a.method}.parquet")
+    _atomic_parquet(df, path)
+    print(f"{a.name} x {a.model}: {len(df)} points ({a.method})")
+    summary = df.groupby(df["label"].fillna("(none)"))[["x", "y"]].agg(["count", "mean", "std"]).round(3)
+    summary.columns = [f"{c}_{s}" for c, s in summary.columns]
+    _print_table(summary.reset_index())
+    print(f"coordinates: {path}")
+    return 0
+
+
+# ---------------------------------------------------------------- colour evidence
+
+
+def _results_path(name: str, filename: str, out: str | None):
+    from pathlib import Path
+
+    from . import config
+
+    path = Path(out) if out else config.home() / "results" / name / filename
+    config.ensure(path.parent)
+    return path
+
+
+def _auc_rows(df, label_col: str, columns, positive: str | None):
+    """ROC AUC of each score column against a binary label column (rows with NaN skipped)."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    labels = df[label_col].dropna().unique().tolist()
+    if len(labels) != 2:
+        return pd.DataFrame()
+    pos = positive if positive in labels else ("sensitive" if "sensitive" in labels else sorted(labels)[-1])
+    rows = []
+    for col in columns:
+        ok = df[label_col].notna() & np.isfinite(df[col].astype(float))
+        y = (df.loc[ok, label_col] == pos).to_numpy()
+        rows.append({"score": col, "positive": pos, "n": int(ok.sum()),
+                     "auc": float(roc_auc_score(y, df.loc[ok, col])) if 0 < y.sum() < len(y) else float("nan")})
+    return pd.DataFrame(rows)
+
+
+@verb("scores", "MedGore EB colour scores (blood-like, skin-like fractions, z-scores, EB)")
+@args_for(lambda p: (
+    p.add_argument("name"),
+    p.add_argument("--reference-split", help="z-score against the rows of this split only"),
+    p.add_argument("--positive", default=None, help="label value counted as positive for AUC"),
+    p.add_argument("--workers", type=int, default=None),
+    p.add_argument("--out", help="output parquet/CSV (default: data/results/NAME/eb_scores.parquet)"),
+))
+def cmd_scores(a) -> int:
+    from . import colorscore, dataset
+
+    ds = dataset.load(a.name)
+    ref = (ds.images["split"] == a.reference_split).to_numpy() if a.reference_split else None
+    df = colorscore.score_dataset(ds, reference=ref, workers=a.workers)
+    out = _results_path(a.name, "eb_scores.parquet", a.out)
+    df.to_csv(out, index=False) if out.suffix == ".csv" else df.to_parquet(out, index=False)
+    print(f"EB scores of {len(df)} images ({int(df['error'].notna().sum())} unreadable) -> {out}")
+    if ds.has_labels:
+        summary = df.groupby("label")[["blood", "skin", "eb"]].agg(["mean", "median"]).round(3)
+        summary.columns = [f"{a_}_{b}" for a_, b in summary.columns]
+        _print_table(summary.reset_index())
+        aucs = _auc_rows(df, "label", ["eb", "blood", "skin"], a.positive)
+        if len(aucs):
+            print()
+            _print_table(aucs.round(4))
+    return 0
+
+
+@verb("censor-eval", "IoU of the colour (blood-like) mask against ground-truth masks")
+@args_for(lambda p: (
+    p.add_argument("name"),
+    p.add_argument("--mask-col", default="mask"),
+    p.add_argument("--group-col", default="source", help="report the mean IoU per value of this column"),
+    p.add_argument("--no-clean", action="store_true", help="skip median filter + closing/opening"),
+    p.add_argument("--out"),
+))
+def cmd_censor_eval(a) -> int:
+    from . import dataset, safety
+
+    ds = dataset.load(a.name)
+    df = safety.mask_iou_dataset(ds, mask_col=a.mask_col, clean=not a.no_clean)
+    out = _results_path(a.name, "mask_iou.parquet", a.out)
+    df.to_csv(out, index=False) if out.suffix == ".csv" else df.to_parquet(out, index=False)
+    print(f"colour-mask IoU on {len(df)} images with masks -> {out}")
+    group = a.group_col if a.group_col in df.columns else None
+    table = (df.groupby(group)["iou"] if group else df[["iou"]].assign(all="all").groupby("all")["iou"])
+    _print_table(table.agg(["count", "mean", "median"]).round(4).reset_index())
+    print(f"overall mean IoU {df['iou'].mean():.4f} (median {df['iou'].median():.4f})")
     return 0
 
 

@@ -34,7 +34,7 @@ from PIL import Image
 
 from . import config
 from .errors import ImageError
-from .images import MAX_PIXELS, content_id, open_image, to_rgb
+from .images import MAX_PIXELS, content_id, is_dicom, open_image, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +259,8 @@ def _load(path: str, params: ColorParams) -> Image.Image:
     resampling noise. Files PIL cannot open directly (DICOM, damaged, too large) go through
     ``open_image``, which decodes them or raises :class:`ImageError` with the reason.
     """
+    if is_dicom(path):  # a DICOM preamble may hold another format's header: never guess
+        return open_image(path)
     try:
         with Image.open(path) as im:
             if im.width * im.height <= MAX_PIXELS:
@@ -428,7 +430,7 @@ def _as_items(items) -> tuple[list[str | None], list[str]]:
             raise ValueError("score_paths: the DataFrame needs a 'path' column (and optionally 'id')")
         paths = [str(p) for p in items["path"]]
         ids = list(items["id"]) if "id" in items.columns else [None] * len(paths)
-        return [None if (i is None or i != i) else str(i) for i in ids], paths
+        return [None if pd.isna(i) else str(i) for i in ids], paths
     ids, paths = [], []
     for it in items:
         if isinstance(it, (str, os.PathLike)):
@@ -619,3 +621,22 @@ def blood_skin_scatter(
     fig.update_yaxes(title_text="skin-like fraction", range=[-0.02, 1.02])
     fig.update_traces(marker={"size": 6, "opacity": 0.7})
     return fig
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def score_dataset(ds, params: ColorParams = DEFAULT_PARAMS, *, reference: pd.Series | None = None,
+                  workers: int | None = None, progress=None) -> pd.DataFrame:
+    """EB table of a :class:`lib.dataset.Dataset`, one row per dataset row.
+
+    ``reference`` is an optional boolean Series over the rows: the z-scores take their mean
+    and sd from those rows only (e.g. a labelled reference collection). Returns the
+    dataset's id, path, label and split plus blood, skin, z_blood, z_skin, eb, error.
+    """
+    items = [(cid, str(ds.abspath(p))) for cid, p in zip(ds.images["id"], ds.images["path"], strict=True)]
+    fr = score_paths(items, params, workers=workers, progress=progress)
+    fr["path"] = ds.images["path"].to_numpy()
+    for col in ("label", "split"):
+        fr[col] = ds.images[col].to_numpy()
+    return eb_table(fr, None if reference is None else np.asarray(reference, dtype=bool))

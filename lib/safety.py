@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageFilter
 
 from .colorscore import DEFAULT_PARAMS, ColorParams, color_masks
@@ -272,6 +273,128 @@ def safe_thumbnail_bytes(
     return buf.getvalue()
 
 
+# --------------------------------------------------------------------------- sensitivity
+
+#: Dataset labels that mark an image as sensitive, compared case-insensitively after
+#: stripping ("non_sensitive" is not one of them: whole values are compared, not substrings).
+SENSITIVE_LABELS = ("sensitive", "blur", "gore", "wound", "surgery", "nudity", "nsfw")
+
+#: Default EB z-score above which an image counts as "sensitive by colour": one standard
+#: deviation above the collection's mean, a generic cut, not fitted to any corpus.
+EB_THRESHOLD = 1.0
+
+#: A model's positive-class probability at or above this flags the image (the MedGore
+#: gore-thesis gallery rule).
+PRED_THRESHOLD = 0.5
+
+
+def is_sensitive_label(value, labels: Iterable[str] = SENSITIVE_LABELS) -> bool:
+    """Whether one dataset label is a sensitive label (missing values are not)."""
+    if value is None or (not isinstance(value, str) and _isna(value)):
+        return False
+    return str(value).strip().lower() in {str(v).strip().lower() for v in labels}
+
+
+def _isna(value) -> bool:
+    try:
+        return bool(value != value)  # NaN and pandas NA (whose != is NA -> TypeError below)
+    except TypeError:
+        return True
+
+
+def _by_id(values, ids, column: str, name: str):
+    """Align ``values`` (Series indexed by id, or DataFrame with ``id`` and ``column``) on ``ids``."""
+    import pandas as pd
+
+    if isinstance(values, pd.DataFrame):
+        if "id" not in values or column not in values:
+            raise ValueError(f"{name} table needs columns 'id' and {column!r}, has {list(values.columns)}")
+        values = values.drop_duplicates("id").set_index("id")[column]
+    elif not isinstance(values, pd.Series):
+        arr = np.asarray(values, dtype=np.float64)
+        if arr.shape != (len(ids),):
+            raise ValueError(f"{name} has shape {arr.shape}, expected ({len(ids)},) or a table by id")
+        return arr
+    return pd.to_numeric(values.reindex(ids), errors="coerce").to_numpy(dtype=np.float64)
+
+
+def sensitivity_table(
+    ds,
+    eb=None,
+    preds=None,
+    threshold: float = EB_THRESHOLD,
+    *,
+    labels: Iterable[str] = SENSITIVE_LABELS,
+    pred_threshold: float = PRED_THRESHOLD,
+):
+    """Which images of a dataset are sensitive, and why: the safe view's decision.
+
+    An image is sensitive when its label is one of ``labels``, or its EB score is above
+    ``threshold``, or a model's positive-class probability is >= ``pred_threshold``.
+    Fail-safe: when EB scores are given, an image without a finite EB (it could not be
+    scored) counts as sensitive too.
+
+    Parameters
+    ----------
+    ds : Dataset, or its images DataFrame (columns id and, optionally, label)
+    eb : optional EB scores: DataFrame with columns id, eb (e.g.
+        :func:`lib.colorscore.eb_table`), Series indexed by id, or array (n,) aligned with the rows
+    preds : optional predictions: DataFrame with columns id, score (positive-class
+        probability), Series indexed by id, or array (n,) aligned with the rows; rows
+        without a prediction are not flagged by it
+    threshold : EB cut
+    labels : sensitive label values
+    pred_threshold : probability cut
+
+    Returns
+    -------
+    DataFrame (n, 8), one row per dataset row in order: id, label, eb, p (float, NaN when
+    absent), by_label, by_eb, by_pred, sensitive (bool) and reason (text; "" when not
+    sensitive).
+    """
+    import pandas as pd
+
+    images = ds.images if hasattr(ds, "images") else ds
+    ids = images["id"].astype(str).to_numpy()
+    n = len(ids)
+    label = images["label"] if "label" in images else pd.Series([None] * n)
+    wanted = {str(v).strip().lower() for v in labels}
+    lab = label.astype("string").str.strip().str.lower()
+    by_label = lab.isin(wanted).fillna(False).to_numpy(dtype=bool)
+    ebv = np.full(n, np.nan) if eb is None else _by_id(eb, ids, "eb", "eb")
+    by_eb = np.zeros(n, bool) if eb is None else ~(ebv <= threshold)  # NaN -> sensitive
+    p = np.full(n, np.nan) if preds is None else _by_id(preds, ids, "score", "preds")
+    by_pred = np.nan_to_num(p, nan=-np.inf) >= pred_threshold
+    sensitive = by_label | by_eb | by_pred
+    reasons = []
+    for i in range(n):
+        why = []
+        if by_label[i]:
+            why.append(f"label {label.iloc[i]}")
+        if by_eb[i]:
+            why.append(f"EB {ebv[i]:.2f} > {threshold:g}" if np.isfinite(ebv[i]) else "EB unknown")
+        if by_pred[i]:
+            why.append(f"p {p[i]:.2f} >= {pred_threshold:g}")
+        reasons.append("; ".join(why))
+    return pd.DataFrame({
+        "id": ids, "label": label.to_numpy(), "eb": ebv, "p": p, "by_label": by_label, "by_eb": by_eb,
+        "by_pred": by_pred, "sensitive": sensitive, "reason": reasons,
+    })
+
+
+def display_mode(sensitive, *, safe_view: bool = True, revealed: bool = False, censor: str = "blur") -> str:
+    """How to render one image: ``"raw"`` or the censoring mode ``censor``.
+
+    Raw only when safe view is off, the user revealed this image, or it is explicitly
+    not sensitive (:func:`must_censor`); everything else is censored.
+    """
+    if censor not in MODES:
+        raise ValueError(f"censoring mode must be one of {', '.join(MODES)}, not {censor!r}")
+    if not safe_view or revealed:
+        return "raw"
+    return censor if must_censor(sensitive) else "raw"
+
+
 # --------------------------------------------------------------------------- NudeNet
 
 
@@ -316,3 +439,29 @@ class NudeNetDetector:
 def nudenet_detector() -> NudeNetDetector:
     """One shared :class:`NudeNetDetector` per process (loading the model takes ~0.3 s)."""
     return NudeNetDetector()
+
+
+def mask_iou_dataset(ds, *, params: ColorParams = DEFAULT_PARAMS, mask_col: str = "mask",
+                     clean: bool = True) -> pd.DataFrame:
+    """Colour-mask IoU of every row of a dataset that has a ground-truth mask.
+
+    Mask paths are relative to the dataset root and read only inside it. Returns columns
+    id, path, label and every metadata column, plus ``iou`` (NaN with ``error`` when the
+    image or mask cannot be read).
+    """
+    from .errors import WorkbenchError
+
+    if mask_col not in ds.images.columns:
+        raise WorkbenchError(f"dataset {ds.name!r} has no {mask_col!r} column with ground-truth masks")
+    rows = ds.images[ds.images[mask_col].notna() & (ds.images[mask_col].astype(str) != "")].copy()
+    ious, errors = [], []
+    for path, mask in zip(rows["path"], rows[mask_col], strict=True):
+        try:
+            ious.append(mask_iou_paths(ds.abspath(path), ds.abspath(str(mask)), params=params, clean=clean))
+            errors.append(None)
+        except (WorkbenchError, OSError, ValueError) as e:
+            ious.append(np.nan)
+            errors.append(str(e))
+    rows["iou"] = ious
+    rows["error"] = errors
+    return rows.reset_index(drop=True)

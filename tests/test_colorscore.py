@@ -15,7 +15,6 @@ from lib import colorscore as cs
 from lib.images import content_id, open_image
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-needs_corpus = pytest.mark.skipif(not (CORPUS / "manifest.csv").exists(), reason="real corpus not available")
 
 # A foot ulcer (512 px PNG), a Medetec ulcer (224 px PNG), normal skin and a background
 # photo (JPEG), a blood smear (JPEG): reds, skin and neither.
@@ -23,7 +22,8 @@ SAMPLE_SUBCLASSES = ["foot_ulcer", "normal_skin", "background", "blood_smear_mic
 
 
 @pytest.fixture(scope="module")
-def manifest() -> pd.DataFrame:
+def manifest(corpus_dir) -> pd.DataFrame:
+    """The real corpus (conftest's corpus_dir fails loudly when it is missing)."""
     return pd.read_csv(CORPUS / "manifest.csv")
 
 
@@ -94,7 +94,6 @@ def small(path: Path, side: int = 48) -> Image.Image:
     return open_image(path).resize((side, side), Image.Resampling.BILINEAR)
 
 
-@needs_corpus
 @pytest.mark.parametrize(
     "params",
     [cs.DEFAULT_PARAMS,
@@ -137,7 +136,6 @@ def test_masks_on_pure_colours():
     assert skin[0].tolist() == [False, True, True, False, False, False]
 
 
-@needs_corpus
 def test_scoring_size_and_full_size(sample_paths):
     img = open_image(sample_paths[0])  # 512 x 512
     blood, skin = cs.color_masks(img)
@@ -201,7 +199,6 @@ def files(sample_paths, tmp_path) -> list[Path]:
     return [*sample_paths, bad, tmp_path / "missing.png"]
 
 
-@needs_corpus
 def test_score_paths_values_and_errors(files, monkeypatch):
     calls = []
     real = cs._score_one
@@ -223,7 +220,6 @@ def test_score_paths_values_and_errors(files, monkeypatch):
     assert len(calls) == len(files) - 1
 
 
-@needs_corpus
 def test_cache_second_call_computes_nothing(files, home, monkeypatch):
     calls = []
     real = cs._score_one
@@ -245,14 +241,39 @@ def test_cache_second_call_computes_nothing(files, home, monkeypatch):
     assert set(cs.FractionCache().read().id) == {f"id{i}" for i in range(4)}
 
 
-@needs_corpus
 def test_parallel_equals_serial(files):
     serial = cs.score_paths(files, workers=1, cache=False, chunksize=1)
     parallel = cs.score_paths(files, workers=2, cache=False, chunksize=1)
     pd.testing.assert_frame_equal(serial, parallel)
 
 
-@needs_corpus
+def test_score_paths_other_formats_match_open_image(tmp_path, sample_paths):
+    from hostile_files import dicom_file
+
+    dicom_file(tmp_path / "xray.dcm")
+    rgba = open_image(sample_paths[0]).convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(rgba.size))  # half-transparent: composited on white
+    rgba.save(tmp_path / "alpha.png")
+    big = open_image(sample_paths[1]).resize((1200, 1000))
+    big.save(tmp_path / "big.jpg", quality=95)  # decoded DCT-scaled by the scorer
+    paths = [tmp_path / "xray.dcm", tmp_path / "alpha.png", tmp_path / "big.jpg"]
+    df = cs.score_paths(paths, workers=1, cache=False)
+    assert df.error.isna().all()
+    for row, path in zip(df.itertuples(), paths, strict=True):
+        assert (row.blood, row.skin) == pytest.approx(cs.color_fractions(open_image(path)), abs=0.01)
+    assert df.skin.iloc[2] > 0.05  # the skin photo is scored as skin through the fast path
+
+
+def test_score_paths_dataframe_input_and_progress(files):
+    table = pd.DataFrame({"id": ["a", None, "c"], "path": [str(p) for p in files[:3]]})
+    seen = []
+    df = cs.score_paths(table, workers=1, cache=False, chunksize=1, progress=lambda d, t: seen.append((d, t)))
+    assert df.id.tolist() == ["a", content_id(files[1]), "c"]
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    with pytest.raises(ValueError, match="path"):
+        cs.score_paths(pd.DataFrame({"id": ["a"]}))
+
+
 def test_cache_writes_are_atomic(files, home, monkeypatch):
     pairs = [(f"id{i}", p) for i, p in enumerate(files[:3])]
     cs.score_paths(pairs[:1], workers=1)
@@ -274,7 +295,6 @@ def test_cache_writes_are_atomic(files, home, monkeypatch):
     assert df.error.isna().all()
 
 
-@needs_corpus
 def test_cache_compacts_parts(files, monkeypatch):
     monkeypatch.setattr(cs.FractionCache, "MAX_PARTS", 3)
     store = cs.FractionCache()

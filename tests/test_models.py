@@ -108,8 +108,8 @@ def test_random_weights_need_the_flag_and_are_recorded():
 
 def _tiny_hf_clip(path: Path):
     """A tiny transformers CLIPModel with a byte-level tokenizer, saved like any hub model."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
     from open_clip.tokenizer import bytes_to_unicode
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
     chars = list(bytes_to_unicode().values())
     vocab = {c: i for i, c in enumerate(chars)}

@@ -18,11 +18,11 @@ from lib.errors import ModelError
 from lib.images import open_image, thumbnail
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-needs_corpus = pytest.mark.skipif(not (CORPUS / "manifest.csv").exists(), reason="real corpus not available")
 
 
 @pytest.fixture(scope="module")
-def manifest() -> pd.DataFrame:
+def manifest(corpus_dir) -> pd.DataFrame:
+    """The real corpus (conftest's corpus_dir fails loudly when it is missing)."""
     return pd.read_csv(CORPUS / "manifest.csv")
 
 
@@ -42,7 +42,6 @@ def band_energy(img: Image.Image) -> float:
 # ----------------------------------------------------------------- whole-image renderings
 
 
-@needs_corpus
 def test_blur_removes_detail_keeps_size_and_colour(wound):
     out = sf.blur(wound)
     assert out.size == wound.size and out.mode == "RGB"
@@ -55,7 +54,6 @@ def test_blur_removes_detail_keeps_size_and_colour(wound):
     assert np.array_equal(np.asarray(sf.blur(wound, radius=0)), np.asarray(wound))
 
 
-@needs_corpus
 def test_pixelate_is_block_means(wound):
     out = np.asarray(sf.pixelate(wound, blocks=16), dtype=np.float64)
     assert out.shape == (512, 512, 3)
@@ -81,7 +79,6 @@ def test_blackout_and_modes():
 # ----------------------------------------------------------------- regions
 
 
-@needs_corpus
 @pytest.mark.parametrize("mode", sf.MODES)
 def test_censor_regions_changes_only_the_mask(wound, mode):
     small_mask = np.zeros((16, 16), bool)  # resized x32 with nearest neighbour
@@ -98,7 +95,6 @@ def test_censor_regions_changes_only_the_mask(wound, mode):
         assert not out[region].any()
 
 
-@needs_corpus
 def test_censor_regions_boxes(wound):
     out = np.asarray(sf.censor_regions(wound, boxes=[(10.2, 5, 20, 15.5), (500, 500, 600, 600)], mode="blackout"))
     expected = np.zeros((512, 512), bool)
@@ -194,7 +190,6 @@ def test_load_mask_encodings_and_resize(tmp_path):
         assert np.array_equal(sf.load_mask(tmp_path / name, shape=(32, 32)), np.kron(m, np.ones((4, 4), bool)))
 
 
-@needs_corpus
 def test_mask_iou_paths_on_corpus(manifest):
     rows = pd.concat([manifest[manifest.source == s].dropna(subset=["mask"]).head(2) for s in ("fuseg", "medetec")])
     values = []
@@ -213,7 +208,6 @@ def test_mask_iou_paths_on_corpus(manifest):
 # ----------------------------------------------------------------- thumbnails
 
 
-@needs_corpus
 def test_safe_thumbnail(wound, manifest):
     plain = sf.safe_thumbnail(wound, sensitive=False)
     assert np.array_equal(np.asarray(plain), np.asarray(thumbnail(wound, 256)))
@@ -240,7 +234,6 @@ def test_explicit_false_is_shown(flag):
     assert not sf.must_censor(flag)
 
 
-@needs_corpus
 def test_safe_thumbnail_bytes_stable_and_blurred(wound):
     a = sf.safe_thumbnail_bytes(wound, sensitive=True)
     assert a == sf.safe_thumbnail_bytes(wound.copy(), sensitive=True)
@@ -292,7 +285,6 @@ def test_nudenet_on_a_real_photo(detector, tmp_path):
     assert detector.exposure_score(path, classes=[d["label"] for d in dets]) == pytest.approx(dets[0]["score"])
 
 
-@needs_corpus
 def test_nudenet_on_corpus_skin(detector, manifest):
     img = open_image(CORPUS / manifest[manifest.subclass == "normal_skin"].path.iloc[0])
     check_detections(detector.detect(img), img.size)
