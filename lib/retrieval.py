@@ -55,7 +55,7 @@ def text_to_image(space: Space, backend, query_text: str | Sequence[str], k: int
     """
     from .zeroshot import require_text
 
-    require_text(backend)
+    require_text(backend, "text-to-image search")
     _check_backend(space, backend)
     single = isinstance(query_text, str)
     vecs = backend.encode_texts([query_text] if single else list(query_text))
@@ -302,7 +302,7 @@ def run_retrieval_eval(
                            f"columns: {', '.join(map(str, images.columns))}")
     if backend is None:
         backend = load_model(spec, random_weights=random_weights)
-    require_text(backend)
+    require_text(backend, "caption retrieval evaluation")
     embed(dataset_name, spec, random_weights=random_weights, backend=backend)
     emb = load_embeddings(dataset_name, spec, random_weights=random_weights, backend=backend)
     rows = np.flatnonzero(has)

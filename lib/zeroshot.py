@@ -252,10 +252,11 @@ def predict(image_vectors: np.ndarray, class_emb: np.ndarray, logit_scale: float
     return softmax(float(logit_scale) * cos, axis=1)
 
 
-def require_text(backend) -> None:
+def require_text(backend, task: str = "zero-shot classification") -> None:
+    """Raise :class:`ModelError` naming ``task`` when ``backend`` has no text tower."""
     if not getattr(backend, "has_text", False):
         raise ModelError(
-            f"zero-shot classification needs a text tower, and model {backend.spec!r} has none; "
+            f"{task} needs a text tower, and model {backend.spec!r} has none; "
             "use a CLIP-style model (open_clip:..., hf:..., e.g. biomedclip)"
         )
 
