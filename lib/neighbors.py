@@ -1,4 +1,11 @@
-"""Neighbourhoods in an embedding space: who is near an image, by how much, with what label."""
+"""Neighbourhoods in an embedding space: who is near an image, by how much, with what label.
+
+Also the MedGore seed expansion built on them: :func:`expand` labels the k nearest
+neighbours of seed images with the seed's class (resolving images reached by several
+classes), :func:`sample_by_rank` / :func:`review_sample` draw the "First-n"/"Last-n"
+subsets and review samples, and :func:`homogeneity` estimates, per band of ranks, how
+often a neighbour really shares its seed's class (Beta-binomial, with a plotly figure).
+"""
 
 from __future__ import annotations
 
@@ -495,11 +502,12 @@ def homogeneity(expansion: ExpansionResult, truth: pd.Series, band_width: int = 
     hits = expansion.hits
     if truth.index.has_duplicates:
         raise ValueError("truth has more than one label for some image ids")
-    t = truth.reindex(hits["id"].to_numpy()).to_numpy()
-    judged = pd.notna(t)
+    t = truth.reindex(hits["id"].to_numpy())
+    judged = t.notna().to_numpy()
+    t = t.astype(object).where(judged, "").astype(str).to_numpy()  # any NA flavour -> unjudged
     df = pd.concat([hits[["seed_label", "rank"]].reset_index(drop=True),
                     rank_band(hits["rank"].to_numpy(), band_width, expansion.k)], axis=1)
-    df["confirmed"] = judged & (t == hits["seed_label"].to_numpy())
+    df["confirmed"] = judged & (t == hits["seed_label"].astype(str).to_numpy())
     df["rejected"] = judged & ~df["confirmed"].to_numpy()
     df["unjudged"] = ~judged
     scopes = [("all", df)]
