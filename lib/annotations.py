@@ -159,6 +159,12 @@ def check_annotator(name: Any, *, allow_reserved: bool = False) -> str:
     return name
 
 
+def _blank(value: Any) -> bool:
+    """None, NaN (a missing cell from pandas) or whitespace."""
+    return value is None or (isinstance(value, float) and value != value) or (
+        isinstance(value, str) and not value.strip())
+
+
 def _check_text(what: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise AnnotationError(f"{what} must be a non-empty string, got {value!r}")
@@ -166,11 +172,11 @@ def _check_text(what: str, value: Any) -> str:
 
 
 def _check_note(note: Any) -> str | None:
-    if note is None or (isinstance(note, float) and note != note):  # None or NaN from pandas
+    if _blank(note):
         return None
     if not isinstance(note, str):
         raise AnnotationError(f"note must be a string or None, got {type(note).__name__}")
-    return note if note.strip() else None
+    return note
 
 
 def _json_default(obj: Any) -> Any:
@@ -181,7 +187,7 @@ def _json_default(obj: Any) -> Any:
 
 
 def _check_context(context: Any) -> str | None:
-    if context is None:
+    if _blank(context):
         return None
     if not isinstance(context, Mapping):
         raise AnnotationError(f"context must be a mapping or None, got {type(context).__name__}")
@@ -233,8 +239,8 @@ class AnnotationStore:
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: the module issues no implicit BEGIN; transactions are ours
-        conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
-        conn.execute("PRAGMA busy_timeout = 0")
+        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
@@ -397,7 +403,8 @@ class AnnotationStore:
                 label = _canonical(r["label"], allowed)
                 if label is None:
                     bad[str(r["label"])] = bad.get(str(r["label"]), 0) + 1
-                r["label"] = label
+                else:
+                    r["label"] = label
             if bad:
                 raise UnknownLabel(ds, bad, allowed)
         ids = []
@@ -428,7 +435,7 @@ class AnnotationStore:
         set's spelling). ``task`` says where it came from (``'seed'``, ``'review'``, ...),
         ``context`` is any JSON object (seed id, neighbour rank, ...).
         """
-        if label is None or (isinstance(label, str) and not label.strip()):
+        if _blank(label):
             raise AnnotationError("label is empty: use clear() to remove a label")
         row = self._prepare(
             dict(dataset=dataset, image_id=image_id, annotator=annotator, label=label, note=note, task=task,
@@ -455,7 +462,7 @@ class AnnotationStore:
             rows = rows.to_dict("records")
         prepared = []
         for r in rows:
-            if r.get("label") is None or (isinstance(r["label"], str) and not r["label"].strip()):
+            if _blank(r.get("label")):
                 raise AnnotationError(f"label is empty for image {r.get('image_id')!r}: use clear() to remove a label")
             prepared.append(self._prepare(r, allow_reserved=False))
         if not prepared:
@@ -490,13 +497,13 @@ class AnnotationStore:
         who resolved it and every annotator's current label at that moment.
         """
         by = check_annotator(by)
+        if _blank(label):
+            raise AnnotationError("consensus label is empty: use clear(dataset, image_id, 'consensus') to undo one")
         row = self._prepare(
             dict(dataset=dataset, image_id=image_id, annotator=CONSENSUS, label=label, note=note,
                  task="consensus"),
             allow_reserved=True,
         )
-        if label is None or (isinstance(label, str) and not label.strip()):
-            raise AnnotationError("consensus label is empty: use clear(dataset, image_id, 'consensus') to undo one")
         with self._write() as conn:
             seen = conn.execute(
                 "SELECT annotator, label FROM current WHERE dataset = ? AND image_id = ? AND annotator != ? "
@@ -694,9 +701,11 @@ class AnnotationStore:
         rows: dict[tuple[str, str], dict[str, Any]] = {}
         for i, rec in enumerate(df.to_dict("records")):
             label = rec[label_col]
-            if label is None or (isinstance(label, float) and label != label) or str(label).strip() == "":
+            if _blank(label):
                 blank += 1
                 continue
+            if _blank(rec[id_col]):
+                raise AnnotationError(f"{origin} row {i} has a label but no image id in {id_col!r}")
             who = annotator if annotator is not None else rec["annotator"]
             row = self._prepare(
                 dict(dataset=dataset, image_id=str(rec[id_col]), annotator=who, label=str(label),
@@ -705,7 +714,9 @@ class AnnotationStore:
             )
             key = (row["image_id"], row["annotator"])
             prev = rows.get(key)
-            if prev is not None and (prev["label"].strip(), prev["note"]) != (row["label"].strip(), row["note"]):
+            if prev is not None and (prev["label"].strip().casefold(), prev["note"]) != (
+                row["label"].strip().casefold(), row["note"]
+            ):
                 raise AnnotationError(
                     f"{origin} gives image {key[0]!r} by {key[1]!r} two different labels "
                     f"({prev['label']!r} and {row['label']!r})"

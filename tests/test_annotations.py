@@ -103,6 +103,23 @@ def test_unknown_label_names_label_and_set_and_writes_nothing(store):
     assert store.current("ds")["label"].tolist() == ["Ok"]
 
 
+def test_batch_from_a_dataframe(store):
+    df = pd.DataFrame({"dataset": "ds", "image_id": [img(i) for i in range(4)], "annotator": "ann",
+                       "label": ["Blur", "ok", "Maybe", "Ok"], "note": ["a", None, None, "d"],
+                       "task": "review", "context": [{"rank": i} for i in range(4)]})
+    ids = store.set_labels(df)
+    hist = store.history("ds")
+    assert hist["id"].tolist() == ids and len(set(ids)) == 4
+    assert hist["label"].tolist() == ["Blur", "Ok", "Maybe", "Ok"]
+    assert hist["note"].fillna("-").tolist() == ["a", "-", "-", "d"]
+    assert hist["context"].tolist() == [{"rank": i} for i in range(4)]
+    with pytest.raises(AnnotationError, match="empty"):
+        store.set_labels(df.assign(label=["Ok", None, "Ok", "Ok"]))
+    with pytest.raises(AnnotationError, match="updated_at"):
+        store.set_labels(store.current("ds"))  # current() rows carry fields an annotation has not
+    assert len(store.history("ds")) == 4
+
+
 def test_label_set_per_dataset(store):
     assert store.label_set("ds") == LABELS
     assert store.set_label_set("xr", ["Normal", " Wound "]) == ("Normal", "Wound")
@@ -328,19 +345,33 @@ def _untorn(df: pd.DataFrame) -> bool:
     return all(r.note.split(":")[1:] == [r.image_id, r.label] for r in df.itertuples())
 
 
+@pytest.fixture
+def spawn():
+    """Start processes; whatever is still running when the test ends is killed."""
+    procs: list[subprocess.Popen] = []
+
+    def start(*args: str) -> subprocess.Popen:
+        procs.append(subprocess.Popen([sys.executable, "-c", *args], cwd=REPO, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+        return procs[-1]
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.communicate()
+
+
 @pytest.mark.parametrize("annotators", [("ann", "bob"), ("shared", "shared")], ids=["two", "same"])
-def test_two_processes_lose_no_write(tmp_path, annotators):
+def test_two_processes_lose_no_write(tmp_path, spawn, annotators):
     """Two processes write 1000 labels each on the same 1000 images while this process reads."""
     db = tmp_path / "a.sqlite"
-    procs = [
-        subprocess.Popen([sys.executable, "-c", WRITER, str(db), str(tmp_path), str(k), name],
-                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for k, name in enumerate(annotators)
-    ]
+    procs = [spawn(WRITER, str(db), str(tmp_path), str(k), name) for k, name in enumerate(annotators)]
     deadline = time.monotonic() + 30
     while not all((tmp_path / f"ready{k}").exists() for k in range(2)):
-        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
-        assert time.monotonic() < deadline
+        failed = [p.stderr.read() for p in procs if p.poll() not in (None, 0)]
+        assert not failed, failed
+        assert time.monotonic() < deadline, "the writers did not start"
         time.sleep(0.005)
     store = AnnotationStore(db)
 
@@ -384,7 +415,7 @@ def test_two_processes_lose_no_write(tmp_path, annotators):
             assert len(store.history("ds", annotator=name)) == 1000
     procs_in_order = [c["proc"] for c in hist["context"]]
     switches = sum(a != b for a, b in zip(procs_in_order, procs_in_order[1:], strict=False))
-    print("STATS", switches, len(snapshots), sizes[:3], sizes[-3:]); assert switches > 1, "the writers did not overlap in time; the test proved nothing"
+    assert switches > 1, "the writers did not overlap in time; the test proved nothing"
 
     # the current label of each key is the one whose write committed last (highest event id)
     last: dict[tuple[str, str], tuple[int, str]] = {}
@@ -397,3 +428,24 @@ def test_two_processes_lose_no_write(tmp_path, annotators):
     assert {(r.image_id, r.annotator): r.label for r in cur.itertuples()} == {k: v[1] for k, v in last.items()}
     assert len(cur) == (2000 if annotators[0] != annotators[1] else 1000)
     store.close()
+
+
+
+def test_wal_switch_waits_for_a_writer_in_rollback_mode(tmp_path):
+    """SQLite refuses the switch to WAL at once, without its busy wait, while another connection
+    holds a write lock on a rollback-journal file (as when two processes create the store together)."""
+    path = tmp_path / "a.sqlite"
+    raw = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    raw.execute("BEGIN IMMEDIATE")
+    raw.execute("CREATE TABLE other (x)")
+    release = threading.Timer(0.3, lambda: raw.execute("COMMIT"))
+    t0 = time.monotonic()
+    release.start()
+    store = AnnotationStore(path, timeout=10)
+    assert time.monotonic() - t0 >= 0.25  # it did wait for the lock
+    release.join()
+    raw.close()
+    store.set_label("ds", img(1), "ann", "Ok")
+    assert store.current("ds")["label"].tolist() == ["Ok"]
+    with sqlite3.connect(path) as check:
+        assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
