@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 PORT ?= 8501
 
-.PHONY: setup run test test-fast lint bench browser clean-data
+.PHONY: setup run test test-fast lint bench browser clean-data notebooks
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,10 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not browser and not slow"
+
+# The exploratory notebooks (notebooks/), in JupyterLab on the same data home as the app.
+notebooks: setup
+	$(VENV)/bin/jupyter lab notebooks/
 
 lint: setup
 	$(VENV)/bin/ruff check .

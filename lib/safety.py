@@ -465,3 +465,166 @@ def mask_iou_dataset(ds, *, params: ColorParams = DEFAULT_PARAMS, mask_col: str 
     rows["iou"] = ious
     rows["error"] = errors
     return rows.reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- contact sheets
+
+
+def safe_grid(
+    images: Sequence[ImageLike],
+    sensitive=True,
+    *,
+    mode: str | Sequence[str] = "blur",
+    side: int = 128,
+    cols: int = 6,
+    captions: Sequence[str] | None = None,
+    pad: int = 4,
+) -> Image.Image:
+    """Contact sheet of :func:`safe_thumbnail` tiles (what the notebooks display).
+
+    Parameters
+    ----------
+    images : sequence of n PIL images or paths
+    sensitive : one flag for all tiles, or a sequence of n flags; each tile is censored
+        with ``mode`` unless its flag is explicitly False (:func:`must_censor`).
+    mode : one of :data:`MODES` for all tiles, or a sequence of n modes.
+    side : each tile is fitted inside ``side`` x ``side`` and centred in its cell.
+    cols : tiles per row.
+    captions : optional n short texts, one line under each tile (cut to fit).
+
+    Returns
+    -------
+    PIL RGB image of size (pad + cols' * (side + pad), pad + rows * (side + caption + pad)),
+    cols' = min(cols, n), on a white background.
+    """
+    from PIL import ImageDraw
+
+    n = len(images)
+    if n == 0:
+        raise ValueError("no images to put in a grid")
+    flags = list(sensitive) if isinstance(sensitive, (list, tuple, np.ndarray, pd.Series)) else [sensitive] * n
+    modes = [mode] * n if isinstance(mode, str) else list(mode)
+    if len(flags) != n or len(modes) != n or (captions is not None and len(captions) != n):
+        raise ValueError(f"{n} images need {n} sensitivity flags, modes and captions")
+    if cols < 1 or side < 8:
+        raise ValueError("cols must be >= 1 and side >= 8")
+    cols = min(cols, n)
+    text_h = 14 if captions is not None else 0
+    cell_w, cell_h = side + pad, side + text_h + pad
+    sheet = Image.new("RGB", (pad + cols * cell_w, pad + math.ceil(n / cols) * cell_h), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for i, (img, flag, m) in enumerate(zip(images, flags, modes, strict=True)):
+        tile = safe_thumbnail(img, sensitive=flag, mode=m, side=side)
+        x, y = pad + (i % cols) * cell_w, pad + (i // cols) * cell_h
+        sheet.paste(tile, (x + (side - tile.width) // 2, y + (side - tile.height) // 2))
+        if captions is not None:
+            text = str(captions[i])
+            while text and draw.textlength(text) > side:
+                text = text[:-1]
+            draw.text((x, y + side + 1), text, fill=(0, 0, 0))
+    return sheet
+
+
+# --------------------------------------------------------------------------- censoring pipelines
+
+#: Censoring strategies compared by :func:`pipeline_iou`: what is censored, and on which images.
+CENSOR_STRATEGIES = ("colour mask, every image", "colour mask, flagged only",
+                     "whole image, every image", "whole image, flagged only")
+
+
+def censoring_table(ds, *, params: ColorParams = DEFAULT_PARAMS, mask_col: str = "mask", clean: bool = True,
+                    labels: Iterable[str] = SENSITIVE_LABELS, rows: Sequence[int] | None = None) -> pd.DataFrame:
+    """The cleaned blood-like colour mask of each image against the region that should be censored.
+
+    The true region is the ground-truth mask for rows that have one, and *empty* for rows
+    whose label is known and not sensitive (nothing there needs hiding). Sensitive rows
+    without a mask cannot be scored and are left out.
+
+    Parameters
+    ----------
+    ds : Dataset
+    rows : optional dataset row numbers to consider (default all).
+
+    Returns
+    -------
+    DataFrame, one row per scored image: ``row, id, path, label, has_mask, truth_fraction``
+    (share of pixels in the true region), ``colour_fraction`` (share in the colour mask),
+    ``iou_colour`` (colour mask vs true region; 1.0 when both are empty) and ``error``
+    (NaN values with the reason when the image or mask cannot be read).
+    """
+    from .errors import WorkbenchError
+
+    images = ds.images.reset_index(drop=True)
+    if rows is not None:
+        images = images.iloc[list(rows)]
+    masks = images[mask_col] if mask_col in images else pd.Series(pd.NA, index=images.index)
+    has_mask = (masks.notna() & (masks.astype("string").str.strip() != "")).fillna(False).to_numpy(bool)
+    known = images["label"].notna().to_numpy(bool)
+    clear = known & ~np.array([is_sensitive_label(v, labels) for v in images["label"]], dtype=bool)
+    keep = has_mask | clear
+    out = []
+    for (row, r), masked in zip(images[keep].iterrows(), has_mask[keep], strict=True):
+        rec = {"row": int(row), "id": r["id"], "path": r["path"], "label": r["label"], "has_mask": bool(masked),
+               "truth_fraction": np.nan, "colour_fraction": np.nan, "iou_colour": np.nan, "error": None}
+        try:
+            pred = color_masks(open_image(ds.abspath(r["path"])), params)[0]
+            pred = clean_mask(pred) if clean else np.asarray(pred, dtype=bool)
+            truth = load_mask(ds.abspath(str(r[mask_col])), shape=pred.shape) if masked \
+                else np.zeros(pred.shape, dtype=bool)
+            rec.update(truth_fraction=float(truth.mean()), colour_fraction=float(pred.mean()),
+                       iou_colour=mask_iou(pred, truth))
+        except (WorkbenchError, OSError, ValueError) as e:
+            rec["error"] = str(e)
+        out.append(rec)
+    return pd.DataFrame(out, columns=["row", "id", "path", "label", "has_mask", "truth_fraction",
+                                      "colour_fraction", "iou_colour", "error"])
+
+
+def pipeline_iou(table: pd.DataFrame, flagged) -> pd.DataFrame:
+    """IoU of the :data:`CENSOR_STRATEGIES` over a :func:`censoring_table`.
+
+    "Flagged only" strategies censor an image only when a classifier flagged it (the
+    classify-then-censor pipeline); the others censor every image. "Colour mask" censors
+    the image's colour mask, "whole image" its whole frame. An image left uncensored scores
+    IoU 1 when its true region is empty and 0 otherwise; a whole frame scores the true
+    region's share of the frame (0 when that region is empty).
+
+    Parameters
+    ----------
+    table : DataFrame from :func:`censoring_table`
+    flagged : bool array-like (n,) aligned with ``table``, or Series of bools indexed by id
+        (ids it lacks count as not flagged).
+
+    Returns
+    -------
+    DataFrame, one row per (strategy, group) with group ``wound (has mask)`` or ``needs no
+    censoring``: ``strategy, group, n, mean_iou, images_censored`` (share of images with any
+    pixel censored) and ``pixels_censored`` (mean share of each image's pixels censored).
+    Rows of ``table`` with an error are left out.
+    """
+    if isinstance(flagged, pd.Series) and not flagged.index.equals(table.index):
+        flagged = flagged.reindex(table["id"]).fillna(False).to_numpy(bool)
+    flagged = np.asarray(flagged, dtype=bool)
+    if flagged.shape != (len(table),):
+        raise ValueError(f"flagged has shape {flagged.shape}, expected ({len(table)},)")
+    ok = table["iou_colour"].notna().to_numpy()
+    t, f = table[ok], flagged[ok]
+    iou_c, truth, colour = (t[c].to_numpy(float) for c in ("iou_colour", "truth_fraction", "colour_fraction"))
+    empty_truth = truth == 0
+    uncensored_iou = empty_truth.astype(float)
+    whole_iou = truth  # the true region lies inside the frame: |T| / |frame|
+    strategies = {
+        CENSOR_STRATEGIES[0]: (iou_c, colour),
+        CENSOR_STRATEGIES[1]: (np.where(f, iou_c, uncensored_iou), np.where(f, colour, 0.0)),
+        CENSOR_STRATEGIES[2]: (whole_iou, np.ones(len(t))),
+        CENSOR_STRATEGIES[3]: (np.where(f, whole_iou, uncensored_iou), f.astype(float)),
+    }
+    groups = {"wound (has mask)": t["has_mask"].to_numpy(bool), "needs no censoring": ~t["has_mask"].to_numpy(bool)}
+    out = []
+    for name, (iou, pixels) in strategies.items():
+        for group, g in groups.items():
+            out.append({"strategy": name, "group": group, "n": int(g.sum()),
+                        "mean_iou": float(iou[g].mean()) if g.any() else np.nan,
+                        "images_censored": float((pixels[g] > 0).mean()) if g.any() else np.nan,
+                        "pixels_censored": float(pixels[g].mean()) if g.any() else np.nan})
+    return pd.DataFrame(out)

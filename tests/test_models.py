@@ -15,7 +15,7 @@ from PIL import Image
 
 from lib.errors import ModelError, WeightsMissing
 from lib.images import open_image
-from lib.models import load_model, parse_spec, resolve_fingerprint
+from lib.models import load_available, load_model, parse_spec, resolve_fingerprint
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_ARCH = "WB-Tiny-ViT"
@@ -202,3 +202,15 @@ def test_device_and_precision_choices(tiny_model, images):
     assert cos.min() > 0.99
     with pytest.raises(ModelError, match="precision"):
         load_model(f"open_clip:{TINY_ARCH}", random_weights=True, precision="int3")
+
+
+def test_load_available_skips_only_missing_weights(tmp_path):
+    absent = f"open_clip:ViT-B-32@{tmp_path / 'nowhere.safetensors'}"
+    loaded, missing = load_available(["color", absent, "color"])
+    assert list(loaded) == ["color"] and loaded["color"].dim > 0
+    assert missing == [absent]
+    # Anything other than absent weights is not swallowed.
+    with pytest.raises(ModelError, match="unknown model spec"):
+        load_available(["color", "no-such-model"])
+    with pytest.raises(ModelError, match="unknown open_clip architecture"):
+        load_available(["open_clip:No-Such-Arch@x.safetensors"])

@@ -295,3 +295,108 @@ def test_nudenet_missing_is_a_model_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "nudenet", None)  # import nudenet -> ImportError
     with pytest.raises(ModelError, match="pip install nudenet"):
         sf.NudeNetDetector()
+
+
+# ----------------------------------------------------------------- contact sheets
+
+
+def test_safe_grid_tiles_are_safe_thumbnails():
+    rng = np.random.default_rng(0)
+    imgs = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((200, 300), (150, 100),
+                                                                                         (64, 64))]
+    sheet = sf.safe_grid(imgs, [True, False, None], side=64, cols=2, pad=4, captions=["one", "two", "three"])
+    assert sheet.size == (4 + 2 * 68, 4 + 2 * (64 + 14 + 4))
+    arr = np.asarray(sheet)
+    for i, (img, flag) in enumerate(zip(imgs, [True, False, None], strict=True)):
+        x, y = 4 + (i % 2) * 68, 4 + (i // 2) * (64 + 14 + 4)
+        want = np.asarray(sf.safe_thumbnail(img, sensitive=flag, side=64))
+        h, w = want.shape[:2]
+        x, y = x + (64 - w) // 2, y + (64 - h) // 2
+        assert np.array_equal(arr[y:y + h, x:x + w], want)
+        raw = np.asarray(thumbnail(img, 64))
+        assert np.array_equal(arr[y:y + h, x:x + w], raw) == (flag is False)
+    assert (arr[4 + 64 + 1:4 + 64 + 14, 4:4 + 64] < 128).any()  # the first caption is drawn
+    # One flag for all, fail-safe default: every tile censored; no captions, no caption strip.
+    sheet = sf.safe_grid(imgs[:1], side=64)
+    assert sheet.size == (72, 72)
+    raw = np.asarray(thumbnail(imgs[0], 64))  # 64 x 43, centred vertically
+    top = 4 + (64 - raw.shape[0]) // 2
+    assert not np.array_equal(np.asarray(sheet)[top:top + raw.shape[0], 4:68], raw)
+    assert np.array_equal(np.asarray(sf.safe_grid(imgs[:1], False, side=64))[top:top + raw.shape[0], 4:68], raw)
+    # One censoring mode per tile.
+    sheet = np.asarray(sf.safe_grid(imgs[2:] * 3, True, mode=["blur", "pixelate", "blackout"], side=64, cols=3))
+    for i, mode in enumerate(["blur", "pixelate", "blackout"]):
+        x = 4 + i * 68
+        assert np.array_equal(sheet[4:68, x:x + 64], np.asarray(sf.safe_thumbnail(imgs[2], sensitive=True, mode=mode,
+                                                                                  side=64)))
+    with pytest.raises(ValueError):
+        sf.safe_grid(imgs, mode=["blur"])
+    with pytest.raises(ValueError):
+        sf.safe_grid([])
+    with pytest.raises(ValueError):
+        sf.safe_grid(imgs, [True])
+
+
+# ----------------------------------------------------------------- censoring pipelines
+
+
+def test_pipeline_iou_matches_pixel_masks():
+    """Every strategy's IoU equals mask_iou of the literally censored region."""
+    rng = np.random.default_rng(3)
+    shape = (20, 30)
+    recs, truths, colours = [], [], []
+    for i in range(40):
+        has_mask = i % 3 != 0
+        truth = (rng.random(shape) < rng.uniform(0.05, 0.5)) if has_mask else np.zeros(shape, bool)
+        colour = rng.random(shape) < rng.choice([0.0, 0.1, 0.4])
+        truths.append(truth)
+        colours.append(colour)
+        recs.append({"row": i, "id": f"id{i}", "path": f"{i}.png", "label": "x", "has_mask": has_mask,
+                     "truth_fraction": truth.mean(), "colour_fraction": colour.mean(),
+                     "iou_colour": sf.mask_iou(colour, truth), "error": None})
+    recs.append({**recs[1], "id": "broken", "truth_fraction": np.nan, "colour_fraction": np.nan,
+                 "iou_colour": np.nan, "error": "unreadable"})
+    table = pd.DataFrame(recs)
+    flagged = rng.random(len(table)) < 0.5
+    out = sf.pipeline_iou(table, flagged).set_index(["strategy", "group"])
+    assert list(out.index.get_level_values(0).unique()) == list(sf.CENSOR_STRATEGIES)
+    full, none = np.ones(shape, bool), np.zeros(shape, bool)
+    for strategy in sf.CENSOR_STRATEGIES:
+        region = [(c if strategy.startswith("colour") else full)
+                  if (f or strategy.endswith("every image")) else none
+                  for c, f in zip(colours, flagged[:40], strict=True)]
+        ious = np.array([sf.mask_iou(r, t) for r, t in zip(region, truths, strict=True)])
+        share = np.array([r.mean() for r in region])
+        for group, g in (("wound (has mask)", table["has_mask"][:40].to_numpy()),
+                         ("needs no censoring", ~table["has_mask"][:40].to_numpy())):
+            row = out.loc[(strategy, group)]
+            assert row["n"] == g.sum()
+            assert row["mean_iou"] == pytest.approx(ious[g].mean())
+            assert row["pixels_censored"] == pytest.approx(share[g].mean())
+            assert row["images_censored"] == pytest.approx((share[g] > 0).mean())
+    # Flags by id: ids it lacks are not flagged.
+    by_id = pd.Series(flagged, index=table["id"])
+    assert sf.pipeline_iou(table, by_id).equals(sf.pipeline_iou(table, flagged))
+    assert sf.pipeline_iou(table, pd.Series(dtype=bool)).equals(sf.pipeline_iou(table, np.zeros(len(table), bool)))
+    with pytest.raises(ValueError, match="shape"):
+        sf.pipeline_iou(table, flagged[:3])
+
+
+def test_censoring_table_on_corpus(corpus):
+    images = corpus.images.reset_index(drop=True)
+    pick = lambda m: list(images.index[m][:2])  # noqa: E731
+    rows = (pick(images["source"].eq("fuseg")) + pick(images["source"].eq("medetec"))
+            + pick(images["subclass"].eq("normal_skin")) + pick(images["source"].eq("bccd"))
+            + pick(images["subclass"].eq("surgical_wound")))  # sensitive, no mask: not scorable
+    table = sf.censoring_table(corpus, rows=rows)
+    assert table["row"].tolist() == rows[:8] and table["error"].isna().all()
+    for r in table.itertuples():
+        img = CORPUS / r.path
+        if r.has_mask:
+            mask = CORPUS / images.loc[r.row, "mask"]
+            assert r.iou_colour == pytest.approx(sf.mask_iou_paths(img, mask))
+            assert 0 < r.truth_fraction < 1
+        else:
+            assert r.label == "non_sensitive" and r.truth_fraction == 0
+            assert r.iou_colour == (1.0 if r.colour_fraction == 0 else 0.0)
+    assert table["has_mask"].tolist() == [True] * 4 + [False] * 4

@@ -27,7 +27,7 @@ from ..errors import ModelError
 from .base import PRECISIONS, Backend, fingerprint_of, l2_normalize, select_device
 
 __all__ = ["Backend", "ModelSpec", "PRECISIONS", "load_model", "parse_spec", "resolve_fingerprint",
-           "fingerprint_of", "l2_normalize", "select_device", "aliases", "KINDS"]
+           "fingerprint_of", "l2_normalize", "select_device", "aliases", "KINDS", "load_available"]
 
 KINDS = ("color", "open_clip", "hf")
 _ALIASES = Path(__file__).with_name("aliases.json")
@@ -104,6 +104,24 @@ def load_model(spec: str, *, random_weights: bool = False, seed: int = 0, device
                             precision=precision)
     _remember(s, random_weights, seed, backend.fingerprint)
     return backend
+
+
+def load_available(specs, **kwargs) -> tuple[dict[str, Backend], list[str]]:
+    """Load every spec whose weights are present: ``({spec: backend}, [specs whose weights are missing])``.
+
+    Only :class:`~lib.errors.WeightsMissing` is caught (a notebook or page then says in one
+    line which models it skips); a bad spec or a broken checkpoint still raises. ``kwargs``
+    go to :func:`load_model`.
+    """
+    from ..errors import WeightsMissing
+
+    loaded, missing = {}, []
+    for spec in dict.fromkeys(specs):
+        try:
+            loaded[spec] = load_model(spec, **kwargs)
+        except WeightsMissing:
+            missing.append(spec)
+    return loaded, missing
 
 
 # ---------------------------------------------------------------- fingerprint memo
