@@ -603,6 +603,57 @@ def cmd_censor_eval(a) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- annotation workflow: export
+
+
+def _export_args(p):
+    p.add_argument("name", help="dataset the expansion was run on")
+    p.add_argument("--expansion", required=True,
+                   help="saved expansion: its name (results/NAME/expansion-<name>/), its folder, "
+                        "or a parquet written by the expand verb")
+    p.add_argument("--out", default=None, help="manifest .csv or .parquet (default: inside the expansion's folder)")
+    band = p.add_mutually_exclusive_group()
+    band.add_argument("--first-n", type=int, default=None, help="only images reached at ranks 1..N")
+    band.add_argument("--last-n", type=int, default=None, help="only images reached at ranks k-N+1..k")
+    p.add_argument("--no-seeds", action="store_true", help="leave the seeds out")
+    p.add_argument("--reviews", default="consensus",
+                   help="whose review labels override inherited ones: consensus (resolved, else agreeing), "
+                        "an annotator name, or none")
+    p.add_argument("--keep-unresolved", action="store_true",
+                   help="keep images whose review is undecided (Maybe, disagreement) with their inherited label")
+    p.add_argument("--val-frac", type=float, default=0.1, help="validation share per label (seeded)")
+    p.add_argument("--test-frac", type=float, default=0.0, help="test share per label (seeded)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the split")
+    p.add_argument("--keep-columns", default="", help="comma-separated dataset columns to copy, e.g. source,mask")
+    p.add_argument("--absolute", action="store_true", help="absolute paths instead of paths relative to the root")
+    p.add_argument("--as", dest="as_name", default=None, help="dataset name shown in the ingest command")
+
+
+@verb("export", "export an expanded, reviewed label set as a manifest (path,label,split + provenance) to ingest")
+@args_for(_export_args)
+def cmd_export(a) -> int:
+    from . import dataset, workflow
+    from .annotations import AnnotationStore
+
+    ds = dataset.load(a.name)
+    saved = workflow.load_expansion(a.name, a.expansion)
+    reviews = None if a.reviews.lower() == "none" else workflow.review_labels(AnnotationStore(), a.name, a.reviews)
+    keep = [c.strip() for c in a.keep_columns.split(",") if c.strip()]
+    manifest = workflow.export_table(
+        ds, saved, reviews=reviews, first_n=a.first_n, last_n=a.last_n, include_seeds=not a.no_seeds,
+        unresolved="keep" if a.keep_unresolved else "drop", val_frac=a.val_frac, test_frac=a.test_frac,
+        seed=a.seed, keep_columns=keep, absolute=a.absolute)
+    if manifest.empty:
+        raise workflow.WorkflowError("the export is empty: nothing is labelled with these options")
+    path = workflow.write_manifest(manifest, a.out or workflow.default_export_path(saved, a.first_n, a.last_n))
+    print(f"{a.name} / {saved.name}: {len(manifest)} images exported "
+          f"(reviews: {a.reviews}; undecided reviews {'kept' if a.keep_unresolved else 'dropped'})")
+    _print_table(workflow.export_summary(manifest))
+    print(f"\nwritten: {path}\ningest it with:\n  "
+          f"{workflow.ingest_command(path, a.as_name or f'{a.name}-expanded', ds.root)}")
+    return 0
+
+
 # ---------------------------------------------------------------- main
 
 
