@@ -16,7 +16,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,14 +95,21 @@ def probe_file(path: str) -> Probe:
                  format=meta.get("format") or "", meta=dicom)
 
 
-def _probe_all(paths: list[str], workers: int | None, progress: bool) -> list[Probe]:
+def _probe_all(paths: list[str], workers: int | None, progress: bool,
+               progress_callback: Callable[[int, int], None] | None = None) -> list[Probe]:
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     bar = _progress(len(paths), "ingest", progress)
     out: list[Probe] = []
+
+    def tick() -> None:
+        bar.update(1)
+        if progress_callback is not None:
+            progress_callback(len(out), len(paths))
+
     if workers <= 1 or len(paths) < 16:
         for p in paths:
             out.append(probe_file(p))
-            bar.update(1)
+            tick()
     else:
         import multiprocessing as mp
 
@@ -110,7 +117,7 @@ def _probe_all(paths: list[str], workers: int | None, progress: bool) -> list[Pr
         with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
             for probe in pool.map(probe_file, paths, chunksize=8):
                 out.append(probe)
-                bar.update(1)
+                tick()
     bar.close()
     return out
 
@@ -246,6 +253,7 @@ def ingest(
     workers: int | None = None,
     progress: bool = False,
     overwrite: bool = True,
+    progress_callback: Callable[[int, int], None] | None = None,
 ) -> IngestReport:
     """Ingest a folder or manifest as dataset ``name``.
 
@@ -254,6 +262,8 @@ def ingest(
     source : folder, or CSV/parquet manifest with a ``path`` column (relative to the
         manifest's folder, or to ``root``).
     root : where the images live; defaults to the folder itself or the manifest's folder.
+    progress_callback : optional ``progress_callback(done, total)`` called as files are probed
+        (the app's progress bar).
 
     Returns an :class:`IngestReport`; the stored tables are read with :func:`load`.
     """
@@ -276,7 +286,7 @@ def ingest(
     if not rows and not errors:
         raise DatasetError(f"{source}: no image files found")
 
-    probes = _probe_all([str(base / r["path"]) for r in rows], workers, progress)
+    probes = _probe_all([str(base / r["path"]) for r in rows], workers, progress, progress_callback)
     images, dups = [], []
     first_by_id: dict[str, str] = {}
     for row, probe in zip(rows, probes, strict=True):

@@ -254,17 +254,31 @@ def _prepare_batch(batch: list[tuple[str, str]]) -> tuple[list[str], np.ndarray 
     return ids, (np.stack(arrays) if arrays else None), errors
 
 
+def _merge_parts(parts: list[tuple[list[str], np.ndarray | None, list]]) -> tuple[list[str], np.ndarray | None, list]:
+    ids: list[str] = []
+    errors: list = []
+    arrays = []
+    for part_ids, part_arrays, part_errors in parts:
+        ids += part_ids
+        errors += part_errors
+        if part_arrays is not None:
+            arrays.append(part_arrays)
+    return ids, (arrays[0] if len(arrays) == 1 else np.concatenate(arrays) if arrays else None), errors
+
+
 def prefetch_batches(items: Sequence[tuple[str, str]], preprocess: Callable, batch_size: int,
                      workers: int) -> Iterator[tuple[list[str], np.ndarray | None, list]]:
     """Yield preprocessed batches in order, decoding ahead in ``workers`` processes.
 
-    At most ``2 * workers`` batches are in flight, so memory stays bounded however many
-    images there are.
+    Each batch is cut into ``workers`` parts decoded side by side, so the first batch
+    (during which the model waits) is ready ``workers`` times sooner. Two batches are in
+    flight at a time, so memory stays bounded however many images there are; batches and
+    their contents are the same for any ``workers``.
     """
     global _PREPROCESS
     batches = [list(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
     _PREPROCESS = preprocess
-    if workers <= 0 or len(batches) <= 1 or not hasattr(os, "fork"):
+    if workers <= 0 or len(items) < 2 * workers or not hasattr(os, "fork"):
         for b in batches:
             yield _prepare_batch(b)
         return
@@ -274,17 +288,23 @@ def prefetch_batches(items: Sequence[tuple[str, str]], preprocess: Callable, bat
     # fork: workers inherit the preprocess closure (and the loaded transforms) for free.
     with mp.get_context("fork").Pool(workers, initializer=_worker_init) as pool:
         pending: deque = deque()
+
+        def submit(batch: list) -> None:
+            step = -(-len(batch) // workers)
+            pending.append([pool.apply_async(_prepare_batch, (batch[i:i + step],))
+                            for i in range(0, len(batch), step)])
+
         it = iter(batches)
         for b in it:
-            pending.append(pool.apply_async(_prepare_batch, (b,)))
-            if len(pending) >= 2 * workers:
+            submit(b)
+            if len(pending) >= 2:
                 break
         while pending:
-            result = pending.popleft().get()
+            parts = [r.get() for r in pending.popleft()]
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(pool.apply_async(_prepare_batch, (nxt,)))
-            yield result
+                submit(nxt)
+            yield _merge_parts(parts)
 
 
 # ------------------------------------------------------------------------ the job
@@ -312,8 +332,9 @@ class EmbedReport:
 
 def default_workers(backend_uses_torch: bool) -> int:
     cpus = os.cpu_count() or 1
-    # A torch model uses every core for its matmuls; decoding needs a fraction of one.
-    return max(1, min(8, cpus // 2)) if backend_uses_torch else cpus
+    # A torch model uses every core for its matmuls and decoding needs a fraction of one,
+    # but while the first batch decodes the model waits: every core should decode it.
+    return max(1, min(8, cpus)) if backend_uses_torch else cpus
 
 
 def embed(
@@ -329,11 +350,13 @@ def embed(
     backend=None,
     progress: bool = False,
     verify: bool = True,
+    progress_callback: Callable[[int, int], None] | None = None,
 ) -> EmbedReport:
     """Embed every image of dataset ``name`` that the cache for ``spec`` lacks.
 
     A run with nothing missing never loads the model. ``backend`` passes an already
-    loaded model (the app and notebooks reuse theirs).
+    loaded model (the app and notebooks reuse theirs). ``progress_callback(done, total)``
+    is called after each batch with the images still missing at the start as ``total``.
     """
     from . import dataset as ds_mod
     from .models import load_model, resolve_fingerprint
@@ -368,6 +391,7 @@ def embed(
                dynamic_ncols=True)
     buf_ids: list[str] = []
     buf_vecs: list[np.ndarray] = []
+    done = 0
     try:
         for ids, arrays, errors in prefetch_batches(items, backend.preprocess, batch_size, workers):
             report.errors.extend(errors)
@@ -375,6 +399,9 @@ def embed(
                 buf_vecs.append(backend.encode_preprocessed(arrays))
                 buf_ids.extend(ids)
             bar.update(len(ids) + len(errors))
+            done += len(ids) + len(errors)
+            if progress_callback is not None:
+                progress_callback(done, len(items))
             while len(buf_ids) >= shard_size:
                 vecs = np.concatenate(buf_vecs)
                 store.write_shard(buf_ids[:shard_size], vecs[:shard_size])

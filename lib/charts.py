@@ -1,0 +1,169 @@
+"""Plotly figures the app draws (no Streamlit): confusion matrix, ROC and PR curves,
+Recall@K bars, agreement heatmaps and 2-D maps.
+
+Every scatter whose points stand for images carries the image id in ``customdata[0]``,
+so a page can map a selection back to images (and show them through the safe view).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def confusion_heatmap(confusion: pd.DataFrame, title: str = "Confusion matrix"):
+    """Heatmap of a confusion table (rows: truth, columns: predicted) with counts written in."""
+    import plotly.graph_objects as go
+
+    z = confusion.to_numpy()
+    fig = go.Figure(go.Heatmap(
+        z=z, x=[str(c) for c in confusion.columns], y=[str(i) for i in confusion.index],
+        colorscale="Blues", text=z, texttemplate="%{text}", hovertemplate="truth %{y}<br>pred %{x}<br>%{z}<extra></extra>",
+    ))
+    fig.update_layout(title=title, xaxis_title="predicted", yaxis_title="truth", height=360,
+                      yaxis={"autorange": "reversed"}, margin={"t": 50, "b": 40})
+    return fig
+
+
+def roc_pr_curves(y_true: Sequence, scores: Sequence, positive, threshold: float | None = None):
+    """ROC and precision-recall curves of binary scores (scikit-learn), with the operating
+    point at ``threshold`` marked.
+
+    Returns
+    -------
+    (roc_figure, pr_figure)
+    """
+    import plotly.graph_objects as go
+    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
+
+    y = np.asarray([str(v) == str(positive) for v in y_true], bool)
+    s = np.asarray(scores, np.float64)
+    fpr, tpr, _ = roc_curve(y, s)
+    prec, rec, _ = precision_recall_curve(y, s)
+    roc = go.Figure(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"ROC (AUC {auc(fpr, tpr):.3f})"))
+    roc.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"},
+                             name="chance"))
+    pr = go.Figure(go.Scatter(x=rec, y=prec, mode="lines",
+                              name=f"PR (AP {average_precision_score(y, s):.3f})"))
+    pr.add_hline(y=float(y.mean()), line_dash="dot", line_color="grey", annotation_text="prevalence")
+    if threshold is not None:
+        flagged = s >= threshold
+        tp, fp = int((flagged & y).sum()), int((flagged & ~y).sum())
+        p_, n_ = int(y.sum()), int((~y).sum())
+        x_roc, y_roc = fp / n_ if n_ else np.nan, tp / p_ if p_ else np.nan
+        roc.add_trace(go.Scatter(x=[x_roc], y=[y_roc], mode="markers", marker={"size": 12, "color": "red"},
+                                 name=f"threshold {threshold:.2f}"))
+        pr.add_trace(go.Scatter(x=[y_roc], y=[tp / (tp + fp) if tp + fp else np.nan], mode="markers",
+                                marker={"size": 12, "color": "red"}, name=f"threshold {threshold:.2f}"))
+    roc.update_layout(title="ROC", xaxis_title="false positive rate", yaxis_title="true positive rate",
+                      height=380, legend={"x": 0.4, "y": 0.05})
+    pr.update_layout(title="Precision-recall", xaxis_title="recall", yaxis_title="precision", height=380,
+                     yaxis={"range": [0, 1.02]}, legend={"x": 0.02, "y": 0.05})
+    return roc, pr
+
+
+def recall_bars(table: pd.DataFrame):
+    """Grouped bars of Recall@K (from :func:`lib.retrieval.evaluate_retrieval`), per K and
+    direction, one colour per group."""
+    import plotly.express as px
+
+    cols = [c for c in table.columns if "_R@" in c]
+    long = table.melt(id_vars=["group"], value_vars=cols, var_name="metric", value_name="recall")
+    long["direction"] = long["metric"].str.split("_R@").str[0].map({"t2i": "text→image", "i2t": "image→text"})
+    long["K"] = "R@" + long["metric"].str.split("_R@").str[1]
+    fig = px.bar(long, x="K", y="recall", color="group", facet_col="direction", barmode="group",
+                 range_y=[0, 1.02], category_orders={"direction": ["text→image", "image→text"]})
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+    fig.update_layout(height=380)
+    return fig
+
+
+def matrix_heatmap(matrix: pd.DataFrame, title: str, zmin: float = -1.0, zmax: float = 1.0):
+    """Heatmap of a square model-by-model table with the values written in."""
+    import plotly.graph_objects as go
+
+    z = matrix.to_numpy(dtype=np.float64)
+    names = [short_name(str(c)) for c in matrix.columns]
+    fig = go.Figure(go.Heatmap(z=z, x=names, y=[short_name(str(i)) for i in matrix.index], zmin=zmin, zmax=zmax,
+                               colorscale="RdBu", text=np.round(z, 3), texttemplate="%{text}",
+                               hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>"))
+    fig.update_layout(title=title, height=260 + 50 * len(matrix), yaxis={"autorange": "reversed"},
+                      margin={"l": 10, "r": 10, "t": 50, "b": 10})
+    return fig
+
+
+def short_name(text: str, n: int = 24) -> str:
+    """A model label short enough for an axis: the ``open_clip:``/``hf:`` prefix and the
+    random-weights tag shortened, then cut to ``n`` characters."""
+    text = text.replace("open_clip:", "").replace("hf:", "").replace(" [random weights]", " (rnd)")
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def image_map(df: pd.DataFrame, color: str | None, title: str = "", hover: Sequence[str] = ("label",)):
+    """Scatter of a 2-D map (columns x, y, id): one point per image, ``customdata[0]`` = id.
+
+    A numeric ``color`` column gets a continuous scale, anything else one colour per value.
+    """
+    import plotly.express as px
+
+    hov = [c for c in hover if c in df.columns]
+    kwargs = {}
+    if color is not None and color in df and not pd.api.types.is_numeric_dtype(df[color]):
+        df = df.assign(**{color: df[color].astype("string").fillna("(none)")})
+        kwargs["category_orders"] = {color: sorted(df[color].unique())}
+    fig = px.scatter(df, x="x", y="y", color=color if color in df else None, custom_data=["id"],
+                     hover_data=hov or None, title=title, **kwargs)
+    fig.update_traces(marker={"size": 6, "opacity": 0.75})
+    if "category_orders" in kwargs:
+        distinct_colours(fig)
+    fig.update_layout(height=460, xaxis={"showticklabels": False, "title": None},
+                      yaxis={"showticklabels": False, "title": None}, dragmode="select",
+                      legend={"title": color, "orientation": "h", "y": -0.05})
+    return fig
+
+
+#: Qualitative colours for categories (D3's, red second: two sorted labels such as
+#: non_sensitive / sensitive come out blue / red).
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf")
+
+
+def distinct_colours(fig):
+    """Give every legend group of ``fig`` its own colour from :data:`PALETTE` (in trace order),
+    so categories stay distinguishable under Streamlit's theme. Returns ``fig``."""
+    groups: list[str] = []
+    for tr in fig.data:
+        g = tr.legendgroup or tr.name
+        if not g:
+            continue
+        if g not in groups:
+            groups.append(g)
+        colour = PALETTE[groups.index(g) % len(PALETTE)]
+        if tr.type in ("histogram", "scatter", "scattergl", "bar"):
+            tr.marker.color = colour
+    return fig
+
+
+def selected_ids(event) -> list[str]:
+    """Image ids of the points selected in a ``st.plotly_chart(on_select=...)`` event.
+
+    Reads ``customdata[0]`` of each selected point (see :func:`image_map`,
+    :func:`lib.colorscore.blood_skin_scatter`); works on the event object or its dict form.
+    """
+    if event is None:
+        return []
+    sel = event.get("selection") if isinstance(event, dict) else getattr(event, "selection", None)
+    if sel is None:
+        return []
+    points = sel.get("points") if isinstance(sel, dict) else getattr(sel, "points", [])
+    out = []
+    for p in points or []:
+        cd = p.get("customdata") if isinstance(p, dict) else None
+        if cd is None:
+            continue
+        v = cd[0] if isinstance(cd, (list, tuple)) else cd
+        if v is not None and str(v) not in out:
+            out.append(str(v))
+    return out

@@ -1,0 +1,764 @@
+"""Streamlit glue shared by every page: cached loaders, the sidebar, safe images, messages.
+
+The only module of ``lib`` that imports Streamlit. Pages call :func:`setup` (page config +
+sidebar -> a :class:`Ctx`), read data through the cached loaders here and draw; every
+computation lives in the rest of ``lib``.
+
+Caching: ``st.cache_resource`` for things shared and not copied (datasets, models, spaces
+with their faiss index, the annotation store), ``st.cache_data`` for tables. Tables whose
+first computation draws a progress bar (EB scores, mask IoUs) live in a small process-wide
+store instead, since ``st.cache_data`` would replay the bar. Every key holds the data home
+and a token from :mod:`lib.catalog` that changes when the dataset is re-ingested or
+embeddings / predictions are written, so a widget change never recomputes anything heavy,
+and new data is never hidden behind a stale cache.
+
+State: dataset and model live in the URL (``?dataset=...&model=...``) so a view can be
+shared; the safe-view settings live only in ``st.session_state`` (a URL can never turn
+safe view off), and so do revealed images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from . import catalog, config, gallery, safety, thumbs
+from . import dataset as ds_mod
+from .catalog import ModelChoice
+from .errors import ImageError, UnsafePath, WeightsMissing, WorkbenchError
+
+PAGES = {
+    "home": "app.py",
+    "gallery": "pages/1_Gallery.py",
+    "neighbours": "pages/2_Neighbours.py",
+    "zeroshot": "pages/3_Zero-shot.py",
+    "retrieval": "pages/4_Retrieval.py",
+    "blur": "pages/5_Blur_scores.py",
+    "compare": "pages/6_Compare_models.py",
+}
+
+CENSOR_MODES = ("blur", "pixelate")
+THUMB_SIDE = 256
+CLI = "python -m lib"
+
+
+# =========================================================================== state
+
+
+def _ss():
+    return st.session_state
+
+
+def _persistent(name: str, default, render: Callable, *, on_change: Callable | None = None, **kwargs):
+    """Render a widget whose value survives page switches.
+
+    Streamlit drops a widget's state when a page without it runs; the value is kept under a
+    permanent key ``wb:<name>`` and copied into the widget key ``w:<name>`` before each render.
+    """
+    perm, wkey = f"wb:{name}", f"w:{name}"
+    ss = _ss()
+    if perm not in ss:
+        ss[perm] = default
+    ss[wkey] = ss[perm]
+
+    def store() -> None:
+        ss[perm] = ss[wkey]
+        if on_change is not None:
+            on_change()
+
+    render(key=wkey, on_change=store, **kwargs)
+    return ss[perm]
+
+
+def revealed() -> set[str]:
+    """Content ids revealed in this session (per image, with its Reveal button)."""
+    return _ss().setdefault("wb:revealed", set())
+
+
+def _reveal(cid: str) -> None:
+    revealed().add(cid)
+
+
+def _hide(cid: str) -> None:
+    revealed().discard(cid)
+
+
+def page_param(name: str, default: str | None = None) -> str | None:
+    """A page's state value (e.g. the selected image id): the URL's, else this session's."""
+    qp = st.query_params.get(name)
+    if qp not in (None, ""):
+        _ss()[f"wb:param:{name}"] = qp
+        return qp
+    value = _ss().get(f"wb:param:{name}", default)
+    if value not in (None, ""):
+        st.query_params[name] = value
+    return value
+
+
+def set_page_param(name: str, value: str | None) -> None:
+    """Set (or with None clear) a page state value in the URL and the session; usable in callbacks."""
+    if value in (None, ""):
+        _ss().pop(f"wb:param:{name}", None)
+        if name in st.query_params:
+            del st.query_params[name]
+    else:
+        _ss()[f"wb:param:{name}"] = str(value)
+        st.query_params[name] = str(value)
+
+
+def set_selection(name: str, ids: Sequence[str], source: str) -> None:
+    """Remember a set of images chosen on one page (a plot selection) for the gallery."""
+    _ss()["wb:selection"] = {"dataset": name, "ids": list(dict.fromkeys(map(str, ids))), "source": source}
+
+
+def selection(name: str) -> dict | None:
+    sel = _ss().get("wb:selection")
+    return sel if sel and sel.get("dataset") == name and sel.get("ids") else None
+
+
+def clear_selection() -> None:
+    _ss().pop("wb:selection", None)
+
+
+# =========================================================================== loaders
+
+
+def _home() -> str:
+    return str(config.home())
+
+
+def _token(name: str) -> str:
+    return catalog.cache_token(name)
+
+
+@st.cache_resource(show_spinner="Building the demo dataset…", max_entries=8)
+def _ensure_demo(home: str) -> list[str]:
+    from . import demo
+
+    demo.ensure_demo()
+    return ds_mod.list_names()
+
+
+def ensure_demo() -> None:
+    """Build the offline demo dataset once when the data home has no dataset at all."""
+    if not ds_mod.list_names():
+        _ensure_demo.clear()
+        _ensure_demo(_home())
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _dataset(home: str, name: str, token: str) -> ds_mod.Dataset:
+    return ds_mod.load(name)
+
+
+def load_dataset(name: str) -> ds_mod.Dataset:
+    """The dataset (shared, never modify it)."""
+    return _dataset(_home(), name, catalog.dataset_token(name))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _summary(home: str, names: tuple) -> pd.DataFrame:
+    return ds_mod.summary_table()
+
+
+def datasets_summary() -> pd.DataFrame:
+    return _summary(_home(), tuple(_dataset_stamps()))
+
+
+def _dataset_stamps() -> list[str]:
+    out = []
+    for n in ds_mod.list_names():
+        p = ds_mod.dataset_dir(n) / "dataset.json"
+        out.append(f"{n}:{p.stat().st_mtime_ns}")
+    return out
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _model_status(home: str, name: str, token: str) -> pd.DataFrame:
+    return catalog.model_status(name)
+
+
+def model_status(name: str) -> pd.DataFrame:
+    return _model_status(_home(), name, _token(name))
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
+def _backend(spec: str, random_weights: bool):
+    from .models import load_model
+
+    return load_model(spec, random_weights=random_weights)
+
+
+def load_backend(choice: ModelChoice):
+    """The model (one per spec and process)."""
+    return _backend(choice.spec, choice.random_weights)
+
+
+@st.cache_resource(show_spinner="Opening the embedding space…", max_entries=16)
+def _space(home: str, name: str, spec: str, random_weights: bool, token: str):
+    from .neighbors import open_space
+
+    # A random-weight model's fingerprint is only known once built (it is tiny): pass it.
+    backend = _backend(spec, True) if random_weights else None
+    return open_space(name, spec, random_weights=random_weights, backend=backend)
+
+
+def load_space(name: str, choice: ModelChoice):
+    """The dataset's embedding space under ``choice`` (vectors + faiss index)."""
+    return _space(_home(), name, choice.spec, choice.random_weights, _token(name))
+
+
+@st.cache_resource(show_spinner=False)
+def _annotations(home: str):
+    from .annotations import AnnotationStore
+
+    return AnnotationStore()
+
+
+def annotation_store():
+    """The SQLite annotation store of this data home."""
+    return _annotations(_home())
+
+
+@st.cache_resource(show_spinner=False)
+def _tables() -> tuple:
+    """Tables computed with a progress bar, by key (shared by all sessions, least recent
+    dropped), and the lock guarding them. ``st.cache_data`` cannot hold them: it would
+    replay the progress bar."""
+    import threading
+    from collections import OrderedDict
+
+    return OrderedDict(), threading.Lock()
+
+
+def _with_progress(key: tuple, compute: Callable, text: str, max_entries: int = 16):
+    store, lock = _tables()
+    with lock:
+        if key in store:
+            store.move_to_end(key)
+            return store[key]
+    slot = st.empty()
+    bars: list = []
+
+    def progress(done: int, total: int) -> None:
+        if not bars:  # drawn only when there is work to show
+            bars.append(slot.progress(0.0))
+        bars[0].progress(min(1.0, done / max(total, 1)), text=f"{text} {done}/{total}")
+
+    try:
+        value = compute(progress)
+    finally:
+        slot.empty()
+    with lock:
+        store[key] = value
+        while len(store) > max_entries:
+            store.popitem(last=False)
+    return value
+
+
+def eb_scores(name: str) -> pd.DataFrame:
+    """EB table of the dataset (:func:`lib.gallery.eb_scores`), one row per dataset row.
+
+    The first computation draws a progress bar; fractions are also cached on disk.
+    """
+    ds = load_dataset(name)
+    return _with_progress(("eb", _home(), name, catalog.dataset_token(name)),
+                          lambda cb: gallery.eb_scores(ds, progress=cb), "Scoring colours (once; cached on disk)")
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _predictions(path: str, mtime: float) -> pd.DataFrame:
+    return catalog.read_predictions(path)
+
+
+def predictions(path: str | None) -> pd.DataFrame | None:
+    """A prediction table (id, score, pred) or None."""
+    if not path:
+        return None
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.exists():
+        return None
+    return _predictions(str(p), p.stat().st_mtime)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _sensitivity(home: str, name: str, token: str, threshold: float, preds_key: str, _eb=None,
+                 _preds=None) -> pd.DataFrame:
+    return safety.sensitivity_table(load_dataset(name), eb=_eb, preds=_preds, threshold=threshold)
+
+
+@st.cache_data(show_spinner="Projecting…", max_entries=32)
+def _projection(home: str, name: str, spec: str, random_weights: bool, method: str, token: str) -> pd.DataFrame:
+    from .embeddings import load_embeddings
+    from .projection import project
+
+    ds = load_dataset(name)
+    emb = load_embeddings(name, spec, random_weights=random_weights,
+                          backend=_backend(spec, True) if random_weights else None)
+    xy = project(emb, method)
+    return pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "id": ds.images["id"].to_numpy(),
+                         "label": ds.images["label"].to_numpy(), "row": np.arange(len(ds))})
+
+
+def projection(name: str, choice: ModelChoice, method: str) -> pd.DataFrame:
+    """2-D map of the dataset under ``choice`` (x, y, id, label, row)."""
+    return _projection(_home(), name, choice.spec, choice.random_weights, method, _token(name))
+
+
+def projection_cached(name: str, choice: ModelChoice, method: str) -> bool:
+    """Whether the map is already on disk (UMAP takes seconds; PCA is instant)."""
+    from .embeddings import load_embeddings
+    from .projection import _params, cache_path
+
+    if method == "pca":
+        return True
+    emb = load_embeddings(name, choice.spec, random_weights=choice.random_weights,
+                          backend=load_backend(choice) if choice.random_weights else None)
+    return cache_path(emb.key, _params(method, 15, 0.1, 0, "cosine")).exists()
+
+
+@st.cache_data(show_spinner="Classifying zero-shot…", max_entries=32)
+def _zeroshot(home: str, name: str, spec: str, random_weights: bool, classes_key: str, templates: tuple,
+              label_column: str | None, token: str, _classes=None):
+    from .zeroshot import run_zeroshot
+
+    backend = _backend(spec, random_weights)
+    return run_zeroshot(name, spec, classes=_classes, templates=list(templates), label_column=label_column,
+                        random_weights=random_weights, backend=backend)
+
+
+def zeroshot_run(name: str, choice: ModelChoice, classes, templates: Sequence[str], label_column: str | None = None):
+    """:func:`lib.zeroshot.run_zeroshot` (predictions written under results/), cached per inputs."""
+    import json as _json
+
+    key = _json.dumps([classes.name, classes.classes, classes.texts, classes.positive, classes.label_map,
+                       classes.label_column], sort_keys=True, default=list)
+    return _zeroshot(_home(), name, choice.spec, choice.random_weights, key, tuple(templates), label_column,
+                     catalog.cache_token(name), _classes=classes)
+
+
+@st.cache_data(show_spinner="Fitting the linear probe (5-fold)…", max_entries=32)
+def _probe(home: str, name: str, spec: str, random_weights: bool, token: str):
+    from .probe import run_probe
+
+    backend = _backend(spec, random_weights) if random_weights else None
+    return run_probe(name, spec, "image", random_weights=random_weights, backend=backend)
+
+
+def probe_run(name: str, choice: ModelChoice):
+    """A 5-fold image linear probe of the dataset under ``choice`` (:func:`lib.probe.run_probe`)."""
+    return _probe(_home(), name, choice.spec, choice.random_weights, catalog.cache_token(name))
+
+
+@st.cache_data(show_spinner="Comparing neighbourhoods…", max_entries=32)
+def _overlap(home: str, name: str, keys: tuple, k: int, token: str):
+    from .compare import neighbourhood_overlap
+
+    choices = [ModelChoice.from_key(x) for x in keys]
+    backends = {c.spec: _backend(c.spec, True) for c in choices if c.random_weights}
+    return neighbourhood_overlap(name, [c.spec for c in choices], k, backends=backends)
+
+
+def overlap(name: str, choices: Sequence[ModelChoice], k: int):
+    """Jaccard@k between the models' neighbourhoods (:func:`lib.compare.neighbourhood_overlap`)."""
+    return _overlap(_home(), name, tuple(c.key for c in choices), int(k), catalog.cache_token(name))
+
+
+@st.cache_data(show_spinner="Evaluating caption retrieval…", max_entries=32)
+def _retrieval_eval(home: str, name: str, spec: str, random_weights: bool, group_col: str | None, token: str):
+    from .retrieval import run_retrieval_eval
+
+    return run_retrieval_eval(name, spec, group_col, random_weights=random_weights,
+                              backend=_backend(spec, random_weights), write=False)
+
+
+def retrieval_eval(name: str, choice: ModelChoice, group_col: str | None = None):
+    """Recall@K on the dataset's (image, caption) pairs (:func:`lib.retrieval.run_retrieval_eval`)."""
+    return _retrieval_eval(_home(), name, choice.spec, choice.random_weights, group_col, catalog.cache_token(name))
+
+
+def mask_ious(name: str) -> pd.DataFrame:
+    """IoU of the colour mask with the ground truth for every row with a ``mask``."""
+    ds = load_dataset(name)
+    rows = np.flatnonzero(ds.images["mask"].notna().to_numpy()) if "mask" in ds.images else []
+    return _with_progress(("iou", _home(), name, catalog.dataset_token(name)),
+                          lambda cb: gallery.mask_ious(ds, rows, progress=cb), "Comparing masks", max_entries=4)
+
+
+# =========================================================================== context
+
+
+@dataclass
+class Ctx:
+    """What the sidebar chose; pages read data through it."""
+
+    name: str | None
+    model: ModelChoice | None
+    safe_view: bool = True
+    censor: str = "blur"
+    eb_threshold: float = safety.EB_THRESHOLD
+    random_ok: bool = False
+    preds_path: str | None = None
+    _status: pd.DataFrame | None = field(default=None, repr=False)
+
+    # ---- data
+
+    @property
+    def ds(self) -> ds_mod.Dataset:
+        return load_dataset(self.name)
+
+    def status(self) -> pd.DataFrame:
+        if self._status is None:
+            self._status = model_status(self.name)
+        return self._status
+
+    def sensitivity(self) -> pd.DataFrame:
+        """The safe view's decision per dataset row (:func:`lib.safety.sensitivity_table`)."""
+        from pathlib import Path
+
+        eb = self.eb()
+        p = Path(self.preds_path) if self.preds_path else None
+        preds_key = f"{p}:{p.stat().st_mtime_ns}" if p is not None and p.exists() else ""
+        return _sensitivity(_home(), self.name, catalog.dataset_token(self.name), float(self.eb_threshold),
+                            preds_key, _eb=eb, _preds=self.predictions())
+
+    def sensitive_of(self) -> dict[str, bool]:
+        tab = self.sensitivity()
+        return dict(zip(tab["id"], tab["sensitive"].astype(bool), strict=True))
+
+    def eb(self) -> pd.DataFrame:
+        return eb_scores(self.name)
+
+    def predictions(self) -> pd.DataFrame | None:
+        return predictions(self.preds_path)
+
+    def models(self) -> list[ModelChoice]:
+        return catalog.usable_models(self.name, random_weights=self.random_ok, status=self.status())
+
+    def text_models(self) -> list[ModelChoice]:
+        return catalog.text_models(self.name, random_weights=self.random_ok, status=self.status())
+
+    # ---- requirements: an actionable message and a stop when unmet
+
+    def require_dataset(self) -> ds_mod.Dataset:
+        if self.name is None:
+            st.info(
+                "**No datasets yet.** Open **Home** (the `app` page) to build the offline demo dataset, "
+                f"or create one from the command line:\n\n```bash\n{CLI} demo\n"
+                f"{CLI} ingest /path/to/images_or_manifest.csv --name mine\n{CLI} embed mine --model color\n```"
+            )
+            st.stop()
+        ds = self.ds
+        if len(ds) == 0:
+            st.warning(
+                f"**Dataset `{self.name}` has no usable images** ({len(ds.errors)} file(s) failed at ingest; "
+                f"their reasons are on the Home page, or run `{CLI} show {self.name} --errors`). "
+                f"Fix or replace the files and ingest again:\n\n```bash\n{CLI} ingest SOURCE --name {self.name}\n```"
+            )
+            st.stop()
+        return ds
+
+    def embed_command(self, choice: ModelChoice) -> str:
+        rnd = " --random-weights" if choice.random_weights else ""
+        return f"{CLI} embed {self.name} --model {choice.spec}{rnd}"
+
+    def is_embedded(self, choice: ModelChoice) -> bool:
+        st_ = self.status()
+        hit = st_[(st_["spec"] == choice.spec) & (st_["random_weights"] == choice.random_weights)
+                  & (st_["status"] == "full") & st_["current"]]
+        return len(hit) > 0
+
+    def require_space(self, choice: ModelChoice | None = None):
+        """The space of the chosen (or given) model; stops with the embed command when the
+        dataset is not fully embedded with it."""
+        choice = choice or self.model
+        if choice is None or not self.is_embedded(choice):
+            spec = choice.label if choice else "any model"
+            st.warning(
+                f"**Dataset `{self.name}` is not embedded with `{spec}`.** Embed it on the Home page or run:"
+                f"\n\n```bash\n{self.embed_command(choice or ModelChoice('color'))}\n```"
+            )
+            st.stop()
+        return load_space(self.name, choice)
+
+    def require_text(self, choice: ModelChoice | None, task: str, *, stop: bool = True) -> bool:
+        """True when ``choice`` has a text tower; otherwise explains what to do and stops
+        (or, with ``stop=False``, returns False)."""
+        if choice is None or not choice.has_text:
+            spec = choice.spec if choice else "none"
+            st.info(
+                f"**{task} needs a model with a text tower**, and `{spec}` has none (the `color` backend "
+                "only sees pixels). Choose a CLIP-style model, for example:\n\n```bash\n"
+                f"{CLI} embed {self.name} --model clip-b32\n{CLI} embed {self.name} --model biomedclip\n```\n"
+                + (f"To try the pipeline offline, pick the tiny test model `{catalog.TEST_SPEC}` [random weights] "
+                   "in the sidebar's Model picker (meaningless outputs)." if self.random_ok else
+                   "Offline, tick *Use random weights (testing only)* in the sidebar to try the tiny test model "
+                   f"`{catalog.TEST_SPEC}` (meaningless outputs, for testing the pipeline).")
+            )
+            if stop:
+                st.stop()
+            return False
+        return True
+
+    def require_labels(self, task: str) -> None:
+        if not self.ds.has_labels:
+            st.info(
+                f"**Dataset `{self.name}` has no labels**, and {task} needs them. Put class folders under the "
+                "image folder, or a `label` column in a manifest, and ingest again:\n\n"
+                f"```bash\n{CLI} ingest /path/to/manifest.csv --name {self.name}\n```"
+            )
+            st.stop()
+
+
+# =========================================================================== page setup
+
+
+def _on_dataset_change() -> None:
+    st.query_params["dataset"] = _ss()["wb:dataset"]
+    _ss().pop("wb:param:id", None)
+    if "id" in st.query_params:
+        del st.query_params["id"]
+
+
+def setup(title: str, icon: str | None = None) -> Ctx:
+    """Page config and the shared sidebar; returns the choices as a :class:`Ctx`."""
+    st.set_page_config(page_title=f"{title} · Sensitive image workbench", page_icon=icon, layout="wide")
+    ss = _ss()
+    names = ds_mod.list_names()
+    with st.sidebar:
+        st.markdown("### Sensitive image workbench")
+        if not names:
+            st.caption("No dataset yet.")
+            return Ctx(None, None)
+        want = st.query_params.get("dataset")
+        if want in names:
+            ss["wb:dataset"] = want
+        elif ss.get("wb:dataset") not in names:
+            ss["wb:dataset"] = "demo" if "demo" in names and "corpus" not in names else names[0]
+        name = _persistent("dataset", names[0], lambda **kw: st.selectbox("Dataset", names, **kw),
+                           on_change=_on_dataset_change)
+        st.query_params["dataset"] = name
+
+        random_ok = _persistent(
+            "random", st.query_params.get("random") == "1",
+            lambda **kw: st.checkbox("Use random weights (testing only)", help=(
+                "Offer models with seeded random weights, such as the tiny test model "
+                f"{catalog.TEST_SPEC}. Their outputs are meaningless: for testing the pipeline only."), **kw))
+        if random_ok:
+            st.query_params["random"] = "1"
+        elif "random" in st.query_params:
+            del st.query_params["random"]
+
+        status = model_status(name)
+        options = catalog.usable_models(name, random_weights=random_ok, status=status)
+        keys = [c.key for c in options]
+        want_m = st.query_params.get("model")
+        if want_m in keys:
+            ss["wb:model"] = want_m
+        elif ss.get("wb:model") not in keys:
+            ss["wb:model"] = keys[0]
+        model_key = _persistent(
+            "model", keys[0], lambda **kw: st.selectbox(
+                "Model", keys, format_func=lambda k: ModelChoice.from_key(k).label,
+                help="Models whose embedding cache holds every image of this dataset (and `color`, "
+                     "which needs no weights).", **kw),
+            on_change=lambda: st.query_params.update(model=_ss()["wb:model"]))
+        st.query_params["model"] = model_key
+
+        st.divider()
+        st.markdown("**Safe view**")
+        safe = _persistent("safe", True, lambda **kw: st.toggle(
+            "Censor sensitive images", help="On by default. Sensitive images are sent to the browser only "
+            "blurred or pixelated; reveal one with its own button, or switch this off for the session.", **kw))
+        censor = _persistent("censor", "blur", lambda **kw: st.radio(
+            "Rendering", CENSOR_MODES, horizontal=True, **kw))
+        eb_threshold = _persistent("eb_threshold", float(safety.EB_THRESHOLD), lambda **kw: st.slider(
+            "EB threshold (sensitive by colour)", -2.0, 5.0, step=0.1, help=(
+                "An image whose EB colour score (max of the z-scored blood-like and skin-like fractions) "
+                "is above this counts as sensitive."), **kw))
+        files = catalog.prediction_files(name)
+        pred_opts = ["(none)"] + [str(p) for p in files]
+        if _ss().get("wb:preds") not in pred_opts:
+            _ss()["wb:preds"] = "(none)"
+        preds = _persistent("preds", "(none)", lambda **kw: st.selectbox(
+            "Predictions that flag images (p ≥ 0.5)", pred_opts,
+            format_func=lambda p: p if p == "(none)" else p.rsplit("/", 1)[-1], **kw))
+        if not safe:
+            st.warning("Safe view is off for this session: sensitive images are shown unblurred.")
+        n_rev = len(revealed())
+        if n_rev and safe:
+            st.caption(f"{n_rev} image(s) revealed in this session.")
+            st.button("Hide all revealed images", on_click=lambda: revealed().clear())
+    return Ctx(name, ModelChoice.from_key(model_key), bool(safe), censor if censor in CENSOR_MODES else "blur",
+               float(eb_threshold), bool(random_ok), None if preds == "(none)" else preds, status)
+
+
+@contextlib.contextmanager
+def guard() -> Iterator[None]:
+    """Turn the workbench's own errors into messages (never a traceback)."""
+    try:
+        yield
+    except WeightsMissing as e:
+        st.warning(f"**Model weights are not available here.**\n\n{e}")
+    except UnsafePath as e:
+        st.error(f"**Refused a path outside the dataset root.** {e}")
+    except WorkbenchError as e:
+        st.error(str(e))
+
+
+# =========================================================================== images
+
+
+def image_bytes(ctx: Ctx, row, sensitive, *, side: int = THUMB_SIDE) -> tuple[bytes, str]:
+    """(JPEG bytes, mode) of a dataset row as the safe view renders it."""
+    ds = ctx.ds
+    rec = ds.images.iloc[int(row)] if isinstance(row, (int, np.integer)) else row
+    mode = safety.display_mode(sensitive, safe_view=ctx.safe_view, revealed=str(rec["id"]) in revealed(),
+                               censor=ctx.censor)
+    return thumbs.thumbnail_bytes(ds, rec, side, mode), mode
+
+
+def show_image(ctx: Ctx, row, sensitive, *, key: str, caption: str | None = None, side: int = THUMB_SIDE,
+               reveal: bool = True, width="stretch") -> None:
+    """One dataset image through the safe view, with its Reveal / Hide button."""
+    ds = ctx.ds
+    rec = ds.images.iloc[int(row)] if isinstance(row, (int, np.integer)) else row
+    cid = str(rec["id"])
+    try:
+        data, mode = image_bytes(ctx, rec, sensitive, side=side)
+    except (ImageError, UnsafePath, OSError) as e:
+        st.warning(f"cannot show {rec['path']}: {e}")
+        return
+    st.image(data, caption=caption, width=width, alt=f"image {cid[:16]}")
+    if reveal and ctx.safe_view and safety.must_censor(sensitive):
+        if cid in revealed():
+            st.button("Hide", key=f"hide-{key}-{cid[:16]}", on_click=_hide, args=(cid,), icon=":material/visibility_off:")
+        else:
+            st.button("Reveal", key=f"reveal-{key}-{cid[:16]}", on_click=_reveal, args=(cid,),
+                      icon=":material/visibility:", help="Show this one image unblurred")
+
+
+def show_upload(ctx: Ctx, img, *, key: str, caption: str | None = None, side: int = THUMB_SIDE) -> None:
+    """An outside image (unknown sensitivity: censored under safe view until revealed)."""
+    from PIL import Image as _Image
+
+    thumb = img.copy()
+    thumb.thumbnail((side, side), _Image.Resampling.BILINEAR)
+    shown = f"upload:{key}" in revealed()
+    mode = safety.display_mode(None, safe_view=ctx.safe_view, revealed=shown, censor=ctx.censor)
+    data = gallery.jpeg_bytes(thumb if mode == "raw" else safety.render(thumb, mode))
+    st.image(data, caption=caption, width="stretch", alt="uploaded image")
+    if ctx.safe_view:
+        if shown:
+            st.button("Hide", key=f"hide-up-{key}", on_click=_hide, args=(f"upload:{key}",))
+        else:
+            st.button("Reveal", key=f"reveal-up-{key}", on_click=_reveal, args=(f"upload:{key}",))
+
+
+def image_grid(ctx: Ctx, rows: pd.DataFrame, *, key: str, columns: int = 6, caption: Callable | None = None,
+               actions: Callable | None = None) -> None:
+    """A grid of dataset images through the safe view.
+
+    Parameters
+    ----------
+    rows : DataFrame with a ``row`` column (dataset row numbers) and whatever ``caption`` reads
+    caption : ``caption(record) -> str`` under each image
+    actions : ``actions(record, key)`` draws extra widgets under each image (buttons, links)
+    """
+    if rows.empty:
+        st.caption("Nothing to show.")
+        return
+    sens = ctx.sensitive_of()
+    images = ctx.ds.images
+    recs = rows.to_dict("records")
+    for start in range(0, len(recs), columns):
+        cols = st.columns(columns)
+        for col, rec in zip(cols, recs[start:start + columns], strict=False):
+            with col:
+                r = int(rec["row"])
+                cid = str(images["id"].iat[r])
+                k = f"{key}-{start}-{r}"
+                show_image(ctx, r, sens.get(cid), key=k, caption=caption(rec) if caption else None)
+                if actions is not None:
+                    actions(rec, k)
+
+
+def nav_link(page: str, label: str, ctx: Ctx, icon: str | None = None, **params) -> None:
+    """A link to another page keeping dataset and model (and ``params``) in its URL."""
+    qp = {"dataset": ctx.name or "", "model": ctx.model.key if ctx.model else ""}
+    if ctx.random_ok:
+        qp["random"] = "1"
+    qp.update({k: str(v) for k, v in params.items() if v is not None})
+    st.page_link(PAGES[page], label=label, icon=icon, query_params=qp)
+
+
+def progress_callback(bar, text: str) -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` callback driving ``st.progress`` bar ``bar``."""
+
+    def update(done: int, total: int) -> None:
+        bar.progress(min(1.0, done / max(total, 1)), text=f"{text} {done}/{total}")
+
+    return update
+
+
+def short(cid: str, n: int = 10) -> str:
+    return str(cid)[:n]
+
+
+# =========================================================================== annotation workflow
+# Helpers of pages 7-9 (Annotate, Expand, Agreement); the logic lives in lib/workflow.py.
+
+PAGES.update({"annotate": "pages/7_Annotate.py", "expand": "pages/8_Expand.py", "agreement": "pages/9_Agreement.py"})
+
+#: Session key of the review sample sent from Expand to Annotate.
+REVIEW_QUEUE_KEY = "wb:review-queue"
+
+
+def annotator_name() -> str | None:
+    """The annotator's name, typed once per session in the sidebar; None until it is usable."""
+    from .annotations import AnnotationError, check_annotator
+
+    with st.sidebar:
+        st.divider()
+        raw = _persistent("annotator", "", lambda **kw: st.text_input(
+            "Annotator name", placeholder="your name", max_chars=64,
+            help="Every label you give is stored under this name (once per session).", **kw))
+        if not str(raw).strip():
+            return None
+        try:
+            return check_annotator(raw)
+        except AnnotationError as e:
+            st.error(str(e))
+            return None
+
+
+@st.cache_resource(show_spinner="Loading the expansion…", max_entries=8)
+def _expansion(home: str, name: str, expansion: str, stamp: int):
+    from .workflow import load_expansion
+
+    return load_expansion(name, expansion)
+
+
+def load_expansion(name: str, expansion: str):
+    """A saved expansion (:func:`lib.workflow.load_expansion`; shared, never modify it)."""
+    from .workflow import expansion_path
+
+    meta = expansion_path(name, expansion) / "meta.json"
+    return _expansion(_home(), name, expansion, meta.stat().st_mtime_ns if meta.exists() else 0)
+
+
+def send_review(name: str, expansion: str, file_name: str) -> None:
+    """Hand a saved review sample to the Annotate page."""
+    _ss()[REVIEW_QUEUE_KEY] = {"dataset": name, "expansion": expansion, "file": file_name}
+
+
+def sent_review(name: str) -> dict | None:
+    sent = _ss().get(REVIEW_QUEUE_KEY)
+    return sent if sent and sent.get("dataset") == name else None

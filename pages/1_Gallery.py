@@ -1,0 +1,93 @@
+"""Gallery: the dataset's images through the safe view, filtered and paged."""
+
+import streamlit as st
+
+from lib import gallery, ui
+
+ctx = ui.setup("Gallery", ":material/grid_view:")
+st.title("Gallery")
+
+with ui.guard():
+    ds = ctx.require_dataset()
+    images = ds.images
+    eb = ctx.eb()
+    sens = ctx.sensitivity()
+    preds = ctx.predictions()
+
+    with st.expander("Filters", expanded=True):
+        opts = gallery.filter_options(images)
+        cols = st.columns(4)
+        equals = {}
+        for i, (col, values) in enumerate(opts.items()):
+            with cols[i % 4]:
+                equals[col] = st.multiselect(col, values, key=f"g-f-{col}", placeholder="all")
+        c1, c2, c3 = st.columns([2, 1, 1])
+        finite = eb["eb"].dropna()
+        eb_range = None
+        if len(finite):
+            lo, hi = float(finite.min()), float(finite.max())
+            if hi > lo:
+                chosen = c1.slider("EB score", lo, hi, (lo, hi), key="g-eb", format="%.2f")
+                eb_range = chosen if chosen != (lo, hi) else None
+        which = c2.radio("Safe view says", ["all", "sensitive", "not sensitive"], key="g-sens", horizontal=False)
+        prefix = c3.text_input("Id starts with", key="g-prefix")
+        pred_values, score_range = None, None
+        if preds is not None:
+            p1, p2 = st.columns(2)
+            classes = sorted(preds["pred"].dropna().astype(str).unique())
+            pred_values = p1.multiselect("Predicted class", classes, key="g-pred", placeholder="all")
+            sr = p2.slider("Predicted score", 0.0, 1.0, (0.0, 1.0), key="g-score")
+            score_range = sr if sr != (0.0, 1.0) else None
+        else:
+            st.caption("Choose a prediction table in the sidebar to filter on a model's predictions.")
+
+    sel = ui.selection(ctx.name)
+    only_sel = False
+    if sel:
+        s1, s2 = st.columns([4, 1])
+        only_sel = s1.toggle(f"Only the {len(sel['ids'])} image(s) selected on *{sel['source']}*", value=True,
+                             key="g-only-sel")
+        s2.button("Clear selection", on_click=ui.clear_selection)
+
+    rows = gallery.filter_rows(
+        images, equals=equals, eb=eb, eb_range=eb_range, preds=preds, pred_values=pred_values,
+        score_range=score_range, ids=sel["ids"] if only_sel else None, id_prefix=prefix or None,
+        sensitivity=sens, sensitive=None if which == "all" else which == "sensitive")
+
+    n_sens = int(sens["sensitive"].to_numpy()[rows].sum()) if len(rows) else 0
+    top = st.columns([3, 1, 1])
+    top[0].markdown(f"**{len(rows)}** of {len(images)} images · {n_sens} sensitive"
+                    + (" (shown blurred)" if ctx.safe_view else " (**safe view off**)"))
+    page_size = top[1].selectbox("Per page", [24, 48, 96], key="g-size")
+    n_pages = gallery.page_bounds(len(rows), page_size, 1)[2]
+    signature = (tuple(rows[:50]), len(rows), page_size)
+    if st.session_state.get("g-signature") != signature:  # new filters: back to the first page
+        st.session_state["g-signature"] = signature
+        if st.session_state.get("g-signature-seen"):
+            ui.set_page_param("page", "1")
+        st.session_state["g-signature-seen"] = True
+    try:
+        wanted = int(ui.page_param("page", "1") or 1)
+    except ValueError:
+        wanted = 1
+    st.session_state["g-page"] = min(max(1, wanted), n_pages)
+    page = top[2].number_input(f"Page (of {n_pages})", 1, n_pages, key="g-page",
+                               on_change=lambda: ui.set_page_param("page", str(st.session_state["g-page"])))
+    start, stop, n_pages, page = gallery.page_bounds(len(rows), page_size, page)
+    ui.set_page_param("page", str(page))
+
+    shown = eb.iloc[rows[start:stop]]
+    reason = dict(zip(sens["id"], sens["reason"], strict=True))
+
+    def caption(rec) -> str:
+        lab = rec["label"] if isinstance(rec["label"], str) else "(no label)"
+        score = f" · EB {rec['eb']:+.2f}" if rec["eb"] == rec["eb"] else ""
+        return f"{lab}{score} · {ui.short(rec['id'], 8)}"
+
+    def actions(rec, key) -> None:
+        ui.nav_link("neighbours", "Neighbours", ctx, icon=":material/hub:", id=rec["id"])
+        why = reason.get(rec["id"], "")
+        if why and why != f"label {rec['label']}":  # the label is already in the caption
+            st.caption(why)
+
+    ui.image_grid(ctx, shown, key="g", columns=6, caption=caption, actions=actions)

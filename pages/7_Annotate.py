@@ -1,0 +1,156 @@
+"""Annotate: label images one at a time from the keyboard, straight into the annotation store."""
+
+import streamlit as st
+
+from lib import ui
+from lib import workflow as wf
+from lib.errors import WorkbenchError
+from lib.safety import must_censor
+
+ctx = ui.setup("Annotate", ":material/edit_note:")
+st.title("Annotate")
+ss = st.session_state
+
+ORDER_NAMES = {"eb_desc": "EB score, high first", "eb_asc": "EB score, low first", "random": "random",
+               "dataset": "dataset order"}
+
+with ui.guard():
+    ds = ctx.require_dataset()
+    store = ui.annotation_store()
+    who = ui.annotator_name()
+    if who is None:
+        st.info("**Type your annotator name in the sidebar** (once per session): every label is stored under it, "
+                "so two annotators can label the same images and be compared on the Agreement page.")
+        st.stop()
+    labels = list(store.label_set(ctx.name))
+
+    sent = ui.sent_review(ctx.name)
+    if sent and ss.get("an-sent") != sent:  # just sent from the Expand page: open it
+        ss["an-sent"] = sent
+        ss["an-kind"] = "Review sample"
+        ss["an-exp"] = sent["expansion"]
+        ss["an-file"] = sent["file"]
+    kind = st.radio("Queue", ["Seeds to pick", "Review sample"], horizontal=True, key="an-kind",
+                    help="Seeds: images to label by hand (the start of an expansion). Review sample: neighbours "
+                         "drawn per band of ranks on the Expand page, labelled blind by two annotators.")
+
+    if kind == "Seeds to pick":
+        c = st.columns([2, 2, 1, 1, 1])
+        opts = sorted(ds.images["label"].dropna().astype(str).unique()) + ["(none)"] if ds.has_labels else []
+        chosen = c[0].multiselect("Dataset label", opts, key="an-labels", placeholder="all",
+                                  disabled=not opts, help="Only images with these dataset labels.")
+        order = c[1].selectbox("Order", list(ORDER_NAMES), format_func=ORDER_NAMES.get, key="an-order",
+                               help="EB, high first, brings likely sensitive images to the front.")
+        size = int(c[2].number_input("Queue size", 5, 2000, 50, step=5, key="an-size"))
+        skip = c[3].toggle("Skip my labelled", True, key="an-skip")
+        if c[4].button("New queue", key="an-new", help="Draw the queue again (leaves out what you labelled)"):
+            ss["an-gen"] = ss.get("an-gen", 0) + 1
+        signature = ("seed", ctx.name, who, tuple(chosen), order, size, skip, ss.get("an-gen", 0))
+        if ss.get("an-sig") != signature:
+            eb = ctx.eb() if order.startswith("eb") else None
+            ss["an-queue"] = wf.seed_queue(ds, store=store, annotator=who, labels=chosen or None, eb=eb,
+                                           order=order, limit=size, skip_labelled=skip, seed=ss.get("an-gen", 0))
+            ss["an-sig"], ss["an-pos"] = signature, 0
+        queue_name = "seeds"
+    else:
+        exps = wf.list_expansions(ctx.name)
+        if exps.empty:
+            st.info("**No expansion yet.** Run one on the Expand page, build a review sample there and send it here.")
+            ui.nav_link("expand", "Open Expand", ctx, icon=":material/account_tree:")
+            st.stop()
+        names = exps["name"].tolist()
+        if ss.get("an-exp") not in names:
+            ss["an-exp"] = names[0]
+        c1, c2 = st.columns(2)
+        exp_name = c1.selectbox("Expansion", names, key="an-exp")
+        saved = ui.load_expansion(ctx.name, exp_name)
+        files = [p.name for p in wf.list_review_samples(saved)]
+        if not files:
+            st.info(f"**Expansion `{exp_name}` has no review sample yet.** Build one on the Expand page.")
+            ui.nav_link("expand", "Open Expand", ctx, icon=":material/account_tree:")
+            st.stop()
+        if ss.get("an-file") not in files:
+            ss["an-file"] = files[0]
+        file_name = c2.selectbox("Review sample", files, key="an-file")
+        path = saved.path / file_name
+        signature = ("review", ctx.name, exp_name, file_name, path.stat().st_mtime_ns)
+        if ss.get("an-sig") != signature:
+            ss["an-queue"] = wf.review_queue(wf.load_review_sample(path), ds)
+            ss["an-sig"] = signature
+            ss["an-pos"] = wf.next_unlabelled(ss["an-queue"]["id"].tolist(),
+                                              store.current(ctx.name, who)["image_id"]) or 0
+        queue_name = f"review:{exp_name}/{file_name}"
+
+    queue = ss["an-queue"]
+    if queue.empty:
+        st.success("Nothing left to label here: change the filters, or untick *Skip my labelled*.")
+        st.stop()
+    ids = queue["id"].tolist()
+    mine = store.current(ctx.name, who)
+    my_labels = dict(zip(mine["image_id"], mine["label"], strict=True))
+    done, left = store.progress(ctx.name, who, ids)
+    pos = min(max(int(ss.get("an-pos", 0)), 0), len(ids) - 1)
+    ss["an-pos"] = pos
+    rec = queue.iloc[pos]
+    cid = str(rec["id"])
+
+    def give(label: str) -> None:
+        try:
+            store.set_label(ctx.name, cid, who, label, task=str(rec["task"]),
+                            context=wf.label_context(rec.to_dict(), queue_name))
+        except WorkbenchError as e:
+            ss["an-error"] = str(e)
+            return
+        nxt = wf.next_unlabelled(ids, set(my_labels) | {cid}, pos + 1)
+        ss["an-pos"] = pos if nxt is None else nxt
+
+    def clear() -> None:
+        store.clear(ctx.name, cid, who)
+
+    def move(step: int) -> None:
+        ss["an-pos"] = (pos + step) % len(ids)
+
+    def toggle_reveal() -> None:
+        shown = ui.revealed()
+        if cid in shown:
+            shown.discard(cid)
+        else:
+            shown.add(cid)
+
+    if ss.get("an-error"):
+        st.error(ss.pop("an-error"))
+    st.progress(done / len(ids), text=f"**{done} done · {left} left** of {len(ids)} in this queue")
+
+    left_col, right_col = st.columns([3, 2])
+    sensitive = ctx.sensitive_of().get(cid)
+    with left_col:
+        data, mode = ui.image_bytes(ctx, int(rec["row"]), sensitive, side=512)
+        st.image(data, width=512, alt=f"image {cid[:16]}",
+                 caption=f"#{pos + 1} of {len(ids)} · {ui.short(cid)}" + (" · censored" if mode != "raw" else ""))
+        if ctx.safe_view and must_censor(sensitive):
+            st.button("Hide" if cid in ui.revealed() else "Reveal", key="an-reveal", shortcut="V",
+                      on_click=toggle_reveal, icon=":material/visibility:",
+                      help="Show (or hide again) this one image unblurred")
+    with right_col:
+        current = my_labels.get(cid)
+        st.markdown(f"**{who}**, your label: **{current or '—'}**")
+        for i, lab in enumerate(labels):  # keys 1..9 for the first nine labels
+            st.button(lab, key=f"an-lab-{i}", shortcut=str(i + 1) if i < 9 else None, on_click=give, args=(lab,),
+                      width="stretch", type="primary" if lab == current else "secondary")
+        p, n = st.columns(2)
+        p.button("Previous", key="an-prev", shortcut="P", on_click=move, args=(-1,), width="stretch",
+                 icon=":material/arrow_back:")
+        n.button("Next", key="an-next", shortcut="N", on_click=move, args=(1,), width="stretch",
+                 icon=":material/arrow_forward:")
+        if current is not None:
+            st.button("Clear my label", key="an-clear", on_click=clear, icon=":material/backspace:")
+        keys = " · ".join(f"**{i + 1}** {lab}" for i, lab in enumerate(labels[:9]))
+        st.caption(f"Keys: {keys} · **N** next · **P** previous · **V** reveal / hide. A label is stored at once "
+                   "and the next unlabelled image follows.")
+        if rec["task"] == "review":
+            st.caption("Review: judge the image itself; its seed and rank stay hidden so the review is blind.")
+
+    with st.expander(f"The queue ({len(ids)} images)"):
+        table = queue[["id", "task"]].assign(
+            id=queue["id"].str[:12], mine=[my_labels.get(i, "") for i in ids])
+        st.dataframe(table, hide_index=False, width="stretch", height=240)
