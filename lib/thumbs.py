@@ -26,7 +26,7 @@ from .safety import MODES, safe_thumbnail_bytes
 RENDERINGS = ("raw", *MODES)
 
 #: Bump when the thumbnail code changes the pixels (not only parameters in the key).
-VERSION = 1
+VERSION = 2
 
 DEFAULT_SIDE = 256
 
