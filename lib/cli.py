@@ -216,6 +216,7 @@ def _zeroshot_args(p):
     p.add_argument("--label-col", default=None,
                    help="dataset column holding the truth (default: the class set's, usually 'label')")
     p.add_argument("--out", default=None, help="predictions parquet (default: <home>/results/NAME/zeroshot-...)")
+    _add_slice_arg(p)
 
 
 @verb("zeroshot", "classify a dataset zero-shot from class names and prompt templates (needs a text tower)")
@@ -242,6 +243,8 @@ def cmd_zeroshot(a) -> int:
         _print_table(res.metrics_table().assign(value=lambda d: d["value"].astype(float).round(4)))
         print("\nconfusion (rows: truth, columns: predicted):")
         print(res.confusion.to_string())
+        if "score" in res.predictions.columns:
+            _print_slices(a.name, res.predictions, a.slice_col, "truth", "score", res.positive)
     print(f"\npredictions: {res.path}")
     return 0
 
@@ -435,6 +438,7 @@ def cmd_homogeneity(a) -> int:
     p.add_argument("--class-weight", default=None, choices=["balanced"], help="reweight classes"),
     p.add_argument("--seed", type=int, default=0),
     p.add_argument("--out", default=None, help="predictions parquet (default: <home>/results/NAME/probe-...)"),
+    _add_slice_arg(p),
 ))
 def cmd_probe(a) -> int:
     import pandas as pd
@@ -451,6 +455,8 @@ def cmd_probe(a) -> int:
     m = res.metrics
     _print_table(pd.DataFrame({"metric": [k for k in keys if k in m],
                                "value": [round(float(m[k]), 4) for k in keys if k in m]}))
+    if "score" in res.predictions.columns:
+        _print_slices(a.name, res.predictions, a.slice_col, "label", "score", res.positive)
     print("\nwritten: " + ", ".join(str(p) for p in paths))
     return 0
 
@@ -520,6 +526,34 @@ def cmd_project(a) -> int:
     return 0
 
 
+def _add_slice_arg(p) -> None:
+    p.add_argument("--slice-col", default=None,
+                   help="also report every metric per value of this metadata column (source, modality, "
+                        "skin tone...), with per-slice counts and the worst group")
+
+
+def _print_slices(name: str, df, slice_col: str | None, truth_col: str, score_col: str, positive) -> None:
+    """Metrics of ``df`` (rows of dataset ``name``, matched by row or path) per value of ``slice_col``."""
+    if not slice_col:
+        return
+    from . import dataset
+    from .errors import WorkbenchError
+    from .metrics import sliced_metrics
+
+    images = dataset.load(name).images
+    if slice_col not in images.columns:
+        raise WorkbenchError(f"dataset {name!r} has no column {slice_col!r} (columns: {', '.join(images.columns)})")
+    if "row" in df.columns:
+        groups = images[slice_col].to_numpy()[df["row"].to_numpy()]
+    else:
+        groups = df["path"].map(dict(zip(images["path"], images[slice_col], strict=True))).to_numpy()
+    sub = df.assign(**{"_slice": groups}).dropna(subset=[truth_col, score_col])
+    table = sliced_metrics(sub, "_slice", truth_col, score_col, positive=positive)
+    table = table.rename(columns={"slice": slice_col})
+    print(f"\nper {slice_col} (positive class {positive}):")
+    _print_table(table.round(4), 60)
+
+
 # ---------------------------------------------------------------- colour evidence
 
 
@@ -531,6 +565,21 @@ def _results_path(name: str, filename: str, out: str | None):
     path = Path(out) if out else config.home() / "results" / name / filename
     config.ensure(path.parent)
     return path
+
+
+def _write_table(df, path) -> None:
+    """CSV or parquet by suffix, written to a temporary name and renamed: a killed run
+    leaves the previous file or the whole new one, never half of one."""
+    import os
+
+    from .dataset import _atomic_parquet
+
+    if path.suffix == ".csv":
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        df.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    else:
+        _atomic_parquet(df, path)
 
 
 def _auc_rows(df, label_col: str, columns, positive: str | None):
@@ -559,6 +608,7 @@ def _auc_rows(df, label_col: str, columns, positive: str | None):
     p.add_argument("--positive", default=None, help="label value counted as positive for AUC"),
     p.add_argument("--workers", type=int, default=None),
     p.add_argument("--out", help="output parquet/CSV (default: data/results/NAME/eb_scores.parquet)"),
+    _add_slice_arg(p),
 ))
 def cmd_scores(a) -> int:
     from . import colorscore, dataset
@@ -567,7 +617,7 @@ def cmd_scores(a) -> int:
     ref = (ds.images["split"] == a.reference_split).to_numpy() if a.reference_split else None
     df = colorscore.score_dataset(ds, reference=ref, workers=a.workers)
     out = _results_path(a.name, "eb_scores.parquet", a.out)
-    df.to_csv(out, index=False) if out.suffix == ".csv" else df.to_parquet(out, index=False)
+    _write_table(df, out)
     print(f"EB scores of {len(df)} images ({int(df['error'].notna().sum())} unreadable) -> {out}")
     if ds.has_labels:
         summary = df.groupby("label")[["blood", "skin", "eb"]].agg(["mean", "median"]).round(3)
@@ -577,6 +627,8 @@ def cmd_scores(a) -> int:
         if len(aucs):
             print()
             _print_table(aucs.round(4))
+            _print_slices(a.name, df.assign(row=range(len(df))), a.slice_col, "label", "eb",
+                          aucs["positive"].iloc[0])
     return 0
 
 
@@ -594,7 +646,7 @@ def cmd_censor_eval(a) -> int:
     ds = dataset.load(a.name)
     df = safety.mask_iou_dataset(ds, mask_col=a.mask_col, clean=not a.no_clean)
     out = _results_path(a.name, "mask_iou.parquet", a.out)
-    df.to_csv(out, index=False) if out.suffix == ".csv" else df.to_parquet(out, index=False)
+    _write_table(df, out)
     print(f"colour-mask IoU on {len(df)} images with masks -> {out}")
     group = a.group_col if a.group_col in df.columns else None
     table = (df.groupby(group)["iou"] if group else df[["iou"]].assign(all="all").groupby("all")["iou"])

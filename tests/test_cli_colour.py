@@ -37,3 +37,18 @@ def test_censor_eval_verb_reports_iou_per_source(corpus, tmp_path):
     assert len(df) == corpus.images["mask"].notna().sum() == 452
     assert df["iou"].between(0, 1).all()
     assert "fuseg" in text and "medetec" in text and "overall mean IoU" in text
+
+
+def test_metrics_sliced_by_metadata_show_per_group_counts(corpus, tmp_path):
+    text = _run("scores", "corpus", "--out", str(tmp_path / "eb.parquet"), "--slice-col", "source")
+    df = pd.read_parquet(tmp_path / "eb.parquet")
+    section = text.split("per source")[1].splitlines()
+    header = section[1].split()
+    assert header[0] == "source" and "roc_auc" in header
+    rows = {ln.split()[0]: ln.split() for ln in section[2:] if ln.strip()}
+    for src, n in pd.read_csv(REPO.parent / "shared" / "corpus" / "manifest.csv")["source"].value_counts().items():
+        assert int(rows[src][header.index("n")]) == n
+    azh = df[(df["path"].str.contains("/azh/"))]
+    auc = roc_auc_score(azh["label"] == "sensitive", azh["eb"])
+    assert abs(float(rows["azh"][header.index("roc_auc")]) - auc) < 1e-3
+    assert "worst" in rows
