@@ -259,7 +259,7 @@ def _load(path: str, params: ColorParams) -> Image.Image:
     resampling noise. Files PIL cannot open directly (DICOM, damaged, too large) go through
     ``open_image``, which decodes them or raises :class:`ImageError` with the reason.
     """
-    if is_dicom(path):  # a DICOM preamble may hold another format's header: never guess
+    if is_dicom(path) or not os.path.isfile(path):  # DICOM: never guess; pipes, folders: the reason
         return open_image(path)
     try:
         with Image.open(path) as im:
@@ -626,6 +626,37 @@ def blood_skin_scatter(
 # --------------------------------------------------------------------------- datasets
 
 
+def score_dataset_rows(ds, params: ColorParams = DEFAULT_PARAMS, *, workers: int | None = None,
+                       progress=None) -> pd.DataFrame:
+    """:func:`score_paths` over every row of a :class:`lib.dataset.Dataset`, in row order.
+
+    A row whose path now leaves the dataset root (a file swapped for a symlink since
+    ingest) is never read: NaN fractions and the reason, like an unreadable file.
+    """
+    from .errors import UnsafePath
+
+    ids = [str(i) for i in ds.images["id"]]
+    paths, refused = [], {}
+    for i, rel in enumerate(ds.images["path"]):
+        try:
+            paths.append(str(ds.abspath(rel)))
+        except UnsafePath as e:
+            paths.append(str(rel))
+            refused[i] = str(e)
+    ok = [i for i in range(len(ids)) if i not in refused]
+    fr = score_paths([(ids[i], paths[i]) for i in ok], params, workers=workers, progress=progress)
+    if not refused:
+        return fr
+    out = pd.DataFrame({"id": pd.Series(ids, dtype=object), "path": paths, "blood": np.nan, "skin": np.nan,
+                        "error": pd.Series(list(map(refused.get, range(len(ids)))), dtype=object)})
+    rows = np.asarray(ok, dtype=np.int64)
+    for col in ("blood", "skin"):
+        out[col] = out[col].to_numpy(np.float64)
+        out.loc[rows, col] = fr[col].to_numpy(np.float64)
+    out.loc[rows, "error"] = fr["error"].to_numpy(object)
+    return out
+
+
 def score_dataset(ds, params: ColorParams = DEFAULT_PARAMS, *, reference: pd.Series | None = None,
                   workers: int | None = None, progress=None) -> pd.DataFrame:
     """EB table of a :class:`lib.dataset.Dataset`, one row per dataset row.
@@ -634,8 +665,7 @@ def score_dataset(ds, params: ColorParams = DEFAULT_PARAMS, *, reference: pd.Ser
     and sd from those rows only (e.g. a labelled reference collection). Returns the
     dataset's id, path, label and split plus blood, skin, z_blood, z_skin, eb, error.
     """
-    items = [(cid, str(ds.abspath(p))) for cid, p in zip(ds.images["id"], ds.images["path"], strict=True)]
-    fr = score_paths(items, params, workers=workers, progress=progress)
+    fr = score_dataset_rows(ds, params, workers=workers, progress=progress)
     fr["path"] = ds.images["path"].to_numpy()
     for col in ("label", "split"):
         fr[col] = ds.images[col].to_numpy()

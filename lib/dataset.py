@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -25,7 +26,7 @@ import pandas as pd
 
 from . import config
 from .errors import DatasetError, ImageError, ManifestError, UnsafePath
-from .images import IMAGE_EXTENSIONS, content_id, is_dicom, open_image_with_meta
+from .images import IMAGE_EXTENSIONS, content_id, file_kind, is_dicom, open_image_with_meta
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 RESERVED_COLUMNS = ("id", "path", "label", "split", "caption", "width", "height", "format", "duplicate_of")
@@ -147,6 +148,14 @@ def _walk_folder(root: Path) -> tuple[list[dict], list[dict]]:
                 except UnsafePath:
                     errors.append({"path": str(rel), "reason": "symlink points outside the dataset root"})
                     continue
+            try:
+                mode = full.stat().st_mode
+            except OSError as e:  # a dangling symlink, a file gone since the listing
+                errors.append({"path": str(rel), "reason": f"cannot read file ({e.strerror or e})"})
+                continue
+            if not stat.S_ISREG(mode):  # a named pipe would block every reader
+                errors.append({"path": str(rel), "reason": f"not a regular file ({file_kind(mode)})"})
+                continue
             if full.suffix.lower() not in IMAGE_EXTENSIONS and not is_dicom(full):
                 if full.suffix.lower() in MANIFEST_SUFFIXES | {".md", ".txt", ".json"}:
                     continue  # documentation and manifests beside the images are not images

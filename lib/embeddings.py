@@ -5,10 +5,12 @@ Layout, under ``<home>/cache/emb/<fingerprint[:24]>/``::
     model.json                      what the fingerprint stands for (spec, weights hash, preprocessing)
     shards/<name>.vec.npy           float16 (n, dim) vectors
     shards/<name>.ids.npy           the n content ids (sha256 hex, |S64)
-    shards/<name>.json              commit record: n, dim, dtype, sha256 of both files
+    shards/<name>.json              commit record: n, dim, dtype, fingerprint, sha256 of both files
 
 A shard exists only once its commit record does; every file is written to a temp name
-and renamed, so a killed run never leaves a half-written shard that is read. Vectors
+and renamed, so a killed run never leaves a half-written shard that is read. A shard whose
+record names another model's fingerprint, or whose files are missing or do not match the
+record's shape, is never read (and ``verify`` moves it aside, with checksum failures). Vectors
 are keyed by content id, not by dataset, so an image in two datasets is embedded once
 per model. Shard names derive from their ids, so a resumed run writes exactly the
 shards an uninterrupted one would have.
@@ -28,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import config
-from .errors import ImageError, WorkbenchError
+from .errors import ImageError, UnsafePath, WorkbenchError
 
 DTYPE = np.float16
 ID_DTYPE = "S64"
@@ -73,6 +75,7 @@ class EmbeddingStore:
         self._ids: np.ndarray | None = None
         self._locs: np.ndarray | None = None
         self._shards: list[str] | None = None
+        self._mmaps: list[np.ndarray] = []
 
     # -- writing
 
@@ -92,6 +95,7 @@ class EmbeddingStore:
         _atomic_save_npy(np.asarray(vectors, dtype=DTYPE), vec_path)
         _atomic_save_npy(np.asarray(ids, dtype=ID_DTYPE), ids_path)
         record = {"n": len(ids), "dim": int(vectors.shape[1]), "dtype": np.dtype(DTYPE).name,
+                  "fingerprint": self.fingerprint,
                   "vec_sha256": _sha256_file(vec_path), "ids_sha256": _sha256_file(ids_path),
                   "created": time.time()}
         _atomic_write_text(json.dumps(record), self.shard_dir / f"{name}.json")
@@ -112,9 +116,11 @@ class EmbeddingStore:
             rec_path = self.shard_dir / f"{name}.json"
             try:
                 rec = json.loads(rec_path.read_text())
-                ok = (_sha256_file(self.shard_dir / f"{name}.vec.npy") == rec["vec_sha256"]
-                      and _sha256_file(self.shard_dir / f"{name}.ids.npy") == rec["ids_sha256"])
-            except (OSError, ValueError, KeyError):
+                ok = (self._own(rec)
+                      and _sha256_file(self.shard_dir / f"{name}.vec.npy") == rec["vec_sha256"]
+                      and _sha256_file(self.shard_dir / f"{name}.ids.npy") == rec["ids_sha256"]
+                      and self._open_shard(name) is not None)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 ok = False
             if not ok:
                 bad.append(name)
@@ -127,15 +133,43 @@ class EmbeddingStore:
             self._ids = self._locs = self._shards = None
         return bad
 
+    def _own(self, rec) -> bool:
+        """Whether a commit record belongs to this model (records written before the
+        fingerprint was recorded are taken as this store's)."""
+        return isinstance(rec, dict) and rec.get("fingerprint", self.fingerprint) == self.fingerprint
+
+    def _open_shard(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(ids (n,), memory-mapped vectors (n, dim)) of a committed shard, or None when
+        it cannot be used: record unreadable or another model's, files missing or not of
+        the record's shape. Cheap (no checksums): :meth:`verify` is the thorough check."""
+        try:
+            rec = json.loads((self.shard_dir / f"{name}.json").read_text())
+            if not self._own(rec):
+                return None
+            ids = np.load(self.shard_dir / f"{name}.ids.npy")
+            vec = np.load(self.shard_dir / f"{name}.vec.npy", mmap_mode="r")
+        except (OSError, ValueError, EOFError, TypeError, AttributeError):
+            return None
+        if ids.ndim != 1 or vec.ndim != 2 or len(ids) != len(vec) or len(ids) != rec.get("n") \
+                or vec.shape[1] != rec.get("dim"):
+            return None
+        return ids, vec
+
     def _load_catalog(self) -> None:
         if self._ids is not None:
             return
-        names, ids, locs = self.shard_names(), [], []
-        for si, name in enumerate(names):
-            arr = np.load(self.shard_dir / f"{name}.ids.npy")
-            ids.append(arr)
-            locs.append(np.stack([np.full(len(arr), si, np.int32), np.arange(len(arr), dtype=np.int32)], 1))
-        self._shards = names
+        names, ids, locs, mmaps = [], [], [], []
+        for name in self.shard_names():
+            opened = self._open_shard(name)
+            if opened is None or (mmaps and opened[1].shape[1] != mmaps[0].shape[1]):
+                continue  # its images count as missing: the next embed recomputes them
+            si = len(names)
+            names.append(name)
+            ids.append(opened[0])
+            mmaps.append(opened[1])
+            locs.append(np.stack([np.full(len(opened[0]), si, np.int32),
+                                  np.arange(len(opened[0]), dtype=np.int32)], 1))
+        self._shards, self._mmaps = names, mmaps
         self._ids = np.concatenate(ids) if ids else np.zeros(0, ID_DTYPE)
         self._locs = np.concatenate(locs) if locs else np.zeros((0, 2), np.int32)
 
@@ -166,8 +200,7 @@ class EmbeddingStore:
         if (pos < 0).any():
             raise WorkbenchError(f"{int((pos < 0).sum())} of {len(pos)} images have no vector in cache "
                                  f"{self.dir}; run `python -m lib embed` first")
-        mmaps = [np.load(self.shard_dir / f"{n}.vec.npy", mmap_mode="r") for n in self._shards]
-        return DatasetEmbeddings(list(content_ids), self._locs[pos], mmaps, self.fingerprint, self.dir)
+        return DatasetEmbeddings(list(content_ids), self._locs[pos], list(self._mmaps), self.fingerprint, self.dir)
 
     def info(self) -> dict:
         p = self.dir / "model.json"
@@ -284,15 +317,19 @@ def prefetch_batches(items: Sequence[tuple[str, str]], preprocess: Callable, bat
         return
     import multiprocessing as mp
     from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     # fork: workers inherit the preprocess closure (and the loaded transforms) for free.
-    with mp.get_context("fork").Pool(workers, initializer=_worker_init) as pool:
+    # An executor, not mp.Pool: a worker that dies (OOM killer, a decoder crash) raises
+    # BrokenProcessPool here instead of leaving its task, and this loop, waiting forever.
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_worker_init)
+    try:
         pending: deque = deque()
 
         def submit(batch: list) -> None:
             step = -(-len(batch) // workers)
-            pending.append([pool.apply_async(_prepare_batch, (batch[i:i + step],))
-                            for i in range(0, len(batch), step)])
+            pending.append([pool.submit(_prepare_batch, batch[i:i + step]) for i in range(0, len(batch), step)])
 
         it = iter(batches)
         for b in it:
@@ -300,11 +337,17 @@ def prefetch_batches(items: Sequence[tuple[str, str]], preprocess: Callable, bat
             if len(pending) >= 2:
                 break
         while pending:
-            parts = [r.get() for r in pending.popleft()]
+            try:
+                parts = [f.result() for f in pending.popleft()]
+            except BrokenProcessPool:
+                raise WorkbenchError("an image-decoding worker died (out of memory, or a decoder crash); "
+                                     "run the command again: finished shards are kept") from None
             nxt = next(it, None)
             if nxt is not None:
                 submit(nxt)
             yield _merge_parts(parts)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 # ------------------------------------------------------------------------ the job
@@ -380,9 +423,14 @@ def embed(
     store.write_info({**backend.fingerprint_info, "spec": backend.spec, "dim": backend.dim})
     missing = store.missing(unique)
     path_of = dict(zip(ds.images["id"], ds.images["path"], strict=True))
-    items = [(cid, str(ds.abspath(path_of[cid]))) for cid in missing]
+    items, refused = [], []
+    for cid in missing:
+        try:
+            items.append((cid, str(ds.abspath(path_of[cid]))))
+        except UnsafePath as e:  # swapped for a symlink out of the root since ingest: never read
+            refused.append((path_of[cid], str(e)))
     report = EmbedReport(name, backend.spec, backend.fingerprint, len(unique), len(unique) - len(missing), 0,
-                         [], 0.0, corrupt)
+                         refused, 0.0, corrupt)
     if workers is None:
         workers = default_workers(backend.uses_torch)
     from tqdm import tqdm

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -39,12 +37,10 @@ def eb_scores(ds, params: ColorParams = DEFAULT_PARAMS, *, workers: int | None =
     z_blood, z_skin, eb (NaN where the image could not be scored), error, row. z-scores
     are taken over the dataset's own images.
     """
-    from .colorscore import eb_table, score_paths
+    from .colorscore import eb_table, score_dataset_rows
 
     images = ds.images
-    items = pd.DataFrame({"id": images["id"].astype(str).to_numpy(),
-                          "path": [str(ds.abspath(p)) for p in images["path"]]})
-    frac = score_paths(items, params, workers=workers, progress=progress)
+    frac = score_dataset_rows(ds, params, workers=workers, progress=progress)
     if np.isfinite(frac["blood"].to_numpy()).any() and np.isfinite(frac["skin"].to_numpy()).any():
         table = eb_table(frac)
     else:  # nothing scorable: no mean/sd to take
@@ -352,25 +348,17 @@ def mask_ious(ds, rows: Sequence[int], params: ColorParams = DEFAULT_PARAMS, *,
 
 
 def decode_upload(data: bytes, name: str = "upload", max_bytes: int = MAX_UPLOAD_BYTES) -> Image.Image:
-    """An uploaded file decoded like any dataset image (:func:`lib.images.open_image`:
-    pixel limit, EXIF, modes, DICOM), from a private temporary file.
+    """An uploaded file decoded in memory like any dataset image
+    (:func:`lib.images.open_image_bytes`: pixel limit, EXIF, modes, DICOM); never written
+    to disk, and its name is only a label.
 
     Raises :class:`ImageError` when it is too large or not a readable image.
     """
-    from .images import open_image
+    from .images import open_image_bytes
 
     if len(data) > max_bytes:
         raise ImageError(f"{name}: {len(data) / 1e6:.1f} MB is over the {max_bytes / 1e6:.0f} MB upload limit")
-    if not data:
-        raise ImageError(f"{name}: empty file")
-    suffix = os.path.splitext(name)[1][:8] if "." in name else ""
-    with tempfile.TemporaryDirectory(prefix="wb-upload-") as d:
-        path = os.path.join(d, "image" + suffix)
-        with open(path, "wb") as f:
-            f.write(data)
-        img = open_image(path)
-        img.load()
-        return img.copy()
+    return open_image_bytes(bytes(data), name)
 
 
 def jpeg_bytes(img: Image.Image, quality: int = 85) -> bytes:

@@ -10,7 +10,9 @@ and the reason.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,8 @@ IMAGE_EXTENSIONS = {
     ".ppm", ".pgm", ".pbm", ".dcm", ".dicom",
 }
 
+DICOM_SUFFIXES = {".dcm", ".dicom"}
+
 # PIL's own bomb check fires at 2x its limit; ours fires first with a clear reason.
 Image.MAX_IMAGE_PIXELS = None
 
@@ -44,9 +48,11 @@ def content_id(path: str | Path, chunk: int = 1 << 20) -> str:
 def is_dicom(path: str | Path) -> bool:
     """True when the file has the DICOM preamble magic (``DICM`` at byte 128) or a .dcm name."""
     p = Path(path)
-    if p.suffix.lower() in {".dcm", ".dicom"}:
+    if p.suffix.lower() in DICOM_SUFFIXES:
         return True
     try:
+        if not stat.S_ISREG(p.stat().st_mode):  # opening a named pipe or a device would block
+            return False
         with open(p, "rb") as f:
             f.seek(128)
             return f.read(4) == b"DICM"
@@ -54,10 +60,21 @@ def is_dicom(path: str | Path) -> bool:
         return False
 
 
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, from its ``st_mode``, for error messages."""
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
 def _sniff(path: Path) -> str:
     """Describe what a non-image file looks like, for the error message."""
     with open(path, "rb") as f:
-        head = f.read(512)
+        return _describe(f.read(512))
+
+
+def _describe(head: bytes) -> str:
+    """What the first bytes of a file that is no image look like."""
     if not head:
         return "empty file (0 bytes)"
     text = head.lstrip().lower()
@@ -99,7 +116,7 @@ def _stretch(arr: np.ndarray) -> np.ndarray:
     return np.clip((arr - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
 
 
-def _check_size(path: Path, width: int, height: int) -> None:
+def _check_size(path, width: int, height: int) -> None:
     if width < 1 or height < 1:
         raise ImageError(f"{path}: image has no pixels ({width}x{height})")
     if width * height > MAX_PIXELS:
@@ -125,16 +142,40 @@ def open_image_with_meta(path: str | Path) -> tuple[Image.Image, dict]:
     """Like :func:`open_image`, also returning metadata (format, frames, DICOM tags)."""
     path = Path(path)
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except OSError as e:
         raise ImageError(f"{path}: cannot read file ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):  # a named pipe would block the reader forever
+        raise ImageError(f"{path}: not a regular file ({file_kind(st.st_mode)})")
+    size = st.st_size
     if size == 0:
         raise ImageError(f"{path}: empty file (0 bytes)")
     if is_dicom(path):
-        return _open_dicom(path)
+        return _open_dicom(path, path, force=path.suffix.lower() in DICOM_SUFFIXES)
+    return _decode(path, path, lambda: _sniff(path))
+
+
+def open_image_bytes(data: bytes, name: str = "upload") -> Image.Image:
+    """Decode an image file held in memory (an upload) exactly like :func:`open_image`:
+    the same pixel limit, EXIF orientation, mode conversion and DICOM windowing. Nothing
+    is written to disk; ``name`` only picks DICOM by its suffix and labels the errors.
+
+    Returns
+    -------
+    PIL.Image.Image in mode ``RGB``.
+    """
+    if not data:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    if Path(name).suffix.lower() in DICOM_SUFFIXES or data[128:132] == b"DICM":
+        return _open_dicom(io.BytesIO(data), name, force=True)[0]
+    return _decode(io.BytesIO(data), name, lambda: _describe(data[:512]))[0]
+
+
+def _decode(source, label, sniff) -> tuple[Image.Image, dict]:
+    """PIL-decode ``source`` (a path or a binary file object); errors name ``label``."""
     try:
-        with Image.open(path) as im:
-            _check_size(path, *im.size)
+        with Image.open(source) as im:
+            _check_size(label, *im.size)
             meta = {"format": im.format, "frames": getattr(im, "n_frames", 1)}
             if meta["frames"] > 1:
                 im.seek(0)
@@ -145,14 +186,14 @@ def open_image_with_meta(path: str | Path) -> tuple[Image.Image, dict]:
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: {_sniff(path)}") from None
+        raise ImageError(f"{label}: {sniff()}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         msg = str(e) or type(e).__name__
         if "truncated" in msg.lower() or isinstance(e, EOFError):
             msg = f"truncated or corrupt image data ({msg})"
-        raise ImageError(f"{path}: {msg}") from None
+        raise ImageError(f"{label}: {msg}") from None
     except Image.DecompressionBombError as e:  # only if a caller re-enabled PIL's own check
-        raise ImageError(f"{path}: {e}") from None
+        raise ImageError(f"{label}: {e}") from None
 
 
 def dicom_to_array(ds) -> np.ndarray:
@@ -197,12 +238,13 @@ def dicom_to_array(ds) -> np.ndarray:
     return out
 
 
-def _open_dicom(path: Path) -> tuple[Image.Image, dict]:
+def _open_dicom(source, path, force: bool) -> tuple[Image.Image, dict]:
+    """Decode a DICOM file (a path or a binary file object); errors name ``path``."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(path, force=path.suffix.lower() in {".dcm", ".dicom"})
+        ds = pydicom.dcmread(source, force=force)
     except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, KeyError) as e:
         raise ImageError(f"{path}: not a readable DICOM file ({e})") from None
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:

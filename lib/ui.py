@@ -288,10 +288,19 @@ def predictions(path: str | None) -> pd.DataFrame | None:
     return _predictions(str(p), p.stat().st_mtime)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
+# Shared by every session (st.cache_resource: no copy per call). As st.cache_data, each of a
+# page's calls unpickled a fresh table (tens of MB at 100k rows) in the session's thread, and
+# under many sessions glibc kept those per-thread arenas: ~16 MB of server memory per page view.
+@st.cache_resource(show_spinner=False, max_entries=16)
 def _sensitivity(home: str, name: str, token: str, threshold: float, preds_key: str, _eb=None,
                  _preds=None) -> pd.DataFrame:
     return safety.sensitivity_table(load_dataset(name), eb=_eb, preds=_preds, threshold=threshold)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _sensitive_map(home: str, name: str, token: str, threshold: float, preds_key: str,
+                   _table=None) -> dict[str, bool]:
+    return dict(zip(_table["id"], _table["sensitive"].astype(bool), strict=True))
 
 
 @st.cache_data(show_spinner="Projecting…", max_entries=32)
@@ -419,19 +428,22 @@ class Ctx:
             self._status = model_status(self.name)
         return self._status
 
-    def sensitivity(self) -> pd.DataFrame:
-        """The safe view's decision per dataset row (:func:`lib.safety.sensitivity_table`)."""
+    def _sensitivity_key(self) -> tuple:
         from pathlib import Path
 
-        eb = self.eb()
         p = Path(self.preds_path) if self.preds_path else None
         preds_key = f"{p}:{p.stat().st_mtime_ns}" if p is not None and p.exists() else ""
-        return _sensitivity(_home(), self.name, catalog.dataset_token(self.name), float(self.eb_threshold),
-                            preds_key, _eb=eb, _preds=self.predictions())
+        return _home(), self.name, catalog.dataset_token(self.name), float(self.eb_threshold), preds_key
+
+    def sensitivity(self) -> pd.DataFrame:
+        """The safe view's decision per dataset row (:func:`lib.safety.sensitivity_table`;
+        shared: never modify it)."""
+        return _sensitivity(*self._sensitivity_key(), _eb=self.eb(), _preds=self.predictions())
 
     def sensitive_of(self) -> dict[str, bool]:
-        tab = self.sensitivity()
-        return dict(zip(tab["id"], tab["sensitive"].astype(bool), strict=True))
+        """{content id: sensitive} (shared: never modify it)."""
+        key = self._sensitivity_key()
+        return _sensitive_map(*key, _table=_sensitivity(*key, _eb=self.eb(), _preds=self.predictions()))
 
     def eb(self) -> pd.DataFrame:
         return eb_scores(self.name)

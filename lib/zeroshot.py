@@ -384,6 +384,8 @@ def run_zeroshot(
     if write:
         path = Path(out) if out else default_output(dataset_name, cs, ts, backend.fingerprint)
         config.ensure(path.parent)
-        df.to_parquet(path, index=False)
+        from .dataset import _atomic_parquet
+
+        _atomic_parquet(df, path)  # the safe view reads prediction tables: never half of one
     return ZeroShotResult(dataset_name, spec, cs, ts, df, metrics, confusion, per_class,
                           int(scored.sum()), int((has_value & ~scored).sum()), path)

@@ -47,8 +47,9 @@ with ui.guard():
     st.subheader("One image")
     ids = set(images["id"])
     qid = ui.page_param("id")
-    if qid not in ids:
+    if qid not in ids:  # none, or not an image of this dataset: the highest EB, and the URL says so
         qid = str(eb.sort_values("eb", ascending=False, na_position="last")["id"].iloc[0])
+        ui.set_page_param("id", qid)
     row = int(np.flatnonzero(images["id"].to_numpy() == qid)[0])
     rec = images.iloc[row]
     e = eb.iloc[row]
@@ -67,8 +68,11 @@ with ui.guard():
         ui.show_image(ctx, row, sens.get(qid), key="eb-one", caption=f"{ui.short(qid)} · {rec['path']}")
     with c2:
         st.markdown("**Colour masks** (red: blood-like, blue: skin-like)")
-        st.image(gallery.jpeg_bytes(gallery.mask_overlay(shown, blood, skin)), width="stretch",
-                 caption="over the " + ("censored" if mode != "raw" else "sharp") + " thumbnail")
+        overlay = gallery.mask_overlay(shown, blood, skin)
+        # The masks trace the sharp image (a skin mask is a silhouette): censored with it.
+        st.image(gallery.jpeg_bytes(overlay if mode == "raw" else safety.render(overlay, mode)), width="stretch",
+                 caption="over the sharp thumbnail" if mode == "raw" else "censored with the image: reveal it to "
+                                                                          "see the masks")
     with c3:
         st.markdown("**Censoring preview** (only inside a mask)")
         region = st.radio("Region", ["blood-like", "skin-like", "both"] + (["ground truth"] if truth is not None
@@ -86,8 +90,9 @@ with ui.guard():
         st.subheader("Against the ground-truth masks")
         g1, g2 = st.columns([1, 2])
         g1.metric("IoU (cleaned blood-like mask vs truth)", f"{evidence['iou']:.3f}")
-        g1.image(gallery.jpeg_bytes(Image.fromarray(truth.astype(np.uint8) * 255)), width=200,
-                 caption="ground-truth mask")
+        truth_img = Image.fromarray(truth.astype(np.uint8) * 255).convert("RGB")
+        g1.image(gallery.jpeg_bytes(truth_img if mode == "raw" else safety.render(truth_img, mode)), width=200,
+                 caption="ground-truth mask" + ("" if mode == "raw" else " (censored with the image)"))
         with g2:
             n_masks = int(images["mask"].notna().sum())
             if st.button(f"IoU over all {n_masks} images with a mask", key="eb-iou-all"):

@@ -19,6 +19,30 @@ def fingerprint_of(info: dict) -> str:
     return hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()
 
 
+#: Longest side at most this many times the shortest before a "resize the short side, then
+#: centre-crop" preprocessing: it scales the short side up to the model's input size, so a
+#: 1 x 100 000 image (a legal 0.1 Mpx) would become a 224 x 22 400 000 intermediate (15 GB).
+MAX_ASPECT = 16
+
+
+def limit_aspect(img: Image.Image, max_aspect: int = MAX_ASPECT) -> Image.Image:
+    """Centre crop of ``img`` whose long side is at most ``max_aspect`` times its short side.
+
+    Images within the ratio come back unchanged. Beyond it only the centre strip is kept:
+    the square a short-side resize + centre crop keeps lies inside it.
+    """
+    w, h = img.size
+    keep = max_aspect * min(w, h)
+    if max(w, h) <= keep:
+        return img
+    keep += (max(w, h) - keep) % 2  # equal margins: the strip keeps the image's centre
+    if w > h:
+        left = (w - keep) // 2
+        return img.crop((left, 0, left + keep, h))
+    top = (h - keep) // 2
+    return img.crop((0, top, w, top + keep))
+
+
 class Backend:
     """An image (and maybe text) encoder producing L2-normalised float32 vectors.
 

@@ -55,7 +55,9 @@ def color_features(img: Image.Image, params: ColorParams = DEFAULT_PARAMS) -> np
     evidence = np.array([blood_mask_hsv(hsv, params).mean(), skin_mask_ycbcr(ycc, params).mean()])
 
     lum = ycc[..., 0].astype(np.float32)
-    gy, gx = np.gradient(lum)
+    # np.gradient needs two samples along an axis: a 1-pixel-wide image has no gradient across it.
+    gy = np.gradient(lum, axis=0) if lum.shape[0] > 1 else np.zeros_like(lum)
+    gx = np.gradient(lum, axis=1) if lum.shape[1] > 1 else np.zeros_like(lum)
     mag = np.hypot(gx, gy)
     mag_hist = np.histogram(mag, bins=_MAG_EDGES)[0] / n
     ori = (np.arctan2(gy, gx) % np.pi) / np.pi  # edge direction, sign-free

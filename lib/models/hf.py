@@ -9,7 +9,7 @@ from PIL import Image
 
 from ..errors import ModelError
 from . import weights as W
-from .base import TorchBackend, state_dict_hash
+from .base import TorchBackend, limit_aspect, state_dict_hash
 
 
 class HFBackend(TorchBackend):
@@ -61,6 +61,8 @@ class HFBackend(TorchBackend):
         self._setup(model, device, precision)
 
     def preprocess(self, img: Image.Image) -> np.ndarray:
+        if "shortest_edge" in (getattr(self.processor, "size", None) or {}):
+            img = limit_aspect(img)  # CLIP's processor: short side up to the input size, then a crop
         return self.processor(images=img, return_tensors="np")["pixel_values"][0].astype(np.float32)
 
     def _image_forward(self, x):

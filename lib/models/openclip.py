@@ -9,7 +9,7 @@ from PIL import Image
 
 from ..errors import ModelError, WeightsMissing
 from . import weights as W
-from .base import TorchBackend, state_dict_hash
+from .base import TorchBackend, limit_aspect, state_dict_hash
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 _registered = False
@@ -89,6 +89,7 @@ class OpenClipBackend(TorchBackend):
         from open_clip.transform import PreprocessCfg, image_transform_v2
 
         self.transform = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
+        self._short_side_resize = model.visual.preprocess_cfg.get("resize_mode", "shortest") == "shortest"
         self.logit_scale = float(model.logit_scale.exp().item()) if hasattr(model, "logit_scale") else 100.0
         self.dim = int(model.text_projection.shape[1] if getattr(model, "text_projection", None) is not None
                        and hasattr(model.text_projection, "shape") else _probe_dim(model))
@@ -100,6 +101,8 @@ class OpenClipBackend(TorchBackend):
         self._setup(model, device, precision)
 
     def preprocess(self, img: Image.Image) -> np.ndarray:
+        if self._short_side_resize:
+            img = limit_aspect(img)
         return self.transform(img).numpy()
 
     def _image_forward(self, x):

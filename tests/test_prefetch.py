@@ -1,0 +1,41 @@
+"""The decoding pipeline yields the same batches, in the same order, for any number of workers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from lib.embeddings import prefetch_batches
+from lib.models import load_model
+
+
+def _items(corpus_dir, tmp_path, n=37):
+    m = pd.read_csv(corpus_dir / "manifest.csv").iloc[::17].head(n)
+    items = [(f"{i:064x}", str(corpus_dir / p)) for i, p in enumerate(m["path"])]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    missing = tmp_path / "missing.jpg"
+    # A bad file in the middle and one at the very end of a batch.
+    return items[:9] + [("b" * 64, str(broken))] + items[9:] + [("c" * 64, str(missing))]
+
+
+def test_batches_do_not_depend_on_workers(corpus_dir, tmp_path):
+    backend = load_model("color")
+    items = _items(corpus_dir, tmp_path)
+    runs = {w: list(prefetch_batches(items, backend.preprocess, 8, w)) for w in (0, 1, 2, 3)}
+    ref = runs[0]
+    assert [len(ids) + len(err) for ids, _, err in ref] == [8, 8, 8, 8, 7]
+    assert sum(len(err) for _, _, err in ref) == 2
+    # Reference values come from decoding each file on its own, outside the pipeline.
+    from lib.images import open_image
+
+    ok = [(cid, p) for cid, p in items if cid not in ("b" * 64, "c" * 64)]
+    direct = np.stack([backend.preprocess(open_image(p)) for _, p in ok])
+    got = np.concatenate([a for _, a, _ in ref if a is not None])
+    assert np.array_equal(got, direct)
+    assert [i for ids, _, _ in ref for i in ids] == [cid for cid, _ in ok]
+    for w, batches in runs.items():
+        assert len(batches) == len(ref), w
+        for (ids, arr, err), (rids, rarr, rerr) in zip(batches, ref, strict=True):
+            assert ids == rids and [e[0] for e in err] == [e[0] for e in rerr], w
+            assert (arr is None) == (rarr is None) and (arr is None or np.array_equal(arr, rarr)), w
