@@ -36,6 +36,7 @@ import pandas as pd
 from . import config
 from . import dataset as ds_mod
 from .annotations import CONSENSUS, AnnotationStore
+from .dataset import _atomic_parquet, _atomic_text
 from .errors import WorkbenchError
 from .neighbors import (
     RESOLUTION_RULES,
@@ -357,18 +358,6 @@ def expansion_name(spec: str, k: int, rule: str, seeds: Mapping[str, Sequence[st
     """Default name: ``<model slug>[-random]-k<k>-<rule>-<seeds digest>``."""
     slug = re.sub(r"[^A-Za-z0-9.-]+", "_", spec).strip("_")[:60] or "model"
     return f"{slug}{'-random' if random_weights else ''}-k{int(k)}-{rule}-{seeds_digest(seeds)}"
-
-
-def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def _atomic_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def save_expansion(result: ExpansionResult, dataset: str, name: str, meta: Mapping | None = None) -> SavedExpansion:
