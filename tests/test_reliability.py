@@ -741,6 +741,17 @@ HOSTILE_PARAMS = [
 def test_query_parameters_cannot_reach_files_or_turn_safe_view_off(hostile, params):
     """Pages read ``dataset``, ``model``, ``random``, ``id`` and ``page`` from the URL: each is
     checked against what exists; nothing outside a dataset root is opened, safe view stays on."""
+    import shutil
+
+    import streamlit as st
+
+    from lib import config
+
+    # Earlier tests may have cached every thumbnail (on disk and in this process): clear
+    # them so the pages really read image files and the watch below means something.
+    shutil.rmtree(config.cache_dir() / "thumbs", ignore_errors=True)
+    st.cache_data.clear()
+    st.cache_resource.clear()
     names = dataset.list_names()
     ids = set(dataset.load("hostile").images["id"])
     with watched_opens() as seen:
