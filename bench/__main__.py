@@ -101,7 +101,24 @@ def _run_one(name: str, quick: bool, cap: float | None = None) -> dict:
     if status != "ok":
         tail = log.read_text().strip().splitlines()[-12:]
         result["notes"].append(f"**{status}**; last log lines:\n\n```\n" + "\n".join(tail) + "\n```")
+    result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    out.write_text(json.dumps(result, indent=1))  # kept: a later --only run reports it beside its own
     return result
+
+
+def _earlier(names: list[str]) -> list[dict]:
+    """Results of the benchmarks not run now, from their last run (json/NAME.json)."""
+    out = []
+    for name in BENCHES:
+        path = RESULTS / "json" / f"{name}.json"
+        if name not in names and path.exists():
+            try:
+                res = json.loads(path.read_text())
+            except ValueError:
+                continue
+            if "finished" in res:
+                out.append(res)
+    return out
 
 
 def _dump_stacks(pid: int) -> None:
@@ -131,7 +148,10 @@ def write_report(results: list[dict], info: dict, quick: bool, seconds: float) -
     goals = df[df["goal"] != ""]
     lines = [
         "# Benchmark report", "",
-        f"{time.strftime('%Y-%m-%d %H:%M:%S')}; {'quick' if quick else 'full'} run, {seconds:.0f} s in all. "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S')}; this run ({'quick' if quick else 'full'}): "
+        f"{', '.join(r['bench'] for r in results if not r.get('earlier'))}, {seconds:.0f} s in all"
+        + ("; sections marked *an earlier run* are the last results of the others. " if any(
+            r.get("earlier") for r in results) else ". ") +
         f"Machine: {info.get('cpu', '?')}, {info['cpus']} CPUs ({info.get('isa', '')}), Python {info['python']}, "
         f"torch {info['torch']}; 1-min load average at start {info['load_avg_1min']} (other processes share "
         "the cores: compare ratios measured side by side, not absolute figures across runs).", "",
@@ -143,7 +163,9 @@ def write_report(results: list[dict], info: dict, quick: bool, seconds: float) -
         lines.append(f"| {r.bench} | {r.metric} | {fmt(r.value)} {r.unit} | {r.goal} | {_mark(r.passed)} |")
     for res in results:
         title = BENCHES[res["bench"]][1]
-        lines += ["", f"## {title}", "", f"`--only {res['bench']}`: {res['seconds']:.0f} s, {res['status']}.", ""]
+        when = f"; measured {res['finished']}" + (" (an earlier run)" if res.get("earlier") else "") \
+            if "finished" in res else ""
+        lines += ["", f"## {title}", "", f"`--only {res['bench']}`: {res['seconds']:.0f} s, {res['status']}{when}.", ""]
         if res["rows"]:
             lines += ["| metric | value | goal | | note |", "|---|---|---|---|---|"]
             for r in res["rows"]:
@@ -183,7 +205,11 @@ def main(argv: list[str] | None = None) -> int:
         cap = max(MIN_S.get(name, 60), deadline - time.perf_counter() - reserve) if len(names) > 1 else None
         results.append(_run_one(name, a.quick, cap))
         print(f"== {name}: {results[-1]['status']} in {results[-1]['seconds']:.0f} s", flush=True)
-    path = write_report(results, info, a.quick, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    earlier = [{**r, "earlier": True} for r in _earlier(names)]
+    order = list(BENCHES)
+    results = sorted(results + earlier, key=lambda r: order.index(r["bench"]) if r["bench"] in order else 99)
+    path = write_report(results, info, a.quick, seconds)
     print(f"report: {path}")
     return 0
 
