@@ -16,24 +16,14 @@ run has finished. Server RSS is the Streamlit process tree's resident memory.
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlencode
 
 from .common import REPO, Recorder, shared_home
+from .server import Server
 
 CHROMIUM = "/usr/bin/chromium"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rss(pid: int) -> float:
@@ -77,28 +67,9 @@ def run(rec: Recorder) -> None:
     rec.add(f"setup: {vi.kind} index built and saved", t_index, "s", note=f"{vi.path.name}")
     rec.add("setup: EB colour fractions of every image", t_eb, "s")
 
-    port = _free_port()
-    env = {**os.environ, "WORKBENCH_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    log = open(home / "streamlit.log", "wb")  # noqa: SIM115 (closed in finally)
-    t_start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited: {(home / 'streamlit.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.2)
-            if time.perf_counter() - t_start > 90:
-                raise RuntimeError("streamlit did not start in 90 s")
-        rec.add("server start to healthy", time.perf_counter() - t_start, "s")
+    with Server(home / "streamlit.log", home) as server:
+        base, proc = server.base, server.proc
+        rec.add("server start to healthy", server.started_s, "s")
         rss0 = _rss(proc.pid)
         from playwright.sync_api import sync_playwright
 
@@ -132,13 +103,6 @@ def run(rec: Recorder) -> None:
             finally:
                 browser.close()
         rss = _rss(proc.pid)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
     rec.add(f"Neighbours first render, cold server ({n // 1000}k rows)", cold, "s",
             note="first visit after start: imports, dataset, model status, EB table, index from disk")
     rec.add(f"Neighbours first render, warm server ({n // 1000}k rows)", min(warm), "s", ("<", 2.0),

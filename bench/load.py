@@ -20,18 +20,16 @@ import asyncio
 import contextlib
 import os
 import random
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
 
 import numpy as np
+
+from .server import Server
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -84,50 +82,6 @@ def tree_cpu(pid: int) -> float:
             t = p.cpu_times()
             total += t.user + t.system
     return total
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``streamlit run app.py`` on 127.0.0.1 over a data home; a context manager."""
-
-    def __init__(self, home: Path, log: Path, timeout: float = 90):
-        self.home, self.log_path, self.timeout = Path(home), Path(log), timeout
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Server:
-        env = {**os.environ, "WORKBENCH_HOME": str(self.home), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in __exit__)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(self.port),
-             "--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-            cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        t0 = time.monotonic()
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited: {self.log_path.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.base}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.2)
-            if time.monotonic() - t0 > self.timeout:
-                self.__exit__()
-                raise RuntimeError(f"streamlit did not start in {self.timeout:.0f} s")
-
-    def __exit__(self, *exc) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self._log.close()
 
 
 async def _session(browser, url_of, ids: list[str], k: int, deadline: float, seed: int, out: LoadResult,
@@ -242,7 +196,7 @@ def run(rec) -> None:
     gallery.eb_scores(ds)  # the safe view needs every image's EB: computed once, cached on disk
     rec.add("setup: index + EB fractions (0 when cached)", time.perf_counter() - t, "s")
     ids = ds.images["id"].tolist()
-    with Server(home, home / "load-streamlit.log") as server:
+    with Server(home / "load-streamlit.log", home) as server:
         rss0 = tree_rss(server.proc.pid)
         warm = browse(server.base, "big", spec, ids, sessions=1, seconds=10 if rec.quick else 20, seed=1,
                       server_pid=server.proc.pid)

@@ -7,13 +7,6 @@ same paths and labels. The browser, page and helpers are those of ``test_app_bro
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
-
 import pandas as pd
 import pytest
 from test_app_browser import (  # noqa: F401  (browser, chromium, page are fixtures)
@@ -21,7 +14,6 @@ from test_app_browser import (  # noqa: F401  (browser, chromium, page are fixtu
     assert_no_exception,
     browser,
     chromium,
-    free_port,
     page,
     settle,
     shot,
@@ -38,39 +30,12 @@ pytestmark = pytest.mark.browser
 def workflow_server(chromium, corpus_color, tmp_path_factory):  # noqa: F811
     """``streamlit run app.py`` over this session's data home, with the corpus embedded (color)
     and its EB scores cached (the safe view reads them)."""
+    from bench.server import Server
     from lib import gallery
 
     gallery.eb_scores(corpus_color)
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("streamlit-workflow") / "server.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-             "--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"streamlit exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not become healthy in 90 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield base
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
+    with Server(tmp_path_factory.mktemp("streamlit-workflow") / "server.log") as srv:
+        yield srv.base
 
 
 def caption_text(page) -> str:  # noqa: F811

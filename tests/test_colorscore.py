@@ -124,6 +124,33 @@ def test_masks_match_per_pixel_reference(sample_paths, params):
     assert 0.01 < n_skin / n_pixels < 0.9
 
 
+@pytest.mark.parametrize("params", [cs.DEFAULT_PARAMS, cs.ColorParams(blood_hue_low_deg=5.0, blood_hue_high_deg=40.0,
+                                                                   skin_cr_high=170.25)], ids=["default", "custom"])
+def test_mask_table_gives_pils_conversions_bit_for_bit(sample_paths, home, params, monkeypatch):
+    """The per-colour table stands for HSV/YCbCr conversion + thresholds: every pixel agrees."""
+    monkeypatch.setattr(cs, "_TABLES", {})  # built in this test's data home
+    rng = np.random.default_rng(11)
+    imgs = [Image.fromarray(rng.integers(0, 256, (64, 64, 3), np.uint8))] + [open_image(p) for p in sample_paths]
+    for img in imgs:
+        direct = (cs.blood_mask_hsv(np.asarray(img.convert("HSV")), params),
+                  cs.skin_mask_ycbcr(np.asarray(img.convert("YCbCr")), params))
+        got = cs.color_masks(img, params, full_size=True)
+        assert np.array_equal(got[0], direct[0]) and np.array_equal(got[1], direct[1])
+    stored = list((home / "cache" / "colorscore").glob("masks-*.npy"))
+    assert len(stored) == 1 and stored[0].stat().st_size > 1 << 24
+    # A fresh process (here: an emptied memo) maps the stored table instead of rebuilding it.
+    build = cs._build_mask_table
+    monkeypatch.setattr(cs, "_TABLES", {})
+    monkeypatch.setattr(cs, "_build_mask_table", lambda p: pytest.fail("table rebuilt"))
+    table = cs.mask_table(params)
+    assert isinstance(table, np.memmap)
+    # A damaged table file is rebuilt, not trusted.
+    monkeypatch.setattr(cs, "_build_mask_table", build)
+    stored[0].write_bytes(b"not a table")
+    monkeypatch.setattr(cs, "_TABLES", {})
+    assert cs.mask_table(params).shape == (1 << 24,)
+
+
 def test_masks_on_pure_colours():
     # Hand-checked colours: blood red, skin tone, pale pink (low saturation), dark red (low
     # value), green, and a magenta-red just inside the 340 degree band (hue 341.05).
@@ -358,3 +385,27 @@ def test_blood_skin_scatter_customdata_is_id(eb_df):
             assert row.label == t.name
             seen += 1
     assert seen == len(eb_df)
+
+
+def test_rescoring_a_dataset_checks_only_the_paths_it_reads(tmp_path, monkeypatch):
+    """Cached rows are not read, so their paths are not resolved again (10 s at 100k rows)."""
+    from lib import dataset
+
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (20, 30, 3), np.uint8)).save(folder / f"{i}.png")
+    dataset.ingest(folder, "six")
+    first = cs.score_dataset_rows(dataset.load("six"), workers=1)
+    checked = []
+    real = dataset.safe_join
+    monkeypatch.setattr(dataset, "safe_join", lambda root, rel: checked.append(rel) or real(root, rel))
+    again = cs.score_dataset_rows(dataset.load("six"), workers=1)
+    assert checked == []
+    pd.testing.assert_frame_equal(first.drop(columns="path"), again.drop(columns="path"))
+    Image.fromarray(rng.integers(0, 256, (20, 30, 3), np.uint8)).save(folder / "new.png")
+    dataset.ingest(folder, "six")
+    checked.clear()
+    grown = cs.score_dataset_rows(dataset.load("six"), workers=1)
+    assert checked == ["new.png"] and grown["error"].isna().all() and len(grown) == 7

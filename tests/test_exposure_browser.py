@@ -116,10 +116,10 @@ def expo(corpus_dir, tiny_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(expo, chromium):  # noqa: F811
-    from bench.load import Server
+    from bench.server import Server
 
     home = Path(os.environ["WORKBENCH_HOME"])
-    with Server(home, home / "exposure-streamlit.log") as srv:
+    with Server(home / "exposure-streamlit.log", home) as srv:
         yield srv
 
 

@@ -818,12 +818,6 @@ def test_streamlit_config_is_local_only_with_xsrf_on():
     assert cfg["client"]["showErrorDetails"] in ("none", False)  # no tracebacks (paths) in the browser
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _http(port: int, method: str, path: str, headers: dict | None = None, body: bytes | None = None):
     import http.client
 
@@ -840,32 +834,16 @@ def make_run_server(tmp_path_factory):
     """The server exactly as ``make run`` starts it (its command line read with ``make -n``)."""
     import psutil
 
-    port = _free_port()
+    from bench.server import Server, free_port
+
+    port = free_port()
     plan = subprocess.run(["make", "-n", "run", f"PORT={port}"], cwd=REPO, capture_output=True, text=True,
                           check=True).stdout
     line = next(ln for ln in plan.splitlines() if "streamlit run" in ln)
     assert "--server.address" not in line, "the Makefile must rely on .streamlit/config.toml for the address"
     home = tmp_path_factory.mktemp("make-run-home")
-    env = {**os.environ, "WORKBENCH_HOME": str(home), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(["bash", "-c", line], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, "the server exited"
-            with contextlib.suppress(OSError):
-                if _http(port, "GET", "/_stcore/health")[0].status == 200:
-                    break
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.3)
-        yield SimpleNamespace(port=port, proc=psutil.Process(proc.pid), line=line)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+    with Server(home / "server.log", home, port=port, command=["bash", "-c", line]) as srv:
+        yield SimpleNamespace(port=port, proc=psutil.Process(srv.proc.pid), line=line)
 
 
 def test_make_run_listens_on_loopback_only(make_run_server):
