@@ -93,7 +93,7 @@ def run(rec: Recorder) -> None:
     from lib.models import load_model
 
     logging.getLogger().setLevel(logging.ERROR)
-    n = 128 if rec.quick else 192
+    n = 128 if rec.quick else 384
     rounds = 1 if rec.quick else 3
     home = fresh_home("embed")
     spec = vitb32_spec()

@@ -39,3 +39,30 @@ def test_batches_do_not_depend_on_workers(corpus_dir, tmp_path):
         for (ids, arr, err), (rids, rarr, rerr) in zip(batches, ref, strict=True):
             assert ids == rids and [e[0] for e in err] == [e[0] for e in rerr], w
             assert (arr is None) == (rarr is None) and (arr is None or np.array_equal(arr, rarr)), w
+
+
+def test_workers_write_into_shared_slots_and_fall_back_when_shapes_differ(corpus_dir, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from lib import embeddings as E
+
+    items = _items(corpus_dir, tmp_path, n=20)
+
+    def small(img: Image.Image) -> np.ndarray:
+        return np.asarray(img.convert("RGB").resize((8, 8)), dtype=np.float32)
+
+    def odd(img: Image.Image) -> np.ndarray:  # the probe's blank image gets another shape than real ones
+        return np.zeros(5, np.float32) if img.size == (64, 48) else small(img)
+
+    ref = list(prefetch_batches(items, small, 8, 0))
+    for pre in (small, odd):
+        got = list(prefetch_batches(items, pre, 8, 2))  # every batch kept: each must be its own copy
+        assert [g[0] for g in got] == [r[0] for r in ref]
+        assert all(np.array_equal(g[1], r[1]) for g, r in zip(got, ref, strict=True))
+    # In a worker: rows go to the slot, nothing comes back through the pipe.
+    monkeypatch.setattr(E, "_SLOTS", np.zeros((2, 8, 8, 8, 3), np.float32))
+    monkeypatch.setattr(E, "_PREPROCESS", small)
+    ids, arrays, errors = E._prepare_batch(items[8:12], 1, 4)
+    assert arrays is None and len(ids) + len(errors) == 4
+    assert np.array_equal(E._SLOTS[1, 4:4 + len(ids)], ref[1][1][:len(ids)])
+    assert not E._SLOTS[0].any() and not E._SLOTS[1, :4].any()
