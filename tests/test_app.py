@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from app_pages import assert_clean, open_page
 from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,18 +30,6 @@ PAGES = {
 }
 
 
-def open_page(script: str, **params: str) -> AppTest:
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=180)
-    for k, v in params.items():
-        at.query_params[k] = v
-    if script != "app.py":
-        at.switch_page(script)
-    return at.run()
-
-
-def assert_clean(at: AppTest) -> None:
-    assert not at.exception, [e.message for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
 
 
 def texts(elements) -> str:

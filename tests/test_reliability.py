@@ -38,6 +38,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from app_pages import assert_clean, open_page
 from hostile_files import EXIF_FILES, make_hostile_folder, orient
 from PIL import Image
 from streamlit.testing.v1 import AppTest
@@ -68,19 +69,6 @@ def assert_clean_exit(r: subprocess.CompletedProcess) -> None:
     assert "Traceback" not in r.stderr + r.stdout, f"{r.args}:\n{r.stderr[-3000:]}"
 
 
-def open_page(script: str, at: AppTest | None = None, **params: str) -> AppTest:
-    if at is None:  # (an AppTest is falsy before its first run: no `or` here)
-        at = AppTest.from_file(str(REPO / "app.py"), default_timeout=180)
-    for k, v in params.items():
-        at.query_params[k] = v
-    if script != "app.py":
-        at.switch_page(script)
-    return at.run()
-
-
-def assert_clean(at: AppTest, where: str = "") -> None:
-    assert not at.exception, (where, [e.message for e in at.exception])
-    assert not at.error, (where, [e.value for e in at.error])
 
 
 # Every file open of this process, while a test watches (audit events cannot be removed,
