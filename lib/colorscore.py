@@ -444,9 +444,10 @@ class FractionCache:
         if not wanted:
             return {}
         df = self.read()
-        df = df[df["id"].isin(wanted)]
-        return dict(zip(df["id"], zip(df["blood"].astype(float), df["skin"].astype(float), strict=True),
-                        strict=True))
+        # Plain lists: pandas' isin and row iteration on arrow strings cost 0.4 s per 100k ids.
+        cached = zip(df["blood"].to_numpy(np.float64).tolist(), df["skin"].to_numpy(np.float64).tolist(),
+                     strict=True)
+        return {i: fr for i, fr in zip(df["id"].tolist(), cached, strict=True) if i in wanted}
 
     def _write_atomic(self, df: pd.DataFrame, name: str) -> Path:
         final = self.dir / name
@@ -699,14 +700,15 @@ def score_dataset_rows(ds, params: ColorParams = DEFAULT_PARAMS, *, workers: int
     """
     from .errors import UnsafePath
 
-    ids = [str(i) for i in ds.images["id"]]
+    ids = [str(i) for i in ds.images["id"].tolist()]
     # Cached rows are not read again, so only the others need the (syscall-heavy) path
     # check: 100k resolves cost 10 s of a gallery's first render.
     known = FractionCache(params).lookup(ids)
+    root = str(ds.root)
     paths, refused = [], {}
-    for i, rel in enumerate(ds.images["path"]):
+    for i, rel in enumerate(ds.images["path"].tolist()):
         if ids[i] in known:
-            paths.append(str(ds.root / rel))
+            paths.append(os.path.join(root, rel))
             continue
         try:
             paths.append(str(ds.abspath(rel)))

@@ -366,16 +366,17 @@ def sensitivity_table(
     p = np.full(n, np.nan) if preds is None else _by_id(preds, ids, "score", "preds")
     by_pred = np.nan_to_num(p, nan=-np.inf) >= pred_threshold
     sensitive = by_label | by_eb | by_pred
-    reasons = []
-    for i in range(n):
+    reasons = [""] * n
+    label_list = label.tolist()  # plain lists: per-row pandas access costs seconds at 100k rows
+    for i in np.flatnonzero(sensitive).tolist():
         why = []
         if by_label[i]:
-            why.append(f"label {label.iloc[i]}")
+            why.append(f"label {label_list[i]}")
         if by_eb[i]:
             why.append(f"EB {ebv[i]:.2f} > {threshold:g}" if np.isfinite(ebv[i]) else "EB unknown")
         if by_pred[i]:
             why.append(f"p {p[i]:.2f} >= {pred_threshold:g}")
-        reasons.append("; ".join(why))
+        reasons[i] = "; ".join(why)
     return pd.DataFrame({
         "id": ids, "label": label.to_numpy(), "eb": ebv, "p": p, "by_label": by_label, "by_eb": by_eb,
         "by_pred": by_pred, "sensitive": sensitive, "reason": reasons,
