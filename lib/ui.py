@@ -33,7 +33,7 @@ from .catalog import ModelChoice
 from .errors import ImageError, UnsafePath, WeightsMissing, WorkbenchError
 
 PAGES = {
-    "home": "app.py",
+    "home": "pages/0_Home.py",
     "gallery": "pages/1_Gallery.py",
     "neighbours": "pages/2_Neighbours.py",
     "zeroshot": "pages/3_Zero-shot.py",
@@ -462,7 +462,7 @@ class Ctx:
     def require_dataset(self) -> ds_mod.Dataset:
         if self.name is None:
             st.info(
-                "**No datasets yet.** Open **Home** (the `app` page) to build the offline demo dataset, "
+                "**No datasets yet.** Open **Home** to build the offline demo dataset, "
                 f"or create one from the command line:\n\n```bash\n{CLI} demo\n"
                 f"{CLI} ingest /path/to/images_or_manifest.csv --name mine\n{CLI} embed mine --model color\n```"
             )

@@ -878,8 +878,9 @@ def test_make_run_serves_no_file_by_path(make_run_server):
         assert secret not in data and b"root:" not in data, path
     # nor the app's own files (unknown paths answer with the app's index page)
     for path, marker in (("/app/static/.streamlit/config.toml", b"enableXsrfProtection"),
-                         ("/.streamlit/config.toml", b"enableXsrfProtection"), ("/app.py", b"ui.setup"),
-                         ("/app/static/../app.py", b"ui.setup"), ("/lib/ui.py", b"cache_resource")):
+                         ("/.streamlit/config.toml", b"enableXsrfProtection"), ("/app.py", b"st.navigation"),
+                         ("/app/static/../app.py", b"st.navigation"), ("/pages/0_Home.py", b"ui.setup"),
+                         ("/lib/ui.py", b"cache_resource")):
         assert marker not in _http(make_run_server.port, "GET", path)[1], path
 
 

@@ -1,0 +1,124 @@
+"""Home: datasets, their ingest problems, which models embedded them; ingest and embed forms."""
+
+import plotly.express as px
+import streamlit as st
+
+from lib import catalog, gallery, ui
+from lib import dataset as ds_mod
+from lib.catalog import ModelChoice
+from lib.models import aliases
+
+ui.ensure_demo()
+ctx = ui.setup("Home", ":material/home:")
+
+st.title("Sensitive image workbench")
+st.caption("Find the images a lay viewer must not see without a warning, grow labelled sets through nearest "
+           "neighbours, and compare image models — with **safe view on by default**: sensitive images reach "
+           "the browser only blurred until you reveal one.")
+
+with ui.guard():
+    summary = ui.datasets_summary()
+    if len(summary):
+        st.subheader("Datasets")
+        st.dataframe(summary, hide_index=True, width="stretch")
+    if ctx.name is not None and len(ctx.ds) == 0 and len(ctx.ds.errors):  # show why before stopping
+        st.dataframe(ctx.ds.errors, hide_index=True, width="stretch")
+    ds = ctx.require_dataset()
+
+    st.subheader(f"Dataset `{ctx.name}`")
+    info = ds.info
+    c = st.columns(5)
+    c[0].metric("Images", len(ds))
+    c[1].metric("Unique images", len(ds.unique_ids))
+    c[2].metric("Labels", ds.images["label"].nunique())
+    c[3].metric("Ingest errors", len(ds.errors))
+    c[4].metric("Duplicates", len(ds.duplicates))
+    st.caption(f"{info.get('kind', '')} `{info.get('source', '')}` · root `{ds.root}` · "
+               f"metadata columns: {', '.join(info.get('metadata_columns', [])) or 'none'}")
+
+    left, right = st.columns(2)
+    with left:
+        if ds.has_labels:
+            counts = ds.images["label"].fillna("(none)").value_counts().rename_axis("label").reset_index()
+            fig = px.bar(counts, x="label", y="count", title="Images per label")
+            fig.update_layout(height=320)
+            st.plotly_chart(fig, width="stretch")
+        else:
+            st.info(f"Dataset `{ctx.name}` has no labels: class folders or a `label` manifest column add them "
+                    f"(`{ui.CLI} ingest /path/to/manifest.csv --name {ctx.name}`).")
+    with right:
+        facets = [c for c in gallery.filter_options(ds.images) if c != "label"]
+        meta = [c for c in facets if c in info.get("metadata_columns", [])]  # e.g. source before format
+        col = "split" if "split" in facets else (meta or facets or [None])[0]
+        if col is not None:
+            counts = ds.images[col].astype("string").fillna("(none)").value_counts().rename_axis(col).reset_index()
+            fig = px.bar(counts, x=col, y="count", title=f"Images per {col}")
+            fig.update_layout(height=320)
+            st.plotly_chart(fig, width="stretch")
+        if "split" not in facets:
+            st.caption("No `split` column: splits are optional (train/val/test in a manifest).")
+
+    with st.expander(f"Ingest errors ({len(ds.errors)})", expanded=bool(len(ds.errors))):
+        if len(ds.errors):
+            st.dataframe(ds.errors, hide_index=True, width="stretch")
+        else:
+            st.caption("Every file could be read.")
+    with st.expander(f"Byte-identical duplicates ({len(ds.duplicates)})"):
+        if len(ds.duplicates):
+            st.dataframe(ds.duplicates.assign(id=ds.duplicates["id"].str[:16]), hide_index=True, width="stretch")
+        else:
+            st.caption("No duplicate files.")
+
+    st.subheader("Models")
+    status = ctx.status()
+    if len(status):
+        st.dataframe(
+            status, hide_index=True, width="stretch",
+            column_config={
+                "vectors": st.column_config.ProgressColumn("vectors", min_value=0, max_value=max(len(ds.unique_ids), 1),
+                                                           format="%d"),
+                "current": st.column_config.CheckboxColumn("current", help="the spec still resolves to this cache"),
+            })
+    else:
+        st.info(f"No embeddings yet. Embed with the offline `color` model below, or run "
+                f"`{ui.CLI} embed {ctx.name} --model color`.")
+
+    st.subheader("Add data")
+    ing, emb = st.columns(2)
+    with ing, st.form("ingest"):
+        st.markdown("**Ingest a folder or a manifest** (CSV/parquet with a `path` column)")
+        source = st.text_input("Folder or manifest path", placeholder="/path/to/images or /path/to/manifest.csv")
+        new_name = st.text_input("Dataset name", placeholder="mine")
+        go = st.form_submit_button("Ingest", type="primary")
+    if go:
+        with ing:
+            bar = st.progress(0.0, text="Ingesting…")
+            report = ds_mod.ingest(source.strip(), new_name.strip(),
+                                   progress_callback=ui.progress_callback(bar, "Ingesting"))
+            bar.empty()
+            st.success(report.summary())
+            ui.set_page_param("dataset", new_name.strip())
+            st.session_state["wb:dataset"] = new_name.strip()
+            st.button("Show it")
+
+    with emb, st.form("embed"):
+        st.markdown(f"**Embed `{ctx.name}`** with a model (only missing images are computed)")
+        known = sorted(set(status["spec"])) if len(status) else []
+        spec = st.selectbox("Model spec", list(dict.fromkeys(["color", *known, *aliases(), catalog.TEST_SPEC])),
+                            accept_new_options=True,
+                            help="`color` (offline), an alias such as `clip-b32` or `biomedclip`, or any spec: "
+                                 "`open_clip:ARCH@TAG`, `open_clip:hf-hub:ORG/NAME`, `hf:ID_OR_PATH`.")
+        rnd = st.checkbox("Use random weights (testing only)", key="embed-random")
+        go_embed = st.form_submit_button("Embed", type="primary")
+    if go_embed:
+        with emb:
+            choice = ModelChoice(spec, bool(rnd) and spec != "color")
+            backend = ui.load_backend(choice)
+            bar = st.progress(0.0, text="Embedding…")
+            from lib.embeddings import embed
+
+            report = embed(ctx.name, choice.spec, random_weights=choice.random_weights, backend=backend,
+                           progress_callback=ui.progress_callback(bar, "Embedding"))
+            bar.empty()
+            st.success(report.summary())
+            st.button("Refresh")
