@@ -23,6 +23,7 @@ import math
 import multiprocessing as mp
 import os
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -192,6 +193,7 @@ def _mask_flags(rgb: np.ndarray, params: ColorParams) -> np.ndarray:
 
 
 _TABLES: dict[str, np.ndarray] = {}
+_TABLES_LOCK = threading.Lock()
 
 
 def mask_table(params: ColorParams = DEFAULT_PARAMS) -> np.ndarray:
@@ -209,6 +211,14 @@ def mask_table(params: ColorParams = DEFAULT_PARAMS) -> np.ndarray:
     table = _TABLES.get(key)
     if table is not None:
         return table
+    with _TABLES_LOCK:  # app sessions are threads: one builds, the others wait for it
+        table = _TABLES.get(key)
+        if table is None:
+            table = _TABLES[key] = _load_or_build_table(params, key)
+    return table
+
+
+def _load_or_build_table(params: ColorParams, key: str) -> np.ndarray:
     path = config.cache_dir() / "colorscore" / f"masks-{key}.npy"
     try:
         table = np.load(path, mmap_mode="r")
@@ -226,7 +236,6 @@ def mask_table(params: ColorParams = DEFAULT_PARAMS) -> np.ndarray:
             os.replace(tmp, path)
         except OSError as e:  # a read-only cache: keep it in memory for this process
             log.warning("cannot store the colour-mask table in %s: %s", path.parent, e)
-    _TABLES[key] = table
     return table
 
 

@@ -409,3 +409,26 @@ def test_rescoring_a_dataset_checks_only_the_paths_it_reads(tmp_path, monkeypatc
     checked.clear()
     grown = cs.score_dataset_rows(dataset.load("six"), workers=1)
     assert checked == ["new.png"] and grown["error"].isna().all() and len(grown) == 7
+
+
+def test_mask_table_is_built_once_when_sessions_ask_together(monkeypatch):
+    import threading
+    import time
+
+    monkeypatch.setattr(cs, "_TABLES", {})
+    built = []
+    real = cs._build_mask_table
+
+    def slow_build(params):
+        built.append(params)
+        time.sleep(0.3)  # the other threads arrive while this one builds
+        return real(params)
+
+    monkeypatch.setattr(cs, "_build_mask_table", slow_build)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(cs.mask_table())) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 1 and len(got) == 4 and all(g is got[0] for g in got)
