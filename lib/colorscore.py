@@ -35,6 +35,7 @@ import pandas as pd
 from PIL import Image
 
 from . import config
+from .embeddings import _atomic_save_npy
 from .errors import ImageError
 from .images import MAX_PIXELS, content_id, is_dicom, open_image, plain_png_pixels, to_rgb
 
@@ -230,10 +231,7 @@ def _load_or_build_table(params: ColorParams, key: str) -> np.ndarray:
         table = _build_mask_table(params)
         try:  # atomic: a reader sees the whole table or none
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-            with open(tmp, "wb") as f:
-                np.save(f, table)
-            os.replace(tmp, path)
+            _atomic_save_npy(table, path)
         except OSError as e:  # a read-only cache: keep it in memory for this process
             log.warning("cannot store the colour-mask table in %s: %s", path.parent, e)
     return table
@@ -331,7 +329,7 @@ def _load(path: str, params: ColorParams) -> Image.Image:
     try:
         with Image.open(path) as im:
             if im.width * im.height <= MAX_PIXELS:
-                fast = plain_png_pixels(im, path)
+                fast = plain_png_pixels(im)
                 if fast is not None:
                     return fast
                 if im.format == "JPEG":
@@ -710,32 +708,33 @@ def score_dataset_rows(ds, params: ColorParams = DEFAULT_PARAMS, *, workers: int
     from .errors import UnsafePath
 
     ids = [str(i) for i in ds.images["id"].tolist()]
-    # Cached rows are not read again, so only the others need the (syscall-heavy) path
-    # check: 100k resolves cost 10 s of a gallery's first render.
+    n = len(ids)
+    blood, skin = np.full(n, np.nan), np.full(n, np.nan)
+    errors: list[str | None] = [None] * n
+    # Cached rows are neither read nor path-checked (100k resolves cost 10 s of a
+    # gallery's first render); only the other rows go to score_paths.
     known = FractionCache(params).lookup(ids)
     root = str(ds.root)
-    paths, refused = [], {}
+    paths, todo = [], []
     for i, rel in enumerate(ds.images["path"].tolist()):
         if ids[i] in known:
             paths.append(os.path.join(root, rel))
+            blood[i], skin[i] = known[ids[i]]
             continue
         try:
             paths.append(str(ds.abspath(rel)))
+            todo.append(i)
         except UnsafePath as e:
             paths.append(str(rel))
-            refused[i] = str(e)
-    ok = [i for i in range(len(ids)) if i not in refused]
-    fr = score_paths([(ids[i], paths[i]) for i in ok], params, workers=workers, progress=progress)
-    if not refused:
-        return fr
-    out = pd.DataFrame({"id": pd.Series(ids, dtype=object), "path": paths, "blood": np.nan, "skin": np.nan,
-                        "error": pd.Series(list(map(refused.get, range(len(ids)))), dtype=object)})
-    rows = np.asarray(ok, dtype=np.int64)
-    for col in ("blood", "skin"):
-        out[col] = out[col].to_numpy(np.float64)
-        out.loc[rows, col] = fr[col].to_numpy(np.float64)
-    out.loc[rows, "error"] = fr["error"].to_numpy(object)
-    return out
+            errors[i] = str(e)
+    if todo:
+        fr = score_paths([(ids[i], paths[i]) for i in todo], params, workers=workers, progress=progress)
+        rows = np.asarray(todo, dtype=np.int64)
+        blood[rows], skin[rows] = fr["blood"].to_numpy(np.float64), fr["skin"].to_numpy(np.float64)
+        for i, err in zip(todo, fr["error"].tolist(), strict=True):
+            errors[i] = err
+    return pd.DataFrame({"id": pd.Series(ids, dtype=object), "path": paths, "blood": blood, "skin": skin,
+                         "error": pd.Series(errors, dtype=object)})
 
 
 def score_dataset(ds, params: ColorParams = DEFAULT_PARAMS, *, reference: pd.Series | None = None,

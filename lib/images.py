@@ -185,7 +185,7 @@ def _decode(source, label, sniff) -> tuple[Image.Image, dict]:
             meta = {"format": im.format, "frames": getattr(im, "n_frames", 1)}
             if meta["frames"] > 1:
                 im.seek(0)
-            fast = plain_png_pixels(im, source)
+            fast = plain_png_pixels(im)
             if fast is not None:
                 return fast, meta
             # exif_transpose loads the frame; truncated data fails here.
@@ -205,11 +205,11 @@ def _decode(source, label, sniff) -> tuple[Image.Image, dict]:
         raise ImageError(f"{label}: {e}") from None
 
 
-def plain_png_pixels(im: Image.Image, source) -> Image.Image | None:
+def plain_png_pixels(im: Image.Image) -> Image.Image | None:
     """Decode a plain 8-bit RGB or grey PNG with libspng: the same pixels as PIL's decoder.
 
-    ``im`` is the opened (not yet loaded) PIL image of ``source`` (a path or a binary file
-    object). Returns the RGB image, or None when the file needs PIL: not a PNG, other
+    ``im`` is an opened, not yet loaded PIL image; its bytes are read from the file PIL
+    holds open. Returns the RGB image, or None when the file needs PIL: not a PNG, other
     modes (palette, alpha, 16-bit grey), transparency, animation, an eXIf chunk (an
     orientation to apply), or anything libspng refuses (CRC errors, truncation), so PIL
     gives the usual reason. (One difference remains: a file whose chunk CRCs match but
@@ -218,15 +218,12 @@ def plain_png_pixels(im: Image.Image, source) -> Image.Image | None:
     if (pyspng is None or im.format != "PNG" or im.mode not in ("RGB", "L") or "transparency" in im.info
             or getattr(im, "n_frames", 1) > 1):
         return None
-    try:
-        if isinstance(source, (str, os.PathLike)):
-            data = Path(source).read_bytes()
-        else:  # PIL keeps reading this object if we return None: leave it where it was
-            pos = source.tell()
-            source.seek(0)
-            data = source.read()
-            source.seek(pos)
-    except OSError:
+    try:  # PIL keeps reading this file if we return None: leave it where it was
+        pos = im.fp.tell()
+        im.fp.seek(0)
+        data = im.fp.read()
+        im.fp.seek(pos)
+    except (AttributeError, OSError, ValueError):  # no file held open (or closed)
         return None
     if not _intact_without_exif(data):
         return None
