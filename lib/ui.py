@@ -702,6 +702,15 @@ def image_grid(ctx: Ctx, rows: pd.DataFrame, *, key: str, columns: int = 6, capt
                     actions(rec, k)
 
 
+def selection_bar(ctx: Ctx, picked: Sequence[str], source: str, text: str) -> None:
+    """Remember a plot selection for the gallery: ``text`` beside a link that opens it there."""
+    set_selection(ctx.name, picked, source)
+    left, right = st.columns([3, 1])
+    left.markdown(text)
+    with right:
+        nav_link("gallery", "Open selection in Gallery", ctx, icon=":material/grid_view:")
+
+
 def nav_link(page: str, label: str, ctx: Ctx, icon: str | None = None, **params) -> None:
     """A link to another page keeping dataset and model (and ``params``) in its URL."""
     qp = {"dataset": ctx.name or "", "model": ctx.model.key if ctx.model else ""}

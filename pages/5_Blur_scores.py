@@ -35,11 +35,7 @@ with ui.guard():
                             width="stretch")
     picked = charts.selected_ids(event)
     if picked:
-        ui.set_selection(ctx.name, picked, "Blur scores")
-        a, b = st.columns([3, 1])
-        a.markdown(f"**{len(picked)} image(s) selected.**")
-        with b:
-            ui.nav_link("gallery", "Open selection in Gallery", ctx, icon=":material/grid_view:")
+        ui.selection_bar(ctx, picked, "Blur scores", f"**{len(picked)} image(s) selected.**")
         if st.session_state.get("eb-picked") != picked[0]:
             st.session_state["eb-picked"] = picked[0]
             ui.set_page_param("id", picked[0])

@@ -113,11 +113,8 @@ with ui.guard():
                                         key=f"cm-map-{i}-{c.key}", width="stretch")
                 picked += [x for x in charts.selected_ids(event) if x not in picked]
         if picked:
-            ui.set_selection(ctx.name, picked, "Compare models")
-            s1, s2 = st.columns([3, 1])
-            s1.markdown(f"**{len(picked)} image(s) selected** (safe thumbnails of the first 12):")
-            with s2:
-                ui.nav_link("gallery", "Open selection in Gallery", ctx, icon=":material/grid_view:")
+            ui.selection_bar(ctx, picked, "Compare models",
+                             f"**{len(picked)} image(s) selected** (safe thumbnails of the first 12):")
             part = eb.iloc[gallery.rows_of_ids(images, picked[:12])]
             ui.image_grid(ctx, part, key="cm-sel", columns=6,
                           caption=lambda r: f"{r['label']} · EB {r['eb']:+.2f}")
