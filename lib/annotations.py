@@ -533,6 +533,14 @@ class AnnotationStore:
             rows = conn.execute(sql + " ORDER BY image_id, annotator", args).fetchall()
         return _frame(rows, CURRENT_COLUMNS)
 
+    def last_event(self, dataset: str) -> int:
+        """Id of the latest event of ``dataset`` (0 when none): changes with every label,
+        clear and consensus, so readers can cache what they derive from the labels."""
+        dataset = _check_text("dataset", dataset)
+        with self._read() as conn:
+            row = conn.execute("SELECT MAX(id) FROM events WHERE dataset = ?", (dataset,)).fetchone()
+        return int(row[0] or 0)
+
     def history(self, dataset: str, image_id: str | None = None, annotator: str | None = None) -> pd.DataFrame:
         """Every event of ``dataset`` (optionally one image and/or annotator) in the order written.
 

@@ -190,13 +190,14 @@ def results_dir(name: str) -> Path:
 
 
 def prediction_files(name: str) -> list[Path]:
-    """Prediction tables of dataset ``name`` with a positive-class ``score`` (zero-shot runs
-    of two classes, probes), newest first."""
+    """Prediction tables of dataset ``name`` with a positive-class probability: detector
+    screenings (``detect-*``, which also say which images are unfamiliar) first, then
+    zero-shot runs of two classes and probes; newest first within each."""
     d = results_dir(name)
     if not d.is_dir():
         return []
     out = []
-    for p in list(d.glob("zeroshot-*.parquet")) + list(d.glob("probe-*.parquet")):
+    for p in list(d.glob("detect-*.parquet")) + list(d.glob("zeroshot-*.parquet")) + list(d.glob("probe-*.parquet")):
         if p.name.endswith(("-hits.parquet", "-conflicts.parquet")):
             continue
         try:
@@ -205,16 +206,22 @@ def prediction_files(name: str) -> list[Path]:
             cols = set(pq.read_schema(p).names)
         except Exception:
             continue
-        if {"id", "score"} <= cols:
+        if "id" in cols and ({"score"} & cols or {"p"} & cols):
             out.append(p)
-    return sorted(out, key=lambda p: p.stat().st_mtime, reverse=True)
+    return sorted(out, key=lambda p: (not p.name.startswith("detect-"), -p.stat().st_mtime))
 
 
 def read_predictions(path: str | Path) -> pd.DataFrame:
-    """One prediction table: columns id, score (positive-class probability) and pred, one row per id."""
+    """One prediction table, one row per id: ``id, score`` (positive-class probability),
+    ``pred``, and, from a detector's screening, ``unfamiliar``, ``uncertain`` and
+    ``threshold`` (its screening threshold) where the file has them."""
     df = pd.read_parquet(path)
-    if "id" not in df or "score" not in df:
-        raise ds_mod.DatasetError(f"{path}: a prediction table needs columns 'id' and 'score'")
-    out = df[["id", "score"]].copy()
+    col = "p" if "p" in df else "score"
+    if "id" not in df or col not in df:
+        raise ds_mod.DatasetError(f"{path}: a prediction table needs columns 'id' and 'score' (or 'p')")
+    out = pd.DataFrame({"id": df["id"].astype(str), "score": pd.to_numeric(df[col], errors="coerce")})
     out["pred"] = df.get("pred", None)
+    for c in ("unfamiliar", "uncertain", "threshold"):
+        if c in df:
+            out[c] = df[c]
     return out.dropna(subset=["score"]).drop_duplicates("id").reset_index(drop=True)

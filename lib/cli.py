@@ -50,15 +50,41 @@ def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 # ---------------------------------------------------------------- datasets
 
 
+def _labels_arg(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _policy_args(p) -> None:
+    p.add_argument("--sensitive-labels", default=None, metavar="A,B",
+                   help="label values that mean sensitive (comma-separated; they override the shipped vocabulary)")
+    p.add_argument("--safe-labels", default=None, metavar="C,D", help="label values that mean safe")
+    p.add_argument("--all-sensitive", action="store_true",
+                   help="every image without a sensitive or safe label is sensitive (a folder of wounds, no labels)")
+
+
+def _print_policy(name: str) -> None:
+    from . import dataset, sensitivity
+
+    pol = sensitivity.load_policy(name)
+    print(f"label policy of {name!r} (censored unless safe; unknown labels are censored too):")
+    _print_table(sensitivity.label_table(dataset.load(name).images, pol), 100)
+    if pol.all_sensitive:
+        print("all-sensitive: images without a sensitive or safe label are flagged")
+    if pol.known_safe:
+        print(f"known-safe: marked by {pol.known_safe['by']} at {pol.known_safe['at']} "
+              "(every image without a flag is shown raw)")
+
+
 @verb("ingest", "ingest a folder, a CSV/parquet manifest or a DICOM folder as a dataset")
 @args_for(lambda p: (
     p.add_argument("source", help="folder (class subfolders become labels) or manifest with a 'path' column"),
     p.add_argument("--name", required=True, help="dataset name"),
     p.add_argument("--root", help="folder the manifest's paths are relative to (default: its own folder)"),
     p.add_argument("--workers", type=int, default=None, help="decoding processes"),
+    _policy_args(p),
 ))
 def cmd_ingest(a) -> int:
-    from . import dataset
+    from . import dataset, sensitivity
 
     report = dataset.ingest(a.source, a.name, root=a.root, workers=a.workers, progress=sys.stderr.isatty())
     print(report.summary())
@@ -69,6 +95,106 @@ def cmd_ingest(a) -> int:
     if len(ds.duplicates):
         print(f"\n{len(ds.duplicates)} byte-identical duplicate(s):")
         _print_table(ds.duplicates.assign(id=ds.duplicates["id"].str[:12]), 30)
+    try:
+        sensitivity.set_policy(a.name, sensitive=_labels_arg(a.sensitive_labels), safe=_labels_arg(a.safe_labels),
+                               all_sensitive=True if a.all_sensitive else None, by="ingest")
+    except sensitivity.PolicyError as e:
+        raise sensitivity.PolicyError(f"dataset {a.name!r} is ingested, but its label policy was not set: {e}\n"
+                                      f"set it with: python -m lib policy {a.name} ...") from None
+    print()
+    _print_policy(a.name)
+    return 0
+
+
+@verb("policy", "show or change a dataset's label policy: which labels mean sensitive or safe, known-safe")
+@args_for(lambda p: (
+    p.add_argument("name"),
+    _policy_args(p),
+    p.add_argument("--unknown-labels", default=None, metavar="E,F",
+                   help="take these label values off both lists (back to the shipped vocabulary)"),
+    p.add_argument("--no-all-sensitive", action="store_true", help="switch all-sensitive off"),
+    p.add_argument("--known-safe", action="store_true",
+                   help="mark the whole dataset known-safe (e.g. an X-ray archive): images without a flag are shown raw"),
+    p.add_argument("--not-known-safe", action="store_true", help="remove the known-safe mark"),
+    p.add_argument("--by", default=None, help="who makes the change (recorded; required with --known-safe)"),
+    p.add_argument("--show", action="store_true", help="only print the policy (the default with no change)"),
+))
+def cmd_policy(a) -> int:
+    from . import sensitivity
+    from .errors import WorkbenchError
+
+    if a.known_safe and a.not_known_safe or a.all_sensitive and a.no_all_sensitive:
+        raise WorkbenchError("--known-safe/--not-known-safe and --all-sensitive/--no-all-sensitive are opposites")
+    if a.known_safe and not (a.by or "").strip():
+        raise WorkbenchError("--known-safe records who marked the dataset: add --by YOUR_NAME")
+    if not a.show:
+        before = sensitivity.load_policy(a.name)
+        after = sensitivity.set_policy(
+            a.name, sensitive=_labels_arg(a.sensitive_labels), safe=_labels_arg(a.safe_labels),
+            unknown=_labels_arg(a.unknown_labels),
+            all_sensitive=True if a.all_sensitive else False if a.no_all_sensitive else None,
+            known_safe=True if a.known_safe else False if a.not_known_safe else None, by=(a.by or "cli").strip())
+        for h in after.history[len(before.history):]:
+            print(f"changed: {h['change']} ({h['by']}, {h['at']})")
+    _print_policy(a.name)
+    return 0
+
+
+@verb("safe-view", "how the safe view shows a dataset: censored and raw images, by evidence and reason")
+@args_for(lambda p: (
+    p.add_argument("name"),
+    p.add_argument("--eb-threshold", type=float, default=1.0, help="EB cut (flag by colour)"),
+    p.add_argument("--no-eb", action="store_true", help="leave the EB colour evidence out"),
+    p.add_argument("--predictions", default=None,
+                   help="a prediction table (a detector's results/NAME/detect-DET.parquet) as evidence"),
+    p.add_argument("--threshold", type=float, default=None, help="flag at p >= this (default: the table's own)"),
+    p.add_argument("--list", action="store_true", help="also print every image with its reason"),
+    p.add_argument("--out", default=None, help="write the per-image decision (CSV or parquet)"),
+))
+def cmd_safe_view(a) -> int:
+    from . import dataset, sensitivity
+    from .evidence import decide_dataset
+
+    ds = dataset.load(a.name)
+    d = decide_dataset(ds, eb_threshold=None if a.no_eb else a.eb_threshold, predictions=a.predictions,
+                       pred_threshold=a.threshold)
+    n_raw = int((~d["censored"]).sum())
+    print(f"{a.name}: {len(d)} images, {len(d) - n_raw} censored, {n_raw} shown raw")
+    _print_table(sensitivity.breakdown(d), 100)
+    import re
+
+    kinds = d["reason"].map(lambda r: re.sub(r"\d+\.\d+(?= [>≥<])", "…", r))  # "EB 1.62 > 1.0" and "EB 2.10 > 1.0" alike
+    reasons = d.assign(shown=d["censored"].map({True: "censored", False: "raw"}), reason=kinds).groupby(
+        ["shown", "reason"]).size().rename("images").reset_index().sort_values("images", ascending=False)
+    print("\nmost common reasons:")
+    _print_table(reasons.head(15), 15)
+    if a.list:
+        rows = d.assign(id=d["id"].str[:12], path=ds.images["path"].to_numpy(),
+                        shown=d["censored"].map({True: "censored", False: "raw"}))
+        _print_table(rows[["id", "path", "shown", "reason"]], len(rows))
+    if a.out:
+        from pathlib import Path
+
+        from .files import write_table
+
+        write_table(Path(a.out), d.assign(path=ds.images["path"].to_numpy()))
+        print(f"\nwritten: {a.out}")
+    return 0
+
+
+@verb("nudity", "check every image of a dataset with NudeNet (offline; cached per image) for the safe view")
+@args_for(lambda p: (p.add_argument("name"),))
+def cmd_nudity(a) -> int:
+    from . import dataset, nudity
+    from .sensitivity import NUDITY_THRESHOLD
+
+    ds = dataset.load(a.name)
+    df = nudity.check_dataset(ds)
+    hit = df[df["nudity"] >= NUDITY_THRESHOLD]
+    print(f"{a.name}: {df['nudity'].notna().sum()} images checked, {len(hit)} with an exposed intimate part "
+          f"(score >= {NUDITY_THRESHOLD:g}), {int(df['error'].notna().sum())} unreadable")
+    if len(hit):
+        _print_table(hit.assign(id=hit["id"].str[:12])[["id", "nudity", "part"]].round(3), 30)
     return 0
 
 
@@ -215,6 +341,8 @@ def _zeroshot_args(p):
                         "a JSON file or one template containing {c}; default: the class set's own, else generic")
     p.add_argument("--label-col", default=None,
                    help="dataset column holding the truth (default: the class set's, usually 'label')")
+    p.add_argument("--positive", default=None,
+                   help="the positive class of a two-class set (default: the set's own, e.g. Blur for medgore)")
     p.add_argument("--out", default=None, help="predictions parquet (default: <home>/results/NAME/zeroshot-...)")
     _add_slice_arg(p)
 
@@ -227,7 +355,7 @@ def cmd_zeroshot(a) -> int:
     from .zeroshot import prompts_for, run_zeroshot
 
     res = run_zeroshot(a.name, a.model, classes=a.classes, templates=a.templates, label_column=a.label_col,
-                       random_weights=a.random_weights, out=a.out)
+                       random_weights=a.random_weights, out=a.out, positive=a.positive)
     per_class = {c: len(p) for c, p in prompts_for(res.classes, res.templates).items()}
     print(f"{a.name} x {a.model}: {len(res.predictions)} images; classes {', '.join(res.classes.classes)} "
           f"({res.classes.name}); templates {res.templates.name} "
@@ -437,6 +565,7 @@ def cmd_homogeneity(a) -> int:
     p.add_argument("--C", type=float, default=1.0, help="inverse L2 regularisation strength"),
     p.add_argument("--class-weight", default=None, choices=["balanced"], help="reweight classes"),
     p.add_argument("--seed", type=int, default=0),
+    _positive_arg(p),
     p.add_argument("--out", default=None, help="predictions parquet (default: <home>/results/NAME/probe-...)"),
     _add_slice_arg(p),
 ))
@@ -446,11 +575,12 @@ def cmd_probe(a) -> int:
     from .probe import default_path, run_probe
 
     res = run_probe(a.name, a.model, a.input, folds=a.folds, use_split=a.split, C=a.C,
-                    class_weight=a.class_weight, seed=a.seed, random_weights=a.random_weights)
+                    class_weight=a.class_weight, seed=a.seed, random_weights=a.random_weights, positive=a.positive)
     paths = res.save(a.out or default_path(a.name, a.model, a.input))
     left = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in res.dropped.items() if v) or "none"
+    pos = f"; positive class {res.positive}" if res.positive is not None else ""
     print(f"{a.name} x {a.model} ({a.input}, {res.mode}): {len(res.predictions)} images, "
-          f"{res.n_features} features; left out: {left}")
+          f"{res.n_features} features; left out: {left}{pos}")
     keys = ["n", "accuracy", "roc_auc", "average_precision", "f1_macro", "double_f1", "precision", "recall"]
     m = res.metrics
     _print_table(pd.DataFrame({"metric": [k for k in keys if k in m],
@@ -472,6 +602,7 @@ def cmd_probe(a) -> int:
                    help="probe: also cross-validated probe metrics per model; none: neighbourhoods only"),
     p.add_argument("--input", default="image", choices=["image", "text", "both"]),
     p.add_argument("--folds", type=int, default=5),
+    _positive_arg(p),
     p.add_argument("--out", default=None, help="output folder (default: <home>/results/NAME/)"),
 ))
 def cmd_compare(a) -> int:
@@ -482,7 +613,7 @@ def cmd_compare(a) -> int:
 
     specs = [s.strip() for s in a.models.split(",") if s.strip()]
     res = compare_models(a.name, specs, a.k, task=a.task, input=a.input, folds=a.folds,
-                         random_weights=a.random_weights)
+                         random_weights=a.random_weights, positive=a.positive)
     folder = Path(a.out) if a.out else config.home() / "results" / a.name
     paths = res.save(folder, prefix="compare-" + "-vs-".join(_slug(s) for s in specs)[:150])
     if len(res.metrics):
@@ -524,6 +655,12 @@ def cmd_project(a) -> int:
     _print_table(summary.reset_index())
     print(f"coordinates: {path}")
     return 0
+
+
+def _positive_arg(p) -> None:
+    p.add_argument("--positive", default=None,
+                   help="the label counted as positive in binary metrics (default: the one the dataset's label "
+                        "policy calls sensitive, e.g. sensitive or Blur)")
 
 
 def _add_slice_arg(p) -> None:
@@ -582,16 +719,22 @@ def _write_table(df, path) -> None:
         _atomic_parquet(df, path)
 
 
-def _auc_rows(df, label_col: str, columns, positive: str | None):
-    """ROC AUC of each score column against a binary label column (rows with NaN skipped)."""
+def _auc_rows(df, label_col: str, columns, positive: str | None, policy=None):
+    """ROC AUC of each score column against a binary label column (rows with NaN skipped);
+    the positive class is ``positive``, else the one the label policy calls sensitive."""
     import numpy as np
     import pandas as pd
     from sklearn.metrics import roc_auc_score
 
+    from .errors import WorkbenchError
+    from .probe import default_positive
+
     labels = df[label_col].dropna().unique().tolist()
+    if positive is not None and positive not in labels:
+        raise WorkbenchError(f"--positive {positive!r} is not a label of this dataset ({', '.join(map(str, labels))})")
     if len(labels) != 2:
         return pd.DataFrame()
-    pos = positive if positive in labels else ("sensitive" if "sensitive" in labels else sorted(labels)[-1])
+    pos = positive if positive is not None else default_positive(sorted(labels), policy)
     rows = []
     for col in columns:
         ok = df[label_col].notna() & np.isfinite(df[col].astype(float))
@@ -605,7 +748,7 @@ def _auc_rows(df, label_col: str, columns, positive: str | None):
 @args_for(lambda p: (
     p.add_argument("name"),
     p.add_argument("--reference-split", help="z-score against the rows of this split only"),
-    p.add_argument("--positive", default=None, help="label value counted as positive for AUC"),
+    _positive_arg(p),
     p.add_argument("--workers", type=int, default=None),
     p.add_argument("--out", help="output parquet/CSV (default: data/results/NAME/eb_scores.parquet)"),
     _add_slice_arg(p),
@@ -623,7 +766,9 @@ def cmd_scores(a) -> int:
         summary = df.groupby("label")[["blood", "skin", "eb"]].agg(["mean", "median"]).round(3)
         summary.columns = [f"{a_}_{b}" for a_, b in summary.columns]
         _print_table(summary.reset_index())
-        aucs = _auc_rows(df, "label", ["eb", "blood", "skin"], a.positive)
+        from .sensitivity import load_policy
+
+        aucs = _auc_rows(df, "label", ["eb", "blood", "skin"], a.positive, load_policy(a.name))
         if len(aucs):
             print()
             _print_table(aucs.round(4))

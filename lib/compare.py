@@ -44,11 +44,12 @@ def _common(predictions: Mapping[str, pd.DataFrame]) -> tuple[list[str], dict[st
     return ids, {m: d.loc[ids] for m, d in tables.items()}
 
 
-def metrics_table(predictions: Mapping[str, pd.DataFrame], *, positive=None) -> pd.DataFrame:
+def metrics_table(predictions: Mapping[str, pd.DataFrame], *, positive=None, policy=None) -> pd.DataFrame:
     """One row per model of scalar metrics, on the images all models predicted.
 
     Probability columns ``p:<class>`` are used when present (AUC included), else ``score``
-    (binary, needs ``positive``), else the predicted labels.
+    (binary), else the predicted labels. The positive class of a binary task is
+    ``positive``, else the one the label ``policy`` calls sensitive.
     """
     from .metrics import classification_metrics
     from .probe import default_positive
@@ -60,11 +61,11 @@ def metrics_table(predictions: Mapping[str, pd.DataFrame], *, positive=None) -> 
         pcols = [c for c in d.columns if c.startswith("p:")]
         if pcols:
             classes = [c[2:] for c in pcols]
-            pos = positive if positive is not None else default_positive(classes)
+            pos = positive if positive is not None else default_positive(classes, policy)
             m = classification_metrics(y, d[pcols].to_numpy(dtype=float), labels=classes,
                                        positive=pos if len(classes) == 2 else None)
         elif "score" in d:
-            pos = positive if positive is not None else default_positive(sorted(set(y)))
+            pos = positive if positive is not None else default_positive(sorted(set(y)), policy)
             m = classification_metrics(y, d["score"].to_numpy(dtype=float), positive=pos)
         else:
             m = classification_metrics(y, d["pred"].astype(str).to_numpy(), positive=positive)
@@ -252,7 +253,7 @@ class ComparisonResult:
 
 def compare_models(name: str, specs: Sequence[str], k: int = 10, *, task: str = "probe", input: str = "image",
                    folds: int = 5, seed: int = 0, random_weights: bool = False,
-                   backends: Mapping | None = None) -> ComparisonResult:
+                   backends: Mapping | None = None, positive=None) -> ComparisonResult:
     """Compare models on dataset ``name``: neighbourhood overlap always; with ``task='probe'``
     also a cross-validated linear probe per model (:func:`lib.probe.run_probe`), its metrics,
     per-image agreement and score correlation."""
@@ -266,10 +267,11 @@ def compare_models(name: str, specs: Sequence[str], k: int = 10, *, task: str = 
                                                            backends=backends)
     if task == "probe":
         from .probe import run_probe
+        from .sensitivity import load_policy
 
         preds = {s: run_probe(name, s, input, folds=folds, seed=seed, random_weights=_rw(s, random_weights),
-                              backend=(backends or {}).get(s)).predictions for s in specs}
-        res.metrics = metrics_table(preds)
+                              backend=(backends or {}).get(s), positive=positive).predictions for s in specs}
+        res.metrics = metrics_table(preds, positive=positive, policy=load_policy(name))
         res.agreement = agreement_table(preds)
         if all("score" in p for p in preds.values()):
             res.correlation = score_correlation({s: p.set_index("id")["score"] for s, p in preds.items()})

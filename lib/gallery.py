@@ -85,8 +85,9 @@ def filter_rows(
     score_range: tuple[float, float] | None = None,
     ids: Iterable[str] | None = None,
     id_prefix: str | None = None,
-    sensitivity: pd.DataFrame | None = None,
-    sensitive: bool | None = None,
+    decision: pd.DataFrame | None = None,
+    evidence: Sequence[str] | None = None,
+    censored: bool | None = None,
 ) -> np.ndarray:
     """Row numbers (into ``images``) that pass every given filter, in order.
 
@@ -100,8 +101,9 @@ def filter_rows(
         predicted classes / score range; rows without a prediction fail these filters.
     ids : keep only these content ids (e.g. a selection made on another page).
     id_prefix : keep ids starting with this (case-insensitive).
-    sensitivity, sensitive : table from :func:`lib.safety.sensitivity_table` and the wanted
-        value of its ``sensitive`` column.
+    decision, evidence, censored : the safe view's table (:func:`lib.sensitivity.decide`,
+        aligned with the rows), the wanted values of its ``evidence`` column (empty: all) and
+        of its ``censored`` column (None: both).
     """
     n = len(images)
     keep = np.ones(n, bool)
@@ -124,9 +126,33 @@ def filter_rows(
         keep &= images["id"].astype(str).isin(set(map(str, ids))).to_numpy(bool)
     if id_prefix:
         keep &= images["id"].astype(str).str.startswith(id_prefix.strip().lower()).to_numpy(bool)
-    if sensitive is not None and sensitivity is not None:
-        keep &= sensitivity["sensitive"].to_numpy(bool) == bool(sensitive)
+    if decision is not None and evidence:
+        keep &= decision["evidence"].isin(list(evidence)).to_numpy(bool)
+    if decision is not None and censored is not None:
+        keep &= decision["censored"].to_numpy(bool) == bool(censored)
     return np.flatnonzero(keep)
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 image``, ``2 images``."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
+def shown_summary(n_rows: int, n_total: int, decision: pd.DataFrame, safe_view: bool = True) -> str:
+    """The Gallery's headline: how many images pass the filters, and how the safe view shows them.
+
+    ``decision`` is the :func:`lib.sensitivity.decide` table of the rows that pass.
+    """
+    from .sensitivity import FLAGGED, UNSCREENED
+
+    cens = decision["censored"].to_numpy(bool)
+    flagged = int((decision["status"].to_numpy() == FLAGGED).sum())
+    unscreened = int((decision["status"].to_numpy() == UNSCREENED).sum())
+    head = f"**{n_rows}** of {plural(n_total, 'image')}"
+    if not safe_view:
+        return f"{head} · **safe view off**: all shown unblurred ({flagged} flagged, {unscreened} not yet screened)"
+    return (f"{head} · {int(cens.sum())} censored ({flagged} flagged, {unscreened} not yet screened) · "
+            f"{int((~cens).sum())} shown raw (safe evidence)")
 
 
 def rows_of_ids(images: pd.DataFrame, ids: Sequence[str]) -> np.ndarray:

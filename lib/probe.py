@@ -166,11 +166,17 @@ def probe_features(name: str, spec: str, input: str = "image", *, random_weights
 # ---------------------------------------------------------------------------- probing
 
 
-def default_positive(classes) -> object:
-    """'sensitive' when it is a class; else 1/True for 0/1 labels; else the last of two; None for more."""
+def default_positive(classes, policy=None) -> object:
+    """The positive class of a binary task: the class the label policy
+    (:func:`lib.sensitivity.positive_class`; default: the shipped vocabulary) calls
+    sensitive, e.g. ``sensitive`` or MedGore's ``Blur``; else 1/True for 0/1 labels; else
+    the last of two (a task the policy knows nothing about: say ``--positive``); None for more."""
+    from .sensitivity import positive_class
+
     classes = list(classes)
-    if "sensitive" in classes:
-        return "sensitive"
+    pos = positive_class(classes, policy)
+    if pos is not None:
+        return pos
     if len(classes) == 2:
         return classes[1]
     return None
@@ -259,12 +265,16 @@ def linear_probe(X: np.ndarray, y, *, folds: int = 5, train_mask: np.ndarray | N
 
 def run_probe(name: str, spec: str, input: str = "image", *, folds: int = 5, use_split: bool = False,
               train_values=("train",), test_values=("test",), C: float = 1.0, class_weight: str | None = None,
-              seed: int = 0, random_weights: bool = False, backend=None) -> ProbeResult:
+              seed: int = 0, random_weights: bool = False, backend=None, positive=None) -> ProbeResult:
     """Probe dataset ``name`` with model ``spec`` (embeddings must be cached for image input).
 
     ``use_split`` trains on rows whose ``split`` is in ``train_values`` and tests on
     ``test_values`` (other rows are dropped as ``no_split``); otherwise ``folds``-fold CV.
+    ``positive`` is the positive class of a two-class task (default: the one the dataset's
+    label policy calls sensitive, :func:`default_positive`).
     """
+    from .sensitivity import load_policy
+
     X, rows, dropped = probe_features(name, spec, input, random_weights=random_weights, backend=backend)
     train_mask = None
     if use_split:
@@ -280,8 +290,13 @@ def run_probe(name: str, spec: str, input: str = "image", *, folds: int = 5, use
         lost = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in dropped.items() if v)
         raise ProbeError(f"the {len(y)} usable rows of {name!r} for a {input} probe are all {y[0]!r}"
                          + (f" (rows left out: {lost})" if lost else ""))
+    classes = sorted(set(y))
+    if positive is not None and positive not in classes:
+        raise ProbeError(f"--positive {positive!r} is not a label of the rows probed ({', '.join(classes)})")
+    if positive is None and len(classes) == 2:
+        positive = default_positive(classes, load_policy(name))
     metrics, pred = linear_probe(X, y, folds=folds, train_mask=train_mask, C=C, class_weight=class_weight,
-                                 seed=seed)
+                                 seed=seed, positive=positive)
     out = pd.concat([rows[["id", "row", "label"]].reset_index(drop=True), pred], axis=1)
     if use_split:
         out = out[out["fold"] >= 0].reset_index(drop=True)

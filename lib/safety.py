@@ -24,6 +24,7 @@ from PIL import Image, ImageFilter
 from .colorscore import DEFAULT_PARAMS, ColorParams, color_masks
 from .errors import ModelError
 from .images import open_image, thumbnail
+from .sensitivity import must_censor
 
 #: Censoring renderings, by name.
 MODES = ("blur", "pixelate", "blackout")
@@ -239,161 +240,58 @@ def mask_iou_paths(
 # --------------------------------------------------------------------------- thumbnails
 
 
-def must_censor(sensitive) -> bool:
-    """Whether an image with this ``sensitive`` flag must be censored.
-
-    Fail-safe: only an explicit False (bool, numpy bool or 0) shows the image; True, None,
-    NaN, pandas NA, strings and anything else censor it.
-    """
-    if isinstance(sensitive, (bool, np.bool_)):
-        return bool(sensitive)
-    if isinstance(sensitive, (int, np.integer)) and sensitive in (0, 1):
-        return bool(sensitive)
-    return True
+def region_censored(img: ImageLike, params: ColorParams = DEFAULT_PARAMS) -> Image.Image:
+    """The image with its cleaned blood-like colour regions blacked out, the rest unchanged:
+    the middle step between a censored and a revealed image (the gore thesis's segmenter
+    output, by colour)."""
+    img = _rgb(img)
+    return censor_regions(img, mask=clean_mask(color_masks(img, params)[0]), mode="blackout")
 
 
-def safe_thumbnail(img: ImageLike, *, sensitive, mode: str = "blur", side: int = 256) -> Image.Image:
+def rendered(img: ImageLike, mode: str, *, strength: float | None = None, grey: bool = False) -> Image.Image:
+    """One rendering of an image by name: ``raw``, ``regions`` (:func:`region_censored`) or a
+    censoring mode of :data:`MODES`; ``strength`` is the blur sigma as a fraction of the
+    longest side (default :data:`BLUR_FRACTION`); ``grey`` turns the result greyscale."""
+    img = _rgb(img)
+    if mode == "raw":
+        out = img
+    elif mode == "regions":
+        out = region_censored(img)
+    elif mode == "blur" and strength is not None:
+        out = blur(img, radius=float(strength) * max(img.size))
+    else:
+        out = render(img, mode)
+    return out.convert("L").convert("RGB") if grey else out
+
+
+def safe_thumbnail(img: ImageLike, *, sensitive, mode: str = "blur", side: int = 256,
+                   strength: float | None = None) -> Image.Image:
     """Thumbnail fitted inside ``side`` x ``side``; censored with ``mode`` when
     :func:`must_censor` (``sensitive``)."""
     if mode not in MODES:
         raise ValueError(f"censoring mode must be one of {', '.join(MODES)}, not {mode!r}")
     thumb = thumbnail(_rgb(img), side)
-    return render(thumb, mode) if must_censor(sensitive) else thumb
+    return rendered(thumb, mode, strength=strength) if must_censor(sensitive) else thumb
 
 
-def safe_thumbnail_bytes(
-    img: ImageLike, *, sensitive, mode: str = "blur", side: int = 256, quality: int = 85
-) -> bytes:
-    """JPEG bytes of :func:`safe_thumbnail`: deterministic for the same input (no metadata,
-    fixed encoder settings), so they can be cached and compared."""
+def jpeg(img: Image.Image, quality: int = 85) -> bytes:
+    """Deterministic JPEG bytes (no metadata, fixed encoder settings): cacheable and comparable."""
     buf = io.BytesIO()
-    safe_thumbnail(img, sensitive=sensitive, mode=mode, side=side).save(
-        buf, format="JPEG", quality=quality, optimize=False, progressive=False
-    )
+    img.save(buf, format="JPEG", quality=quality, optimize=False, progressive=False)
     return buf.getvalue()
 
 
-# --------------------------------------------------------------------------- sensitivity
-
-#: Dataset labels that mark an image as sensitive, compared case-insensitively after
-#: stripping ("non_sensitive" is not one of them: whole values are compared, not substrings).
-SENSITIVE_LABELS = ("sensitive", "blur", "gore", "wound", "surgery", "nudity", "nsfw")
-
-#: Default EB z-score above which an image counts as "sensitive by colour": one standard
-#: deviation above the collection's mean, a generic cut, not fitted to any corpus.
-EB_THRESHOLD = 1.0
-
-#: A model's positive-class probability at or above this flags the image (the MedGore
-#: gore-thesis gallery rule).
-PRED_THRESHOLD = 0.5
+def thumbnail_rendering_bytes(img: ImageLike, mode: str, *, side: int = 256, strength: float | None = None,
+                              grey: bool = False) -> bytes:
+    """JPEG bytes of a thumbnail fitted inside ``side`` x ``side`` in rendering ``mode``
+    (see :func:`rendered`); censored renderings are made from the thumbnail's own pixels."""
+    return jpeg(rendered(thumbnail(_rgb(img), side), mode, strength=strength, grey=grey))
 
 
-def is_sensitive_label(value, labels: Iterable[str] = SENSITIVE_LABELS) -> bool:
-    """Whether one dataset label is a sensitive label (missing values are not)."""
-    if value is None or (not isinstance(value, str) and _isna(value)):
-        return False
-    return str(value).strip().lower() in {str(v).strip().lower() for v in labels}
-
-
-def _isna(value) -> bool:
-    try:
-        return bool(value != value)  # NaN and pandas NA (whose != is NA -> TypeError below)
-    except TypeError:
-        return True
-
-
-def _by_id(values, ids, column: str, name: str):
-    """Align ``values`` (Series indexed by id, or DataFrame with ``id`` and ``column``) on ``ids``."""
-    import pandas as pd
-
-    if isinstance(values, pd.DataFrame):
-        if "id" not in values or column not in values:
-            raise ValueError(f"{name} table needs columns 'id' and {column!r}, has {list(values.columns)}")
-        values = values.drop_duplicates("id").set_index("id")[column]
-    elif not isinstance(values, pd.Series):
-        arr = np.asarray(values, dtype=np.float64)
-        if arr.shape != (len(ids),):
-            raise ValueError(f"{name} has shape {arr.shape}, expected ({len(ids)},) or a table by id")
-        return arr
-    return pd.to_numeric(values.reindex(ids), errors="coerce").to_numpy(dtype=np.float64)
-
-
-def sensitivity_table(
-    ds,
-    eb=None,
-    preds=None,
-    threshold: float = EB_THRESHOLD,
-    *,
-    labels: Iterable[str] = SENSITIVE_LABELS,
-    pred_threshold: float = PRED_THRESHOLD,
-):
-    """Which images of a dataset are sensitive, and why: the safe view's decision.
-
-    An image is sensitive when its label is one of ``labels``, or its EB score is above
-    ``threshold``, or a model's positive-class probability is >= ``pred_threshold``.
-    Fail-safe: when EB scores are given, an image without a finite EB (it could not be
-    scored) counts as sensitive too.
-
-    Parameters
-    ----------
-    ds : Dataset, or its images DataFrame (columns id and, optionally, label)
-    eb : optional EB scores: DataFrame with columns id, eb (e.g.
-        :func:`lib.colorscore.eb_table`), Series indexed by id, or array (n,) aligned with the rows
-    preds : optional predictions: DataFrame with columns id, score (positive-class
-        probability), Series indexed by id, or array (n,) aligned with the rows; rows
-        without a prediction are not flagged by it
-    threshold : EB cut
-    labels : sensitive label values
-    pred_threshold : probability cut
-
-    Returns
-    -------
-    DataFrame (n, 8), one row per dataset row in order: id, label, eb, p (float, NaN when
-    absent), by_label, by_eb, by_pred, sensitive (bool) and reason (text; "" when not
-    sensitive).
-    """
-    import pandas as pd
-
-    images = ds.images if hasattr(ds, "images") else ds
-    ids = images["id"].astype(str).to_numpy()
-    n = len(ids)
-    label = images["label"] if "label" in images else pd.Series([None] * n)
-    wanted = {str(v).strip().lower() for v in labels}
-    lab = label.astype("string").str.strip().str.lower()
-    by_label = lab.isin(wanted).fillna(False).to_numpy(dtype=bool)
-    ebv = np.full(n, np.nan) if eb is None else _by_id(eb, ids, "eb", "eb")
-    by_eb = np.zeros(n, bool) if eb is None else ~(ebv <= threshold)  # NaN -> sensitive
-    p = np.full(n, np.nan) if preds is None else _by_id(preds, ids, "score", "preds")
-    by_pred = np.nan_to_num(p, nan=-np.inf) >= pred_threshold
-    sensitive = by_label | by_eb | by_pred
-    reasons = [""] * n
-    label_list = label.tolist()  # plain lists: per-row pandas access costs seconds at 100k rows
-    for i in np.flatnonzero(sensitive).tolist():
-        why = []
-        if by_label[i]:
-            why.append(f"label {label_list[i]}")
-        if by_eb[i]:
-            why.append(f"EB {ebv[i]:.2f} > {threshold:g}" if np.isfinite(ebv[i]) else "EB unknown")
-        if by_pred[i]:
-            why.append(f"p {p[i]:.2f} >= {pred_threshold:g}")
-        reasons[i] = "; ".join(why)
-    return pd.DataFrame({
-        "id": ids, "label": label.to_numpy(), "eb": ebv, "p": p, "by_label": by_label, "by_eb": by_eb,
-        "by_pred": by_pred, "sensitive": sensitive, "reason": reasons,
-    })
-
-
-def display_mode(sensitive, *, safe_view: bool = True, revealed: bool = False, censor: str = "blur") -> str:
-    """How to render one image: ``"raw"`` or the censoring mode ``censor``.
-
-    Raw only when safe view is off, the user revealed this image, or it is explicitly
-    not sensitive (:func:`must_censor`); everything else is censored.
-    """
-    if censor not in MODES:
-        raise ValueError(f"censoring mode must be one of {', '.join(MODES)}, not {censor!r}")
-    if not safe_view or revealed:
-        return "raw"
-    return censor if must_censor(sensitive) else "raw"
+def safe_thumbnail_bytes(img: ImageLike, *, sensitive, mode: str = "blur", side: int = 256, quality: int = 85,
+                         strength: float | None = None) -> bytes:
+    """JPEG bytes of :func:`safe_thumbnail` (deterministic for the same input)."""
+    return jpeg(safe_thumbnail(img, sensitive=sensitive, mode=mode, side=side, strength=strength), quality)
 
 
 # --------------------------------------------------------------------------- NudeNet
@@ -534,16 +432,17 @@ CENSOR_STRATEGIES = ("colour mask, every image", "colour mask, flagged only",
 
 
 def censoring_table(ds, *, params: ColorParams = DEFAULT_PARAMS, mask_col: str = "mask", clean: bool = True,
-                    labels: Iterable[str] = SENSITIVE_LABELS, rows: Sequence[int] | None = None) -> pd.DataFrame:
+                    policy=None, rows: Sequence[int] | None = None) -> pd.DataFrame:
     """The cleaned blood-like colour mask of each image against the region that should be censored.
 
     The true region is the ground-truth mask for rows that have one, and *empty* for rows
-    whose label is known and not sensitive (nothing there needs hiding). Sensitive rows
+    whose label the label policy maps to safe (nothing there needs hiding). Other rows
     without a mask cannot be scored and are left out.
 
     Parameters
     ----------
     ds : Dataset
+    policy : :class:`lib.sensitivity.LabelPolicy` (default: the dataset's own).
     rows : optional dataset row numbers to consider (default all).
 
     Returns
@@ -560,8 +459,10 @@ def censoring_table(ds, *, params: ColorParams = DEFAULT_PARAMS, mask_col: str =
         images = images.iloc[list(rows)]
     masks = images[mask_col] if mask_col in images else pd.Series(pd.NA, index=images.index)
     has_mask = (masks.notna() & (masks.astype("string").str.strip() != "")).fillna(False).to_numpy(bool)
-    known = images["label"].notna().to_numpy(bool)
-    clear = known & ~np.array([is_sensitive_label(v, labels) for v in images["label"]], dtype=bool)
+    from .sensitivity import SAFE, binary_truth, load_policy  # noqa: I001 (beside its one use)
+
+    policy = load_policy(ds.name) if policy is None else policy
+    clear = (binary_truth(images["label"], policy) == SAFE).to_numpy(bool)
     keep = has_mask | clear
     out = []
     for (row, r), masked in zip(images[keep].iterrows(), has_mask[keep], strict=True):

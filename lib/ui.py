@@ -15,6 +15,11 @@ and new data is never hidden behind a stale cache.
 State: dataset and model live in the URL (``?dataset=...&model=...``) so a view can be
 shared; the safe-view settings live only in ``st.session_state`` (a URL can never turn
 safe view off), and so do revealed images.
+
+Safe view: whether an image may be shown raw is :func:`lib.sensitivity.decide`'s call,
+made once per dataset and evidence (:meth:`Ctx.decision`); every image the pages draw goes
+through :func:`show_image`, which serves the censored bytes unless the decision clears the
+image or the user revealed it behind a warning that names the reason.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from . import catalog, config, gallery, safety, thumbs
+from . import catalog, config, gallery, safety, sensitivity, thumbs
 from . import dataset as ds_mod
 from .catalog import ModelChoice
 from .errors import ImageError, UnsafePath, WeightsMissing, WorkbenchError
@@ -75,17 +80,25 @@ def _persistent(name: str, default, render: Callable, *, on_change: Callable | N
     return ss[perm]
 
 
-def revealed() -> set[str]:
-    """Content ids revealed in this session (per image, with its Reveal button)."""
-    return _ss().setdefault("wb:revealed", set())
+def revealed() -> dict[str, str]:
+    """Images revealed in this browser session: {content id: ``regions`` or ``full``}
+    (per image, behind its Reveal warning; never from a URL)."""
+    return _ss().setdefault("wb:revealed", {})
 
 
-def _reveal(cid: str) -> None:
-    revealed().add(cid)
+def _reveal(cid: str, level: str = "full") -> None:
+    if level not in thumbs.REVEAL_LEVELS:
+        raise ValueError(f"reveal level {level!r}")
+    revealed()[cid] = level
 
 
 def _hide(cid: str) -> None:
-    revealed().discard(cid)
+    revealed().pop(cid, None)
+
+
+def reblur_all() -> None:
+    """Undo every reveal of this session."""
+    revealed().clear()
 
 
 def page_param(name: str, default: str | None = None) -> str | None:
@@ -292,15 +305,64 @@ def predictions(path: str | None) -> pd.DataFrame | None:
 # page's calls unpickled a fresh table (tens of MB at 100k rows) in the session's thread, and
 # under many sessions glibc kept those per-thread arenas: ~16 MB of server memory per page view.
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _sensitivity(home: str, name: str, token: str, threshold: float, preds_key: str, _eb=None,
-                 _preds=None) -> pd.DataFrame:
-    return safety.sensitivity_table(load_dataset(name), eb=_eb, preds=_preds, threshold=threshold)
+def _decision(home: str, name: str, key: tuple, _inputs: dict) -> pd.DataFrame:
+    return sensitivity.decide(load_dataset(name).images, **_inputs)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _sensitive_map(home: str, name: str, token: str, threshold: float, preds_key: str,
-                   _table=None) -> dict[str, bool]:
-    return dict(zip(_table["id"], _table["sensitive"].astype(bool), strict=True))
+def _view(home: str, name: str, key: tuple, _decision_table=None) -> dict[str, tuple[bool, str]]:
+    return sensitivity.by_id(_decision_table)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _reviews(home: str, name: str, last_event: int) -> pd.DataFrame:
+    return sensitivity.latest_reviews(annotation_store().current(name))
+
+
+def _file_stamp(path) -> str:
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        return f"{p}:{p.stat().st_mtime_ns}"
+    except OSError:
+        return f"{p}:missing"
+
+
+def policy_of(name: str) -> tuple[sensitivity.LabelPolicy, str | None]:
+    """(the dataset's label policy, None), or (the default policy, the error) when its file
+    cannot be read: the pages then censor everything and say why."""
+    try:
+        return _policy(_home(), name, _file_stamp(sensitivity.policy_path(name)),
+                       _file_stamp(sensitivity.VOCABULARY_PATH)), None
+    except sensitivity.PolicyError as e:
+        return sensitivity.LabelPolicy(), str(e)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _policy(home: str, name: str, stamp: str, vocab_stamp: str) -> sensitivity.LabelPolicy:
+    sensitivity.vocabulary()  # a broken vocabulary file is an error here, not later on a page
+    return sensitivity.load_policy(name)
+
+
+def nudity_key(name: str) -> tuple:
+    """Changes when NudeNet scores are written (or the dataset is ingested again)."""
+    from . import nudity
+
+    return catalog.dataset_token(name), tuple(_file_stamp(p) for p in nudity.cache().parts())
+
+
+def nudity_table(name: str) -> pd.DataFrame | None:
+    """NudeNet scores of the dataset's images checked so far (None when none is)."""
+    return _nudity(_home(), name, nudity_key(name))
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _nudity(home: str, name: str, key: tuple) -> pd.DataFrame | None:
+    from . import nudity
+
+    df = nudity.cached(load_dataset(name).images["id"])
+    return df if len(df) else None
 
 
 @st.cache_data(show_spinner="Projecting…", max_entries=32)
@@ -412,10 +474,13 @@ class Ctx:
     model: ModelChoice | None
     safe_view: bool = True
     censor: str = "blur"
-    eb_threshold: float = safety.EB_THRESHOLD
+    eb_threshold: float = sensitivity.EB_THRESHOLD
     random_ok: bool = False
     preds_path: str | None = None
     _status: pd.DataFrame | None = field(default=None, repr=False)
+    pred_threshold: float | None = None
+    blur_strength: float = safety.BLUR_FRACTION
+    grey_revealed: bool = False
 
     # ---- data
 
@@ -428,22 +493,44 @@ class Ctx:
             self._status = model_status(self.name)
         return self._status
 
-    def _sensitivity_key(self) -> tuple:
-        from pathlib import Path
+    def policy(self) -> tuple[sensitivity.LabelPolicy, str | None]:
+        """The dataset's label policy and, when its file is broken, the error."""
+        return policy_of(self.name)
 
-        p = Path(self.preds_path) if self.preds_path else None
-        preds_key = f"{p}:{p.stat().st_mtime_ns}" if p is not None and p.exists() else ""
-        return _home(), self.name, catalog.dataset_token(self.name), float(self.eb_threshold), preds_key
+    def screening(self) -> sensitivity.Screening | None:
+        """The chosen prediction table as evidence (its own threshold unless one was chosen)."""
+        from .evidence import screening_from_file
 
-    def sensitivity(self) -> pd.DataFrame:
-        """The safe view's decision per dataset row (:func:`lib.safety.sensitivity_table`;
-        shared: never modify it)."""
-        return _sensitivity(*self._sensitivity_key(), _eb=self.eb(), _preds=self.predictions())
+        preds = self.predictions()
+        return None if preds is None else screening_from_file(self.preds_path, self.pred_threshold, preds)
 
-    def sensitive_of(self) -> dict[str, bool]:
-        """{content id: sensitive} (shared: never modify it)."""
-        key = self._sensitivity_key()
-        return _sensitive_map(*key, _table=_sensitivity(*key, _eb=self.eb(), _preds=self.predictions()))
+    def _decision_key(self) -> tuple:
+        return (catalog.dataset_token(self.name), float(self.eb_threshold),
+                _file_stamp(self.preds_path) if self.preds_path else "", self.pred_threshold,
+                _file_stamp(sensitivity.policy_path(self.name)), _file_stamp(sensitivity.VOCABULARY_PATH),
+                annotation_store().last_event(self.name), nudity_key(self.name))
+
+    def decision(self) -> pd.DataFrame:
+        """The safe view's decision per dataset row (:func:`lib.sensitivity.decide`: censored,
+        status, evidence, reason; shared: never modify it)."""
+        key = self._decision_key()
+        return _decision(_home(), self.name, key, _inputs=self._decision_inputs())
+
+    def _decision_inputs(self) -> dict:
+        policy, error = self.policy()
+        return dict(policy=policy, policy_error=error,
+                    reviews=_reviews(_home(), self.name, annotation_store().last_event(self.name)),
+                    eb=self.eb(), eb_threshold=float(self.eb_threshold), nudity=nudity_table(self.name),
+                    screening=self.screening())
+
+    def view(self) -> dict[str, tuple[bool, str]]:
+        """{content id: (censored, reason)} (shared: never modify it)."""
+        key = self._decision_key()
+        return _view(_home(), self.name, key, _decision_table=self.decision())
+
+    def censored_of(self, cid: str) -> tuple[bool, str]:
+        """(censored, reason) of one image; an id the decision does not know is censored."""
+        return self.view().get(str(cid), (True, "not in this dataset"))
 
     def eb(self) -> pd.DataFrame:
         return eb_scores(self.name)
@@ -587,29 +674,66 @@ def setup(title: str, icon: str | None = None) -> Ctx:
         st.divider()
         st.markdown("**Safe view**")
         safe = _persistent("safe", True, lambda **kw: st.toggle(
-            "Censor sensitive images", help="On by default. Sensitive images are sent to the browser only "
-            "blurred or pixelated; reveal one with its own button, or switch this off for the session.", **kw))
+            "Censor images not known to be safe", help="On by default. An image reaches the browser unblurred "
+            "only with positive evidence that it is safe (a safe label, an Ok review, a confident detector "
+            "clearance, a known-safe dataset); every other image is sent censored, with its reason. Reveal one "
+            "behind its warning, or switch this off for this session only.", **kw))
         censor = _persistent("censor", "blur", lambda **kw: st.radio(
             "Rendering", CENSOR_MODES, horizontal=True, **kw))
-        eb_threshold = _persistent("eb_threshold", float(safety.EB_THRESHOLD), lambda **kw: st.slider(
-            "EB threshold (sensitive by colour)", -2.0, 5.0, step=0.1, help=(
-                "An image whose EB colour score (max of the z-scored blood-like and skin-like fractions) "
-                "is above this counts as sensitive."), **kw))
+        strength = _persistent("strength", int(round(safety.BLUR_FRACTION * 100)), lambda **kw: st.slider(
+            "Blur strength (% of the image)", 4, 20, step=1, disabled=censor != "blur", help=(
+                "Gaussian blur sigma as a share of the longest side: at 8% only broad colour areas remain."), **kw))
+        grey = _persistent("grey", False, lambda **kw: st.checkbox(
+            "Revealed images in greyscale", help="A revealed image is shown without colour, which many "
+            "moderators find easier to look at.", **kw))
+        eb_threshold = _persistent("eb_threshold", float(sensitivity.EB_THRESHOLD), lambda **kw: st.slider(
+            "EB cut (flag by colour)", -2.0, 5.0, step=0.1, help=(
+                "An image whose EB colour score (max of the z-scored blood-like and skin-like fractions, "
+                "within this dataset) is above this is flagged. EB never clears an image."), **kw))
         files = catalog.prediction_files(name)
         pred_opts = ["(none)"] + [str(p) for p in files]
         if _ss().get("wb:preds") not in pred_opts:
-            _ss()["wb:preds"] = "(none)"
+            _ss()["wb:preds"] = next((p for p in pred_opts if p.rsplit("/", 1)[-1].startswith("detect-")), "(none)")
         preds = _persistent("preds", "(none)", lambda **kw: st.selectbox(
-            "Predictions that flag images (p ≥ 0.5)", pred_opts,
-            format_func=lambda p: p if p == "(none)" else p.rsplit("/", 1)[-1], **kw))
+            "Detector or predictions", pred_opts,
+            format_func=lambda p: p if p == "(none)" else p.rsplit("/", 1)[-1], help=(
+                "A detector's screening (python -m lib predict) flags images at or above its threshold and "
+                "clears confident, familiar ones below it. Other prediction tables (zero-shot, probes) only "
+                "flag: nothing says their model has seen images like these."), **kw))
+        pred_threshold = None
+        if preds != "(none)":
+            table = predictions(preds)
+            own = float(table["threshold"].iloc[0]) if table is not None and "threshold" in table and len(table) \
+                else sensitivity.PRED_THRESHOLD
+            pred_threshold = _persistent(f"pred_thr:{preds}", own, lambda **kw: st.slider(
+                "Flag at p ≥", 0.0, 1.0, step=0.01, help="Default: the table's own screening threshold "
+                "(0.5 for tables without one).", **kw))
         if not safe:
-            st.warning("Safe view is off for this session: sensitive images are shown unblurred.")
+            st.warning("Safe view is off for this session: images are shown unblurred.")
         n_rev = len(revealed())
         if n_rev and safe:
             st.caption(f"{n_rev} image(s) revealed in this session.")
-            st.button("Hide all revealed images", on_click=lambda: revealed().clear())
-    return Ctx(name, ModelChoice.from_key(model_key), bool(safe), censor if censor in CENSOR_MODES else "blur",
-               float(eb_threshold), bool(random_ok), None if preds == "(none)" else preds, status)
+            st.button("Re-blur all", on_click=reblur_all, icon=":material/blur_on:",
+                      help="Censor again every image revealed in this session.")
+    ctx = Ctx(name, ModelChoice.from_key(model_key), bool(safe), censor if censor in CENSOR_MODES else "blur",
+              float(eb_threshold), bool(random_ok), None if preds == "(none)" else preds, status,
+              None if pred_threshold is None else float(pred_threshold), float(strength) / 100.0, bool(grey))
+    _banners(ctx)
+    return ctx
+
+
+def _banners(ctx: Ctx) -> None:
+    """The dataset's safe-view state at the top of every page: a broken policy file (all
+    censored), or the known-safe mark (who and when)."""
+    policy, error = ctx.policy()
+    if error:
+        st.error(f"**The label policy cannot be read, so every image is censored.** {error}\n\n"
+                 f"Fix the file, or set the policy again: `{CLI} policy {ctx.name} --show`.")
+    elif policy.known_safe:
+        ks = policy.known_safe
+        st.info(f"**Dataset `{ctx.name}` is marked known-safe** by {ks.get('by')} on {str(ks.get('at'))[:10]}: "
+                "its images are shown unblurred unless something flags them. Change it on the Home page.",
+                icon=":material/verified_user:")
 
 
 @contextlib.contextmanager
@@ -628,55 +752,91 @@ def guard() -> Iterator[None]:
 # =========================================================================== images
 
 
-def image_bytes(ctx: Ctx, row, sensitive, *, side: int = THUMB_SIDE) -> tuple[bytes, str]:
-    """(JPEG bytes, mode) of a dataset row as the safe view renders it."""
-    ds = ctx.ds
-    rec = ds.images.iloc[int(row)] if isinstance(row, (int, np.integer)) else row
-    mode = safety.display_mode(sensitive, safe_view=ctx.safe_view, revealed=str(rec["id"]) in revealed(),
-                               censor=ctx.censor)
-    return thumbs.thumbnail_bytes(ds, rec, side, mode), mode
+def _record(ctx: Ctx, row):
+    return ctx.ds.images.iloc[int(row)] if isinstance(row, (int, np.integer)) else row
 
 
-def show_image(ctx: Ctx, row, sensitive, *, key: str, caption: str | None = None, side: int = THUMB_SIDE,
-               reveal: bool = True, width="stretch") -> None:
-    """One dataset image through the safe view, with its Reveal / Hide button."""
-    ds = ctx.ds
-    rec = ds.images.iloc[int(row)] if isinstance(row, (int, np.integer)) else row
+def image_bytes(ctx: Ctx, row, *, side: int = THUMB_SIDE) -> tuple[bytes, str]:
+    """(JPEG bytes, rendering mode) of a dataset row as the safe view serves it.
+
+    The mode is ``raw`` only when the decision clears the image, the user revealed it in
+    this session, or safe view is off; ``regions`` when revealed with its colour regions
+    blacked out; else the censoring mode.
+    """
+    rec = _record(ctx, row)
     cid = str(rec["id"])
+    censored, _ = ctx.censored_of(cid)
+    level = revealed().get(cid)
+    mode = thumbs.mode_for(censored, safe_view=ctx.safe_view, revealed=level, censor=ctx.censor)
+    grey = bool(ctx.grey_revealed and level and censored and mode in ("raw", "regions"))
+    strength = ctx.blur_strength if mode == "blur" else None
+    return thumbs.thumbnail_bytes(ctx.ds, rec, side, mode, strength=strength, grey=grey), mode
+
+
+def reason_line(censored: bool, reason: str) -> str:
+    """The one-line reason under an image: why it is censored, or why it may be shown."""
+    icon = ":material/visibility_off:" if censored else ":material/visibility:"
+    return f"{icon} {reason}"
+
+
+def reveal_controls(ctx: Ctx, cid: str, reason: str, *, key: str) -> None:
+    """Reveal behind a warning that names the reason (one click), with the colour-regions
+    preview as a middle step; Re-blur once revealed. Session-only, per image."""
+    level = revealed().get(cid)
+    k = f"{key}-{cid[:16]}"
+    if level == "full":
+        st.button("Re-blur", key=f"hide-{k}", on_click=_hide, args=(cid,), icon=":material/visibility_off:")
+        return
+    with st.popover("Reveal", icon=":material/visibility:", help="Show this one image, after a warning"):
+        st.warning(f"**This image is censored:** {reason}. Revealing it shows it unblurred in this browser "
+                   "session only.", icon=":material/warning:")
+        if level != "regions":
+            st.button("Show with wound colours blacked out", key=f"regions-{k}", on_click=_reveal,
+                      args=(cid, "regions"), help="Blood-like regions stay black; the rest is shown.")
+        st.button("Show the full image", key=f"reveal-{k}", on_click=_reveal, args=(cid, "full"), type="primary")
+    if level == "regions":
+        st.button("Re-blur", key=f"hide-{k}", on_click=_hide, args=(cid,), icon=":material/visibility_off:")
+
+
+def show_image(ctx: Ctx, row, *, key: str, caption: str | None = None, side: int = THUMB_SIDE,
+               reveal: bool = True, width="stretch") -> None:
+    """One dataset image through the safe view, its one-line reason, and its Reveal control."""
+    rec = _record(ctx, row)
+    cid = str(rec["id"])
+    censored, reason = ctx.censored_of(cid)
     try:
-        data, mode = image_bytes(ctx, rec, sensitive, side=side)
+        data, mode = image_bytes(ctx, rec, side=side)
     except (ImageError, UnsafePath, OSError) as e:
         st.warning(f"cannot show {rec['path']}: {e}")
         return
     st.image(data, caption=caption, width=width, alt=f"image {cid[:16]}")
-    if reveal and ctx.safe_view and safety.must_censor(sensitive):
-        if cid in revealed():
-            st.button("Hide", key=f"hide-{key}-{cid[:16]}", on_click=_hide, args=(cid,), icon=":material/visibility_off:")
-        else:
-            st.button("Reveal", key=f"reveal-{key}-{cid[:16]}", on_click=_reveal, args=(cid,),
-                      icon=":material/visibility:", help="Show this one image unblurred")
+    st.caption(reason_line(censored, reason))
+    if reveal and ctx.safe_view and censored:
+        reveal_controls(ctx, cid, reason, key=key)
 
 
 def show_upload(ctx: Ctx, img, *, key: str, caption: str | None = None, side: int = THUMB_SIDE) -> None:
-    """An outside image (unknown sensitivity: censored under safe view until revealed)."""
+    """An outside image: nothing is known about it, so it is censored under safe view until revealed."""
     from PIL import Image as _Image
 
     thumb = img.copy()
     thumb.thumbnail((side, side), _Image.Resampling.BILINEAR)
-    shown = f"upload:{key}" in revealed()
-    mode = safety.display_mode(None, safe_view=ctx.safe_view, revealed=shown, censor=ctx.censor)
-    data = gallery.jpeg_bytes(thumb if mode == "raw" else safety.render(thumb, mode))
+    cid = f"upload:{key}"
+    level = revealed().get(cid)
+    mode = thumbs.mode_for(None, safe_view=ctx.safe_view, revealed=level, censor=ctx.censor)
+    grey = bool(ctx.grey_revealed and level)
+    data = safety.jpeg(safety.rendered(thumb, mode, strength=ctx.blur_strength if mode == "blur" else None,
+                                       grey=grey))
     st.image(data, caption=caption, width="stretch", alt="uploaded image")
+    reason = "uploaded image: not yet screened"
+    st.caption(reason_line(True, reason))
     if ctx.safe_view:
-        if shown:
-            st.button("Hide", key=f"hide-up-{key}", on_click=_hide, args=(f"upload:{key}",))
-        else:
-            st.button("Reveal", key=f"reveal-up-{key}", on_click=_reveal, args=(f"upload:{key}",))
+        reveal_controls(ctx, cid, reason, key=f"up-{key}")
 
 
 def image_grid(ctx: Ctx, rows: pd.DataFrame, *, key: str, columns: int = 6, caption: Callable | None = None,
                actions: Callable | None = None) -> None:
-    """A grid of dataset images through the safe view.
+    """A grid of dataset images through the safe view (:func:`show_image`).
 
     Parameters
     ----------
@@ -687,17 +847,14 @@ def image_grid(ctx: Ctx, rows: pd.DataFrame, *, key: str, columns: int = 6, capt
     if rows.empty:
         st.caption("Nothing to show.")
         return
-    sens = ctx.sensitive_of()
-    images = ctx.ds.images
     recs = rows.to_dict("records")
     for start in range(0, len(recs), columns):
         cols = st.columns(columns)
         for col, rec in zip(cols, recs[start:start + columns], strict=False):
             with col:
                 r = int(rec["row"])
-                cid = str(images["id"].iat[r])
                 k = f"{key}-{start}-{r}"
-                show_image(ctx, r, sens.get(cid), key=k, caption=caption(rec) if caption else None)
+                show_image(ctx, r, key=k, caption=caption(rec) if caption else None)
                 if actions is not None:
                     actions(rec, k)
 

@@ -12,8 +12,10 @@
    expanded, reviewed set is exported as a manifest ``python -m lib ingest`` reads back
    (:func:`export_table`, :func:`write_manifest`).
 
-Annotation labels are not classes: :data:`LABEL_TO_CLASS` maps the default label set
-(``Blur`` / ``Maybe`` / ``Ok``) to the dataset's classes, ``Maybe`` to none (unjudged).
+Annotation labels are not classes: :func:`class_mapping` maps the default label set
+(``Blur`` / ``Maybe`` / ``Ok``) to the dataset's classes by its label policy (Blur to the
+label it calls sensitive, Ok to the safe one; :data:`LABEL_TO_CLASS` where it names no
+single one), ``Maybe`` to none (unjudged).
 No Streamlit here: the pages only draw what these functions return.
 """
 
@@ -156,10 +158,22 @@ def review_labels(store: AnnotationStore, dataset: str, who: str = CONSENSUS) ->
                          "reviewer": who})
 
 
+def class_mapping(dataset: str) -> dict[str, str | None]:
+    """Review label -> class of dataset ``dataset`` by its label policy
+    (:func:`lib.sensitivity.review_class_map`): with MedGore's labels, Blur -> Blur and Ok -> Normal."""
+    from .sensitivity import load_policy, review_class_map
+
+    if not ds_mod.exists(dataset):
+        return dict(LABEL_TO_CLASS)
+    labels = ds_mod.load(dataset).images["label"].dropna().astype(str).unique().tolist()
+    return review_class_map(labels, load_policy(dataset), LABEL_TO_CLASS)
+
+
 def review_truth(store: AnnotationStore, dataset: str, who: str = CONSENSUS,
                  mapping: Mapping[str, str | None] | None = None) -> pd.Series:
     """Review labels as classes, indexed by image id (None where Maybe or undecided): the
-    ``truth`` of :func:`band_homogeneity`."""
+    ``truth`` of :func:`band_homogeneity`. ``mapping`` defaults to :func:`class_mapping`."""
+    mapping = class_mapping(dataset) if mapping is None else mapping
     df = review_labels(store, dataset, who)
     return pd.Series(to_classes(df["label"], mapping).to_numpy(), index=df["image_id"].to_numpy(), name="truth",
                      dtype=object)
@@ -225,11 +239,14 @@ def _queue(df: pd.DataFrame, task: str) -> pd.DataFrame:
 def seed_queue(ds: ds_mod.Dataset, *, store: AnnotationStore | None = None, annotator: str | None = None,
                labels: Sequence[str] | None = None, eb: pd.DataFrame | None = None,
                eb_range: tuple[float, float] | None = None, order: str = "eb_desc", seed: int = 0,
-               limit: int | None = None, skip_labelled: bool = True) -> pd.DataFrame:
-    """Images to pick seeds from: each distinct image once, filtered and ordered.
+               limit: int | None = None, skip_labelled: bool = True, ids: Iterable[str] | None = None,
+               task: str = "seed") -> pd.DataFrame:
+    """Images to pick seeds from (or to screen): each distinct image once, filtered and ordered.
 
     Parameters
     ----------
+    ids : keep only these content ids (e.g. the images the safe view has not screened yet).
+    task : the queue's task name, stored with each label (``seed``, ``screen``).
     labels : keep only images with one of these dataset labels (``"(none)"``: unlabelled).
     eb : EB table with ``id, eb`` (:func:`lib.gallery.eb_scores`); needed to order or filter by EB.
     eb_range : keep images with ``lo <= eb <= hi`` (unscored images are dropped).
@@ -246,6 +263,8 @@ def seed_queue(ds: ds_mod.Dataset, *, store: AnnotationStore | None = None, anno
     images = ds.images.drop_duplicates("id")
     df = pd.DataFrame({"id": images["id"].astype(str).to_numpy(), "row": _first_rows(ds.images).to_numpy(),
                        "dataset_label": images["label"].to_numpy()})
+    if ids is not None:
+        df = df[df["id"].isin(set(map(str, ids))).to_numpy()]
     if labels is not None:
         wanted = {str(v) for v in labels}
         lab = df["dataset_label"].astype(object).where(df["dataset_label"].notna(), "(none)").astype(str)
@@ -270,7 +289,7 @@ def seed_queue(ds: ds_mod.Dataset, *, store: AnnotationStore | None = None, anno
         df = df.iloc[np.random.default_rng(seed).permutation(len(df))]
     if limit is not None:
         df = df.head(int(limit))
-    return _queue(df, "seed")
+    return _queue(df, task)
 
 
 def review_queue(sample: pd.DataFrame, ds: ds_mod.Dataset) -> pd.DataFrame:

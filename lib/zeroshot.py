@@ -69,27 +69,45 @@ class ClassSet:
     def texts_of(self, cls: str) -> tuple[str, ...]:
         return self.texts.get(cls) or (cls,)
 
-    def map_labels(self, values: Sequence) -> np.ndarray:
+    def map_labels(self, values: Sequence, policy=None) -> np.ndarray:
         """Dataset values (n,) -> class names (n,) object array, None where a value maps to no class.
 
-        ``label_map`` first; otherwise a value equal to a class name, ignoring case.
+        ``label_map`` first; otherwise a value equal to a class name, ignoring case; otherwise,
+        for a two-class set and a :class:`lib.sensitivity.LabelPolicy`, a value the policy maps
+        to sensitive is the positive class and one it maps to safe the other (so a dataset
+        labelled ``burns`` / ``normal`` is scored by MedGore's Blur / Normal).
         """
+        from .sensitivity import SAFE, SENSITIVE
+
         by_lower = {c.lower(): c for c in self.classes}
+        pos = self.binary_positive
+        neg = next((c for c in self.classes if c != pos), None) if pos is not None else None
         out = np.empty(len(values), dtype=object)
+        seen: dict[str, str | None] = {}
         for i, v in enumerate(values):
             if _missing(v):
                 out[i] = None
                 continue
             v = str(v)
-            out[i] = self.label_map.get(v) or by_lower.get(v.lower())
+            if v not in seen:
+                cls = self.label_map.get(v) or by_lower.get(v.lower())
+                if cls is None and policy is not None and pos is not None:
+                    cls = {SENSITIVE: pos, SAFE: neg}.get(policy.classify(v))
+                seen[v] = cls
+            out[i] = seen[v]
         return out
 
     @property
     def binary_positive(self) -> str | None:
-        """The positive class of a two-class set (declared, else the first class); None otherwise."""
+        """The positive class of a two-class set: declared, else the one class the label
+        vocabulary calls sensitive, else the first; None for other sets."""
         if len(self.classes) != 2:
             return None
-        return self.positive or self.classes[0]
+        if self.positive:
+            return self.positive
+        from .sensitivity import positive_class
+
+        return positive_class(self.classes) or self.classes[0]
 
 
 def _missing(v) -> bool:
@@ -317,6 +335,7 @@ def run_zeroshot(
     backend=None,
     out: str | Path | None = None,
     write: bool = True,
+    positive: str | None = None,
 ) -> ZeroShotResult:
     """Classify every image of a dataset zero-shot and score it against the dataset's labels.
 
@@ -330,17 +349,26 @@ def run_zeroshot(
     backend : an already loaded model for ``spec`` (the app and tests reuse theirs)
     out : predictions parquet path; default ``<home>/results/<dataset>/zeroshot-...parquet``
     write : False to skip writing the parquet
+    positive : the positive class of a two-class set (default: the set's own, see
+        :attr:`ClassSet.binary_positive`)
 
     Raises
     ------
     ModelError : the model has no text tower (e.g. ``color``).
     """
+    from dataclasses import replace
+
     from . import dataset as ds_mod
     from .embeddings import embed, load_embeddings
     from .metrics import classification_metrics, confusion_table, per_class_report
     from .models import load_model
+    from .sensitivity import load_policy
 
     cs = load_classes(classes)
+    if positive is not None:
+        if positive not in cs.classes or len(cs.classes) != 2:
+            raise PromptError(f"--positive {positive!r}: give one of the two classes {list(cs.classes)}")
+        cs = replace(cs, positive=positive)
     ts = load_templates(templates or cs.templates or DEFAULT_TEMPLATES)
     if backend is None:
         backend = load_model(spec, random_weights=random_weights)
@@ -355,7 +383,7 @@ def run_zeroshot(
     images = ds.images
     col = label_column or cs.label_column
     values = images[col].tolist() if col in images else [None] * len(images)
-    truth = cs.map_labels(values)
+    truth = cs.map_labels(values, load_policy(dataset_name) if col == "label" else None)
     names = np.asarray(cs.classes, dtype=object)
     pred = names[probs.argmax(axis=1)] if len(probs) else np.zeros(0, dtype=object)
 

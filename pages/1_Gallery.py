@@ -3,6 +3,7 @@
 import streamlit as st
 
 from lib import gallery, ui
+from lib.sensitivity import EVIDENCE_VALUES
 
 ctx = ui.setup("Gallery", ":material/grid_view:")
 st.title("Gallery")
@@ -11,7 +12,7 @@ with ui.guard():
     ds = ctx.require_dataset()
     images = ds.images
     eb = ctx.eb()
-    sens = ctx.sensitivity()
+    decision = ctx.decision()
     preds = ctx.predictions()
 
     with st.expander("Filters", expanded=True):
@@ -21,7 +22,7 @@ with ui.guard():
         for i, (col, values) in enumerate(opts.items()):
             with cols[i % 4]:
                 equals[col] = st.multiselect(col, values, key=f"g-f-{col}", placeholder="all")
-        c1, c2, c3 = st.columns([2, 1, 1])
+        c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
         finite = eb["eb"].dropna()
         eb_range = None
         if len(finite):
@@ -29,8 +30,12 @@ with ui.guard():
             if hi > lo:
                 chosen = c1.slider("EB score", lo, hi, (lo, hi), key="g-eb", format="%.2f")
                 eb_range = chosen if chosen != (lo, hi) else None
-        which = c2.radio("Safe view says", ["all", "sensitive", "not sensitive"], key="g-sens", horizontal=False)
-        prefix = c3.text_input("Id starts with", key="g-prefix")
+        present = set(decision["evidence"])
+        evidence = c2.multiselect("Safe-view evidence", [v for v in EVIDENCE_VALUES if v in present], key="g-ev",
+                                  placeholder="all", help="Why each image is censored or shown: work through the "
+                                  "images not yet screened, check what a detector cleared, …")
+        which = c3.radio("Shown", ["all", "censored", "raw"], key="g-sens", horizontal=False)
+        prefix = c4.text_input("Id starts with", key="g-prefix")
         pred_values, score_range = None, None
         if preds is not None:
             p1, p2 = st.columns(2)
@@ -52,12 +57,10 @@ with ui.guard():
     rows = gallery.filter_rows(
         images, equals=equals, eb=eb, eb_range=eb_range, preds=preds, pred_values=pred_values,
         score_range=score_range, ids=sel["ids"] if only_sel else None, id_prefix=prefix or None,
-        sensitivity=sens, sensitive=None if which == "all" else which == "sensitive")
+        decision=decision, evidence=evidence, censored=None if which == "all" else which == "censored")
 
-    n_sens = int(sens["sensitive"].to_numpy()[rows].sum()) if len(rows) else 0
     top = st.columns([3, 1, 1])
-    top[0].markdown(f"**{len(rows)}** of {len(images)} images · {n_sens} sensitive"
-                    + (" (shown blurred)" if ctx.safe_view else " (**safe view off**)"))
+    top[0].markdown(gallery.shown_summary(len(rows), len(images), decision.iloc[rows], ctx.safe_view))
     page_size = top[1].selectbox("Per page", [24, 48, 96], key="g-size")
     n_pages = gallery.page_bounds(len(rows), page_size, 1)[2]
     signature = (tuple(rows[:50]), len(rows), page_size)
@@ -77,8 +80,6 @@ with ui.guard():
     ui.set_page_param("page", str(page))
 
     shown = eb.iloc[rows[start:stop]]
-    reason = dict(zip(sens["id"], sens["reason"], strict=True))
-
     def caption(rec) -> str:
         lab = rec["label"] if isinstance(rec["label"], str) else "(no label)"
         score = f" · EB {rec['eb']:+.2f}" if rec["eb"] == rec["eb"] else ""
@@ -86,8 +87,5 @@ with ui.guard():
 
     def actions(rec, key) -> None:
         ui.nav_link("neighbours", "Neighbours", ctx, icon=":material/hub:", id=rec["id"])
-        why = reason.get(rec["id"], "")
-        if why and why != f"label {rec['label']}":  # the label is already in the caption
-            st.caption(why)
 
     ui.image_grid(ctx, shown, key="g", columns=6, caption=caption, actions=actions)

@@ -20,7 +20,6 @@ with ui.guard():
     ds = ctx.require_dataset()
     space = ctx.require_space()
     images = ds.images
-    sens = ctx.sensitive_of()
 
     q1, q2, q3 = st.columns([2, 2, 1])
     with q1, st.form("nb-find", border=False):
@@ -58,7 +57,7 @@ with ui.guard():
             ui.show_upload(ctx, img, key="query", caption=upload.name)
         else:
             rec = images.iloc[qrow]
-            ui.show_image(ctx, qrow, sens.get(qid), key="query",
+            ui.show_image(ctx, qrow, key="query",
                           caption=f"{rec['label'] if isinstance(rec['label'], str) else '(no label)'} · {ui.short(qid)}")
             st.caption(f"`{rec['path']}`")
             ui.nav_link("gallery", "Gallery", ctx, icon=":material/grid_view:")

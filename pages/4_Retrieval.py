@@ -57,8 +57,7 @@ with ui.guard():
                 st.error(str(e))
             else:
                 with qcol[0]:
-                    rec = images.iloc[row]
-                    ui.show_image(ctx, row, ctx.sensitive_of().get(rec["id"]), key="ri-query", caption="query")
+                    ui.show_image(ctx, row, key="ri-query", caption="query")
                 res = image_to_image(space, None, row, int(k))
         else:
             st.caption("Give an image id or upload an image.")

@@ -12,18 +12,18 @@ from lib import charts, colorscore, gallery, safety, ui
 ctx = ui.setup("Blur scores", ":material/palette:")
 st.title("Blur scores (EB)")
 st.caption("EB = max(z_blood, z_skin): the share of blood-like (HSV red) and skin-like (YCbCr box) pixels, "
-           "z-scored over this dataset. Images above the sidebar's EB threshold count as sensitive.")
+           "z-scored over this dataset. Images above the sidebar's EB cut are flagged; EB never clears an image "
+           "(in a collection of wounds, only the reddest sixth stands a deviation above its own mean).")
 
 with ui.guard():
     ds = ctx.require_dataset()
     images = ds.images
     eb = ctx.eb()
-    sens = ctx.sensitive_of()
     has_split = eb["split"].notna().any()
 
     n_bad = int(eb["eb"].isna().sum())
     if n_bad:
-        st.warning(f"{n_bad} image(s) could not be scored (they count as sensitive).")
+        st.warning(f"{n_bad} image(s) could not be scored (they are censored).")
     st.plotly_chart(charts.distinct_colours(colorscore.eb_histograms(eb, by="label", facet="split" if has_split
                                                                       else None)), width="stretch")
 
@@ -56,17 +56,18 @@ with ui.guard():
     m[3].metric("label", rec["label"] if isinstance(rec["label"], str) else "(none)")
     evidence = gallery.colour_evidence(ds, row)
     blood, skin, truth = evidence["blood"], evidence["skin"], evidence["truth"]
-    shown_bytes, mode = ui.image_bytes(ctx, row, sens.get(qid))
+    shown_bytes, mode = ui.image_bytes(ctx, row)
+    hide = ctx.censor if mode != "raw" else None  # masks trace the image: censored with it
     shown = Image.open(io.BytesIO(shown_bytes)).convert("RGB")
     c1, c2, c3 = st.columns(3)
     with c1:
         st.markdown("**Image**")
-        ui.show_image(ctx, row, sens.get(qid), key="eb-one", caption=f"{ui.short(qid)} · {rec['path']}")
+        ui.show_image(ctx, row, key="eb-one", caption=f"{ui.short(qid)} · {rec['path']}")
     with c2:
         st.markdown("**Colour masks** (red: blood-like, blue: skin-like)")
         overlay = gallery.mask_overlay(shown, blood, skin)
         # The masks trace the sharp image (a skin mask is a silhouette): censored with it.
-        st.image(gallery.jpeg_bytes(overlay if mode == "raw" else safety.render(overlay, mode)), width="stretch",
+        st.image(gallery.jpeg_bytes(overlay if hide is None else safety.render(overlay, hide)), width="stretch",
                  caption="over the sharp thumbnail" if mode == "raw" else "censored with the image: reveal it to "
                                                                           "see the masks")
     with c3:
@@ -87,7 +88,7 @@ with ui.guard():
         g1, g2 = st.columns([1, 2])
         g1.metric("IoU (cleaned blood-like mask vs truth)", f"{evidence['iou']:.3f}")
         truth_img = Image.fromarray(truth.astype(np.uint8) * 255).convert("RGB")
-        g1.image(gallery.jpeg_bytes(truth_img if mode == "raw" else safety.render(truth_img, mode)), width=200,
+        g1.image(gallery.jpeg_bytes(truth_img if hide is None else safety.render(truth_img, hide)), width=200,
                  caption="ground-truth mask" + ("" if mode == "raw" else " (censored with the image)"))
         with g2:
             n_masks = int(images["mask"].notna().sum())

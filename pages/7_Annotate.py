@@ -5,7 +5,6 @@ import streamlit as st
 from lib import ui
 from lib import workflow as wf
 from lib.errors import WorkbenchError
-from lib.safety import must_censor
 
 ctx = ui.setup("Annotate", ":material/edit_note:")
 st.title("Annotate")
@@ -30,11 +29,18 @@ with ui.guard():
         ss["an-kind"] = "Review sample"
         ss["an-exp"] = sent["expansion"]
         ss["an-file"] = sent["file"]
-    kind = st.radio("Queue", ["Seeds to pick", "Review sample"], horizontal=True, key="an-kind",
-                    help="Seeds: images to label by hand (the start of an expansion). Review sample: neighbours "
-                         "drawn per band of ranks on the Expand page, labelled blind by two annotators.")
+    kind = st.radio("Queue", ["Seeds to pick", "Not yet screened", "Review sample"], horizontal=True, key="an-kind",
+                    help="Seeds: images to label by hand (the start of an expansion). Not yet screened: the images "
+                         "the safe view has no evidence about; an Ok clears one, Blur or Maybe flags it. Review "
+                         "sample: neighbours drawn per band of ranks on the Expand page, labelled blind by two "
+                         "annotators.")
 
-    if kind == "Seeds to pick":
+    if kind in ("Seeds to pick", "Not yet screened"):
+        decision = ctx.decision()
+        unscreened = decision.loc[decision["status"] == "not yet screened", "id"] \
+            if kind == "Not yet screened" else None
+        if unscreened is not None:
+            st.caption(f"{unscreened.nunique()} distinct image(s) not yet screened in `{ctx.name}`.")
         c = st.columns([2, 2, 1, 1, 1])
         opts = sorted(ds.images["label"].dropna().astype(str).unique()) + ["(none)"] if ds.has_labels else []
         chosen = c[0].multiselect("Dataset label", opts, key="an-labels", placeholder="all",
@@ -45,13 +51,14 @@ with ui.guard():
         skip = c[3].toggle("Skip my labelled", True, key="an-skip")
         if c[4].button("New queue", key="an-new", help="Draw the queue again (leaves out what you labelled)"):
             ss["an-gen"] = ss.get("an-gen", 0) + 1
-        signature = ("seed", ctx.name, who, tuple(chosen), order, size, skip, ss.get("an-gen", 0))
+        signature = (kind, ctx.name, who, tuple(chosen), order, size, skip, ss.get("an-gen", 0))
         if ss.get("an-sig") != signature:
             eb = ctx.eb() if order.startswith("eb") else None
             ss["an-queue"] = wf.seed_queue(ds, store=store, annotator=who, labels=chosen or None, eb=eb,
-                                           order=order, limit=size, skip_labelled=skip, seed=ss.get("an-gen", 0))
+                                           order=order, limit=size, skip_labelled=skip, seed=ss.get("an-gen", 0),
+                                           ids=unscreened, task="seed" if unscreened is None else "screen")
             ss["an-sig"], ss["an-pos"] = signature, 0
-        queue_name = "seeds"
+        queue_name = "seeds" if unscreened is None else "not-yet-screened"
     else:
         exps = wf.list_expansions(ctx.name)
         if exps.empty:
@@ -110,27 +117,38 @@ with ui.guard():
     def move(step: int) -> None:
         ss["an-pos"] = (pos + step) % len(ids)
 
-    def toggle_reveal() -> None:
-        shown = ui.revealed()
-        if cid in shown:
-            shown.discard(cid)
+    def reveal_key() -> None:  # V: ask first; V again (or the button) shows it; once shown, V re-blurs
+        if cid in ui.revealed():
+            ui.revealed().pop(cid, None)
+            ss.pop("an-confirm", None)
+        elif ss.get("an-confirm") == cid:
+            ui.revealed()[cid] = "full"
+            ss.pop("an-confirm", None)
         else:
-            shown.add(cid)
+            ss["an-confirm"] = cid
 
     if ss.get("an-error"):
         st.error(ss.pop("an-error"))
     st.progress(done / len(ids), text=f"**{done} done · {left} left** of {len(ids)} in this queue")
 
     left_col, right_col = st.columns([3, 2])
-    sensitive = ctx.sensitive_of().get(cid)
+    censored, reason = ctx.censored_of(cid)
     with left_col:
-        data, mode = ui.image_bytes(ctx, int(rec["row"]), sensitive, side=512)
+        data, mode = ui.image_bytes(ctx, int(rec["row"]), side=512)
         st.image(data, width=512, alt=f"image {cid[:16]}",
                  caption=f"#{pos + 1} of {len(ids)} · {ui.short(cid)}" + (" · censored" if mode != "raw" else ""))
-        if ctx.safe_view and must_censor(sensitive):
-            st.button("Hide" if cid in ui.revealed() else "Reveal", key="an-reveal", shortcut="V",
-                      on_click=toggle_reveal, icon=":material/visibility:",
-                      help="Show (or hide again) this one image unblurred")
+        st.caption(ui.reason_line(censored, reason))
+        if ctx.safe_view and censored:
+            if ss.get("an-confirm") == cid and cid not in ui.revealed():
+                st.warning(f"**This image is censored:** {reason}. Press **V** again (or the button) to show it "
+                           "unblurred, in this session only.", icon=":material/warning:")
+                b1, b2 = st.columns(2)
+                b1.button("Show the full image", key="an-reveal", shortcut="V", on_click=reveal_key, type="primary")
+                b2.button("Cancel", key="an-cancel", on_click=lambda: ss.pop("an-confirm", None))
+            else:
+                st.button("Re-blur" if cid in ui.revealed() else "Reveal", key="an-reveal", shortcut="V",
+                          on_click=reveal_key, icon=":material/visibility:",
+                          help="Reveal this one image (after a warning naming why it is censored), or re-blur it")
     with right_col:
         current = my_labels.get(cid)
         st.markdown(f"**{who}**, your label: **{current or '—'}**")

@@ -30,7 +30,7 @@ with ui.guard():
             who = c[0].selectbox("Whose labels", [CONSENSUS, *annotators], key="ex-who",
                                  help="consensus: the resolved label, else the label every annotator agrees on.")
             n_max = int(c[1].number_input("At most per class (0: all)", 0, 100000, 0, key="ex-nmax"))
-            mapping = ", ".join(f"{k} → {v or 'unjudged'}" for k, v in wf.LABEL_TO_CLASS.items())
+            mapping = ", ".join(f"{k} → {v or 'unjudged'}" for k, v in wf.class_mapping(ctx.name).items())
             st.caption(f"Labels become classes: {mapping}.")
             try:
                 seeds = wf.seeds_from_annotations(store, ds, who, n_per_class=n_max or None)

@@ -96,22 +96,34 @@ def test_pages_run_with_the_tiny_text_model(corpus_color, corpus_tiny):
     assert "28 (image, caption) pairs" in texts(at.markdown)
 
 
+REVEAL = "Show the full image"  # the confirming button inside each censored image's Reveal warning
+
+
 def test_gallery_censors_exactly_the_sensitive_images(corpus_color):
     ds = corpus_color
     eb = independent_eb(ds)
-    sensitive = (ds.images["label"] == "sensitive").to_numpy() | ~(eb <= 1.0)
+    # every corpus label is known: sensitive ones are flagged, non_sensitive ones cleared unless EB flags them
+    censored = (ds.images["label"] == "sensitive").to_numpy() | ~(eb <= 1.0)
     at = open_page("pages/1_Gallery.py", dataset="corpus", model="color")
     assert_clean(at)
-    reveal = buttons(at, "Reveal")
-    # Page 1 holds rows 0..23; one Reveal button per censored image, keyed by its row.
+    reveal = buttons(at, REVEAL)
+    # Page 1 holds rows 0..23; one Reveal warning per censored image, keyed by its row.
     rows = sorted(int(b.key.split("-")[3]) for b in reveal)
-    assert rows == [r for r in range(24) if sensitive[r]]
-    assert f"**658** of 658 images · {int(sensitive.sum())} sensitive" in texts(at.markdown)
+    assert rows == [r for r in range(24) if censored[r]]
+    n = int(censored.sum())
+    assert f"**658** of 658 images · {n} censored ({n} flagged, 0 not yet screened) · {658 - n} shown raw" \
+        in texts(at.markdown)
+    reasons = [c.value for c in at.caption if c.value.startswith(":material/visibility")]
+    assert len(reasons) == 24 and all(len(r) > len(":material/visibility: ") for r in reasons)
 
     # Page 2 through the URL.
     at = open_page("pages/1_Gallery.py", dataset="corpus", model="color", page="2")
-    rows = sorted(int(b.key.split("-")[3]) for b in buttons(at, "Reveal"))
-    assert rows == [r for r in range(24, 48) if sensitive[r]]
+    rows = sorted(int(b.key.split("-")[3]) for b in buttons(at, REVEAL))
+    assert rows == [r for r in range(24, 48) if censored[r]]
+    # the evidence filter: only what the labels cleared
+    at.multiselect(key="g-ev").set_value(["cleared by label"]).run()
+    assert f"**{658 - n}** of 658 images · 0 censored" in texts(at.markdown)
+    assert not buttons(at, REVEAL)
 
 
 def test_gallery_filters(corpus_color):
@@ -128,19 +140,30 @@ def test_gallery_filters(corpus_color):
 
 def test_reveal_one_image_then_safe_view_off(corpus_color):
     at = open_page("pages/1_Gallery.py", dataset="corpus", model="color")
-    before = buttons(at, "Reveal")
+    before = buttons(at, REVEAL)
     first = before[0]
-    first.click().run()
-    assert_clean(at)
-    after = buttons(at, "Reveal")
-    hidden = buttons(at, "Hide")
-    assert len(after) == len(before) - 1 and len(hidden) == 1
     row = int(first.key.split("-")[3])
-    assert at.session_state["wb:revealed"] == {corpus_color.images["id"].iat[row]}
-    hidden[0].click().run()
-    assert len(buttons(at, "Reveal")) == len(before) and not at.session_state["wb:revealed"]
+    cid = corpus_color.images["id"].iat[row]
+    # the middle step: colour regions blacked out, then the full image
+    regions = [b for b in buttons(at, "Show with wound colours blacked out") if b.key.endswith(cid[:16])]
+    regions[0].click().run()
+    assert_clean(at)
+    assert at.session_state["wb:revealed"] == {cid: "regions"}
+    assert len(buttons(at, REVEAL)) == len(before)  # still behind its warning for the full image
+    [b for b in buttons(at, REVEAL) if b.key.endswith(cid[:16])][0].click().run()
+    assert at.session_state["wb:revealed"] == {cid: "full"}
+    assert len(buttons(at, REVEAL)) == len(before) - 1 and len(buttons(at, "Re-blur")) == 1
+    assert "1 image(s) revealed in this session." in texts(at.sidebar.caption)
+    buttons(at, "Re-blur")[0].click().run()
+    assert len(buttons(at, REVEAL)) == len(before) and not at.session_state["wb:revealed"]
+    # re-blur all undoes every reveal
+    for b in buttons(at, REVEAL)[:3]:
+        b.click().run()
+    assert len(at.session_state["wb:revealed"]) == 3
+    [b for b in at.sidebar.button if b.label == "Re-blur all"][0].click().run()
+    assert not at.session_state["wb:revealed"] and len(buttons(at, REVEAL)) == len(before)
     at.sidebar.toggle(key="w:safe").set_value(False).run()
-    assert not buttons(at, "Reveal") and "Safe view is off" in texts(at.sidebar.warning)
+    assert not buttons(at, REVEAL) and "Safe view is off" in texts(at.sidebar.warning)
 
 
 def test_neighbours_recentre_on_open(corpus_color):
@@ -248,7 +271,7 @@ def test_dataset_without_embeddings(private_home, corpus_dir, tmp_path):
     for page in ("app.py", "pages/1_Gallery.py", "pages/5_Blur_scores.py", "pages/3_Zero-shot.py"):
         assert_clean(open_page(page, dataset="small"))
     at = open_page("pages/1_Gallery.py", dataset="small")
-    assert len(buttons(at, "Reveal")) >= 3  # the three wound photos at least
+    assert len(buttons(at, REVEAL)) >= 3  # the three wound photos at least
 
 
 def test_model_without_text_tower(corpus_color, corpus_tiny):

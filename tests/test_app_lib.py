@@ -94,35 +94,19 @@ def test_thumbnail_refuses_bad_input_and_escaping_paths(small, tmp_path):
 # ----------------------------------------------------------------------------- safe view
 
 
-def test_sensitivity_table_rules():
-    images = pd.DataFrame({"id": list("abcdef"), "label": ["sensitive", "non_sensitive", None, "Blur",
-                                                            "non_sensitive", "normal"]})
-    eb = pd.DataFrame({"id": list("abcdef"), "eb": [0.0, 2.5, np.nan, -1.0, 0.2, 1.0]})
-    preds = pd.DataFrame({"id": ["b", "e", "f"], "score": [0.1, 0.5, 0.49]})
-    t = safety.sensitivity_table(images, eb=eb, preds=preds, threshold=1.0)
-    assert t["id"].tolist() == list("abcdef")
-    assert t["by_label"].tolist() == [True, False, False, True, False, False]
-    # b is above the threshold, c has no EB (fail-safe), f sits exactly on it (not above).
-    assert t["by_eb"].tolist() == [False, True, True, False, False, False]
-    assert t["by_pred"].tolist() == [False, False, False, False, True, False]
-    assert t["sensitive"].tolist() == [True, True, True, True, True, False]
-    assert t.loc[5, "reason"] == "" and "EB unknown" in t.loc[2, "reason"] and "p 0.50" in t.loc[4, "reason"]
-    # Without EB or predictions only the labels decide; a custom label list is honoured.
-    assert safety.sensitivity_table(images)["sensitive"].tolist() == [True, False, False, True, False, False]
-    assert safety.sensitivity_table(images, labels=["normal"])["sensitive"].tolist() == [False] * 5 + [True]
-    assert safety.is_sensitive_label(" Sensitive ") and not safety.is_sensitive_label("non_sensitive")
-    assert not safety.is_sensitive_label(None) and not safety.is_sensitive_label(float("nan"))
-
-
-def test_display_mode_is_fail_safe():
-    assert safety.display_mode(True) == "blur"
-    assert safety.display_mode(None, censor="pixelate") == "pixelate"  # unknown -> censored
-    assert safety.display_mode(np.nan) == "blur"
-    assert safety.display_mode(False) == "raw"
-    assert safety.display_mode(True, revealed=True) == "raw"
-    assert safety.display_mode(True, safe_view=False) == "raw"
+def test_mode_for_is_fail_safe():
+    assert thumbs.mode_for(True) == "blur"
+    assert thumbs.mode_for(None, censor="pixelate") == "pixelate"  # unknown -> censored
+    assert thumbs.mode_for(np.nan) == "blur"
+    assert thumbs.mode_for(False) == "raw"
+    assert thumbs.mode_for(True, revealed="full") == "raw"
+    assert thumbs.mode_for(True, revealed="regions") == "regions"
+    assert thumbs.mode_for(False, revealed="regions") == "raw"
+    assert thumbs.mode_for(True, safe_view=False) == "raw"
     with pytest.raises(ValueError):
-        safety.display_mode(True, censor="none")
+        thumbs.mode_for(True, censor="none")
+    with pytest.raises(ValueError):
+        thumbs.mode_for(True, revealed="yes")
 
 
 # ----------------------------------------------------------------------------- catalog
@@ -189,10 +173,11 @@ def test_filter_rows_matches_a_pandas_reference():
     eb = pd.DataFrame({"eb": np.where(rng.random(n) < 0.1, np.nan, rng.normal(size=n))})
     preds = pd.DataFrame({"id": images["id"][::2], "score": rng.random(n // 2),
                           "pred": rng.choice(["x", "y"], n // 2)})
-    sens = pd.DataFrame({"sensitive": rng.random(n) < 0.5})
+    dec = pd.DataFrame({"censored": rng.random(n) < 0.5,
+                        "evidence": rng.choice(["not yet screened", "flagged by EB", "cleared by label"], n)})
     rows = gallery.filter_rows(images, equals={"label": ["a", "(none)"], "source": []}, eb=eb, eb_range=(-1, 1),
-                               preds=preds, pred_values=["x"], score_range=(0.2, 0.9), sensitivity=sens,
-                               sensitive=True)
+                               preds=preds, pred_values=["x"], score_range=(0.2, 0.9), decision=dec,
+                               evidence=["not yet screened", "flagged by EB"], censored=True)
     ref = []
     by_id = preds.set_index("id")
     for i in range(n):
@@ -200,7 +185,7 @@ def test_filter_rows_matches_a_pandas_reference():
         if not (lab == "a" or pd.isna(lab)) or not (-1 <= e <= 1) or images.id[i] not in by_id.index:
             continue
         p = by_id.loc[images.id[i]]
-        if p.pred == "x" and 0.2 <= p.score <= 0.9 and sens.sensitive[i]:
+        if p.pred == "x" and 0.2 <= p.score <= 0.9 and dec.censored[i] and dec.evidence[i] != "cleared by label":
             ref.append(i)
     assert rows.tolist() == ref and len(ref) > 3
     assert gallery.filter_rows(images, ids=[images.id[5], "nope"]).tolist() == [5]

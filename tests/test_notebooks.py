@@ -96,7 +96,7 @@ def test_01_quickstart(corpus):
 
 def test_02_eb_scores(corpus):
     from lib.colorscore import score_dataset
-    from lib.safety import EB_THRESHOLD
+    from lib.sensitivity import EB_THRESHOLD
 
     nb, p = execute("02_eb_scores.ipynb", '{"home": str(config.home()), "missing": [], '
                     '"aucs": aucs["corpus"].to_dict(), "skin_vs_wound": aucs["azh wounds vs normal skin"].to_dict(), '
@@ -185,7 +185,7 @@ def test_04_model_comparison(corpus_color):
 
 def test_05_censoring(corpus_color):
     from lib.colorscore import score_dataset
-    from lib.safety import EB_THRESHOLD
+    from lib.sensitivity import EB_THRESHOLD
 
     nb, p = execute("05_censoring.ipynb", '{"home": str(config.home()), "missing": [], '
                     '"iou": ious.groupby("source")["iou"].mean().to_dict(), "iou_all": ious["iou"].mean(), '

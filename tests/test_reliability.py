@@ -895,10 +895,10 @@ def test_safe_view_tables_are_shared_by_sessions_not_copied(hostile):
     from lib import ui
 
     ctx = ui.Ctx(name="hostile", model=None)
-    assert ctx.sensitivity() is ctx.sensitivity()
-    assert ctx.sensitive_of() is ctx.sensitive_of()
+    assert ctx.decision() is ctx.decision()
+    assert ctx.view() is ctx.view()
     other = ui.Ctx(name="hostile", model=None)  # another session, same settings
-    assert other.sensitive_of() is ctx.sensitive_of()
-    stricter = ui.Ctx(name="hostile", model=None, eb_threshold=5.0)  # other settings: another table
-    assert stricter.sensitivity() is not ctx.sensitivity()
-    assert sum(stricter.sensitive_of().values()) <= sum(ctx.sensitive_of().values())
+    assert other.view() is ctx.view()
+    laxer = ui.Ctx(name="hostile", model=None, eb_threshold=5.0)  # other settings: another table
+    assert laxer.decision() is not ctx.decision()
+    assert sum(c for c, _ in laxer.view().values()) <= sum(c for c, _ in ctx.view().values())

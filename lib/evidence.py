@@ -1,0 +1,71 @@
+"""Gather a dataset's safe-view evidence from disk and make the decision (:mod:`lib.sensitivity`).
+
+The pieces are read here once each: the label policy, the annotation store's latest
+reviews, EB scores, NudeNet scores checked so far, and a detector's (or any) prediction
+table. :func:`decide_dataset` is what the CLI and the notebooks call; the app reads the
+same pieces through its cached loaders (``lib/ui.py``) and calls
+:func:`lib.sensitivity.decide` on them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from . import sensitivity
+
+
+def reviews(name: str, store=None) -> pd.DataFrame:
+    """:func:`lib.sensitivity.latest_reviews` of dataset ``name`` from the annotation store."""
+    from .annotations import AnnotationStore
+
+    store = store or AnnotationStore()
+    return sensitivity.latest_reviews(store.current(name))
+
+
+def screening_from_file(path: str | Path, threshold: float | None = None,
+                        table: pd.DataFrame | None = None) -> sensitivity.Screening:
+    """A prediction table file as evidence: its own screening threshold (a detector's
+    ``threshold`` column) unless ``threshold`` is given, else 0.5; named after the file."""
+    from .catalog import read_predictions
+
+    path = Path(path)
+    preds = read_predictions(path) if table is None else table
+    if threshold is None:
+        threshold = float(preds["threshold"].iloc[0]) if "threshold" in preds and len(preds) \
+            else sensitivity.PRED_THRESHOLD
+    at = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="seconds")
+    name = path.stem.removeprefix("detect-") if path.name.startswith("detect-") else path.stem
+    return sensitivity.Screening(preds.rename(columns={"score": "p"}), float(threshold), name, at)
+
+
+def decide_dataset(ds, *, eb_threshold: float | None = sensitivity.EB_THRESHOLD, predictions: str | Path | None = None,
+                   pred_threshold: float | None = None, store=None, nudity: bool = True,
+                   progress=None) -> pd.DataFrame:
+    """The safe view's decision for every row of dataset ``ds`` (:func:`lib.sensitivity.decide`).
+
+    Parameters
+    ----------
+    eb_threshold : the EB cut; None leaves EB out (it is computed, and cached, otherwise).
+    predictions : a prediction table file (e.g. a detector's ``detect-*.parquet``).
+    nudity : use the NudeNet scores already computed (``python -m lib nudity NAME``).
+
+    A policy file that cannot be read censors every image, with the error as the reason.
+    """
+    from . import nudity as nudity_mod
+    from .gallery import eb_scores
+
+    try:
+        policy, error = sensitivity.load_policy(ds.name), None
+        sensitivity.vocabulary()
+    except sensitivity.PolicyError as e:
+        policy, error = sensitivity.LabelPolicy(), str(e)
+    nud = nudity_mod.cached(ds.images["id"]) if nudity else None
+    return sensitivity.decide(
+        ds.images, policy=policy, policy_error=error, reviews=reviews(ds.name, store),
+        eb=None if eb_threshold is None else eb_scores(ds, progress=progress),
+        eb_threshold=sensitivity.EB_THRESHOLD if eb_threshold is None else float(eb_threshold),
+        nudity=nud if nud is not None and len(nud) else None,
+        screening=None if predictions is None else screening_from_file(predictions, pred_threshold))

@@ -1,0 +1,72 @@
+"""The one writer of files: every artifact is written to a temporary name beside its
+target, flushed to disk and moved into place with ``os.replace``.
+
+A reader (another process, an app session) therefore sees the previous file or the whole
+new one, never half of one, and a process killed mid-write leaves no partial file under
+the final name. Nothing here writes pickles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def write_with(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, durable: bool = True) -> Path:
+    """Atomically write ``path`` by calling ``write(f)`` on a binary file object; returns the path.
+
+    ``durable`` also forces the bytes to disk before the rename (so a power loss cannot
+    leave an empty file under the final name); caches that are cheap to rebuild skip it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> Path:
+    return write_with(path, lambda f: f.write(data), durable=durable)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
+    """JSON (``default=str`` for dates and paths), newline-terminated."""
+    return write_text(path, json.dumps(obj, indent=indent, default=str, sort_keys=False) + "\n")
+
+
+def write_table(path: str | os.PathLike, df) -> Path:
+    """A DataFrame as CSV (``.csv``) or parquet (any other suffix), without its index."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        return write_with(path, lambda f: df.to_csv(f, index=False))
+    return write_with(path, lambda f: df.to_parquet(f, index=False))
+
+
+def write_npz(path: str | os.PathLike, **arrays) -> Path:
+    """Numeric arrays as an uncompressed ``.npz`` (read back with ``allow_pickle=False``)."""
+    import numpy as np
+
+    for k, v in arrays.items():
+        if np.asarray(v).dtype == object:
+            raise ValueError(f"array {k!r} has dtype object: it would need a pickle")
+    return write_with(path, lambda f: np.savez(f, **arrays))
