@@ -851,6 +851,172 @@ def cmd_export(a) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- detectors: train, predict, suggest (lib/detector.py)
+
+
+def _detector_train_args(p) -> None:
+    from .detector import RULES, VAL_FRAC
+
+    p.add_argument("names", nargs="+", metavar="NAME", help="dataset(s) whose labels train the detector")
+    _model_args(p)
+    p.add_argument("--detector", required=True, metavar="DET", help="name to save the detector under")
+    p.add_argument("--labels", default=None, metavar="FILE.csv",
+                   help="label file: 'label' and 'id' (or a unique id prefix) or 'path'; it wins over dataset labels")
+    p.add_argument("--from-annotations", action="store_true",
+                   help="also the annotation store's reviews (Ok safe, Blur sensitive; Maybe left out)")
+    p.add_argument("--no-dataset-labels", action="store_true", help="leave the datasets' own labels out")
+    p.add_argument("--val-frac", type=float, default=VAL_FRAC, help="validation share, stratified (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation split and the calibration folds")
+    p.add_argument("--C", type=float, default=1.0, help="inverse L2 regularisation strength")
+    p.add_argument("--calibration", default="sigmoid", choices=["sigmoid", "isotonic"])
+    p.add_argument("--screening", default="R95", choices=list(RULES),
+                   help="the operating point that clears images (default R95: 95%% validation recall)")
+
+
+def _print_thresholds(det) -> None:
+    t = det.thresholds()
+    t = t.assign(rule=[("* " if s else "  ") + r for r, s in zip(t["rule"], t["screening"], strict=True)])
+    print("\nthresholds on validation (* screening):")
+    _print_table(t[["rule", "threshold", "precision", "recall", "specificity", "f1", "double_f1", "flagged"]].round(4))
+
+
+@verb("train", "train a detector (calibrated logistic regression) on labelled embeddings of one or more datasets")
+@args_for(_detector_train_args)
+def cmd_train(a) -> int:
+    import pandas as pd
+
+    from . import detector
+
+    det, labels = detector.train(
+        a.names, a.model, a.detector, random_weights=a.random_weights, labels_file=a.labels,
+        from_annotations=a.from_annotations, dataset_labels=not a.no_dataset_labels, val_frac=a.val_frac,
+        seed=a.seed, C=a.C, calibration=a.calibration, screening=a.screening)
+    print(f"detector {a.detector!r}: {a.model} on {', '.join(a.names)}")
+    print("\nlabels per source (each distinct image once; file > reviews > dataset labels):")
+    _print_table(labels.counts)
+    for line in labels.notes():
+        print(f"note: {line}")
+    s, v = det.meta["split"], det.meta["validation"]
+    print(f"\nsplit: {s['n_train']} training, {s['n_val']} validation images (seed {s['seed']}); "
+          f"calibration {det.meta['classifier']['calibration']}")
+    rows = [("AUC", v["auc"]), ("AP", v["ap"]), ("Double F1 at screening", v["double_f1"]),
+            ("recall at screening", v["recall"]), ("specificity at screening", v["specificity"]),
+            ("unfamiliar share", v["unfamiliar_rate"])]
+    print("validation metrics:")
+    _print_table(pd.DataFrame({"metric": [r[0] for r in rows], "value": [round(float(r[1]), 4) for r in rows]}))
+    _print_thresholds(det)
+    print(f"\nunfamiliar beyond cosine distance {det.cut:.4f} to the nearest training image "
+          f"({det.meta['familiarity']['percentile']:g}th percentile of leave-one-out distances, "
+          f"{det.meta['familiarity']['index']} index)")
+    print(f"saved: {detector.detector_dir(a.detector)}")
+    return 0
+
+
+def _print_detector_slices(name: str, table, truth, slice_col: str | None, threshold: float) -> None:
+    if not slice_col:
+        return
+    from . import dataset
+    from .errors import WorkbenchError
+    from .metrics import sliced_metrics
+
+    images = dataset.load(name).images
+    if slice_col not in images.columns:
+        raise WorkbenchError(f"dataset {name!r} has no column {slice_col!r} (columns: {', '.join(images.columns)})")
+    sub = table.assign(_slice=images[slice_col].to_numpy(), truth=truth.to_numpy()).dropna(subset=["truth"])
+    out = sliced_metrics(sub, "_slice", "truth", "p", positive="sensitive", threshold=threshold)
+    print(f"\nper {slice_col} (positive class sensitive, at the screening threshold {threshold:.4f}):")
+    _print_table(out.rename(columns={"slice": slice_col}).round(4), 60)
+
+
+@verb("predict", "screen a dataset with a detector: p, sensitive, uncertain, unfamiliar per image")
+@args_for(lambda p: (
+    p.add_argument("name"),
+    p.add_argument("--detector", required=True, metavar="DET"),
+    p.add_argument("--out", default=None, metavar="FILE.csv", help="also write the table here (CSV or parquet)"),
+    p.add_argument("--tta", dest="tta", action="store_true", default=None,
+                   help="compute the 7 flips / rotations (uncertain) even for a costly model (on by default for color)"),
+    p.add_argument("--no-tta", dest="tta", action="store_false", help="leave the flips / rotations out"),
+    _add_slice_arg(p),
+))
+def cmd_predict(a) -> int:
+    from pathlib import Path
+
+    import pandas as pd
+
+    from . import detector
+    from .files import write_table
+
+    det = detector.load(a.detector)
+    progress = None
+    if sys.stderr.isatty():
+        def progress(done, total):
+            print(f"\rflips and rotations: {done}/{total}", end="" if done < total else "\n", file=sys.stderr)
+    table = detector.predict(a.name, det, tta=a.tta, progress=progress)
+    path = detector.prediction_path(a.name, det.name)
+    print(f"{a.name} screened by {det.name!r} ({det.spec}; screening threshold p >= {det.threshold:.4f}, "
+          f"rule {det.meta['screening']['rule']}): {len(table)} images")
+    _print_table(detector.screen_counts(table).round({"share": 4}))
+    truth = detector.dataset_truth(a.name)
+    known = truth.notna().to_numpy()
+    if known.any():
+        t = table[known].assign(truth=truth[known].to_numpy()).drop_duplicates("id")
+        unc = t["uncertain"].fillna(False).astype(bool).to_numpy() if t["uncertain"].notna().any() else None
+        m = detector.evaluate(t["truth"].eq("sensitive").to_numpy(), t["p"].to_numpy(), det.threshold,
+                              t["unfamiliar"].to_numpy(bool), unc)
+        keys = ["n", "sensitive", "safe", "auc", "ap", "recall", "specificity", "safe_cleared", "sensitive_cleared"]
+        print(f"\nagainst the dataset's labels ({m['n']} labelled distinct images):")
+        _print_table(pd.DataFrame({"metric": keys, "value": [
+            str(m[k]) if isinstance(m[k], int) else f"{m[k]:.4f}" for k in keys]}))
+        _print_detector_slices(a.name, table, truth, a.slice_col, det.threshold)
+    elif a.slice_col:
+        print(f"\n(--slice-col {a.slice_col}: dataset {a.name!r} has no labels its policy calls sensitive or safe)")
+    print(f"\nwritten: {path}")
+    if a.out:
+        write_table(Path(a.out), table)
+        print(f"written: {a.out}")
+    return 0
+
+
+@verb("suggest", "the images to label next for a detector: unfamiliar regions first, then uncertain, then diverse")
+@args_for(lambda p: (
+    p.add_argument("name"),
+    p.add_argument("--detector", required=True, metavar="DET"),
+    p.add_argument("--n", type=int, default=20, help="how many images"),
+    p.add_argument("--out", default=None, metavar="FILE.csv", help="write id, path, why (and rank, p, distance)"),
+    p.add_argument("--tta", dest="tta", action="store_true", default=None,
+                   help="compute the flips / rotations even for a costly model"),
+    p.add_argument("--no-tta", dest="tta", action="store_false"),
+    p.add_argument("--seed", type=int, default=0, help="seed of the k-means that picks diverse images"),
+))
+def cmd_suggest(a) -> int:
+    from pathlib import Path
+
+    from . import detector
+    from .files import write_table
+
+    det = detector.load(a.detector)
+    out = detector.suggest(a.name, det, a.n, tta=a.tta, seed=a.seed)
+    print(f"{a.name}: the next {len(out)} image(s) to review for {det.name!r} (reviewed and training images left out)")
+    if len(out):
+        shown = out.assign(id=out["id"].str[:12], p=out["p"].round(3), distance=out["distance"].round(4))
+        _print_table(shown[["rank", "id", "why", "p", "distance", "path"]], len(out))
+    if a.out:
+        write_table(Path(a.out), out[["id", "path", "why", "rank", "p", "distance"]])
+        print(f"written: {a.out}")
+    return 0
+
+
+@verb("detectors", "list the saved detectors with model, training sets, label counts and validation AUC")
+def cmd_detectors(a) -> int:
+    from . import detector
+
+    df = detector.list_detectors()
+    if df["error"].isna().all():
+        df = df.drop(columns="error")
+    _print_table(df.round({"val_auc": 4, "threshold": 4}), 200)
+    return 0
+
+
 # ---------------------------------------------------------------- main
 
 
