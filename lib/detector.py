@@ -533,8 +533,7 @@ def _familiarity_index(ref: np.ndarray, centroids: np.ndarray | None, nprobe: in
     else:
         quantizer = faiss.IndexFlatIP(d)
         quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
-        index = faiss.IndexIVFFlat(quantizer, d, len(centroids), faiss.METRIC_INNER_PRODUCT)
-        index._quantizer = quantizer  # keep it alive with the index
+        index = faiss.IndexIVFFlat(quantizer, d, len(centroids), faiss.METRIC_INNER_PRODUCT)  # holds a ref to it
         index.nprobe = int(nprobe or 1)
     for start in range(0, len(ref), 65536):
         index.add(ref[start:start + 65536])
