@@ -940,3 +940,96 @@ def send_review(name: str, expansion: str, file_name: str) -> None:
 def sent_review(name: str) -> dict | None:
     sent = _ss().get(REVIEW_QUEUE_KEY)
     return sent if sent and sent.get("dataset") == name else None
+
+
+# =========================================================================== detectors
+# Helpers of the Screen page (10) and of the detector parts of Annotate and Gallery; the
+# logic lives in lib/detector.py.
+
+PAGES.update({"screen": "pages/10_Screen.py"})
+
+
+def _detectors_stamp() -> str:
+    from .detector import detectors_dir, known_names
+
+    return ";".join(_file_stamp(detectors_dir() / n / "detector.json") for n in known_names())
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _detector_list(home: str, stamp: str) -> pd.DataFrame:
+    from .detector import list_detectors
+
+    return list_detectors()
+
+
+def detector_list() -> pd.DataFrame:
+    """:func:`lib.detector.list_detectors`, cached until a detector is saved."""
+    return _detector_list(_home(), _detectors_stamp())
+
+
+def detector_names() -> list[str]:
+    """The saved detectors that load (damaged ones are listed by :func:`detector_list` with their error)."""
+    df = detector_list()
+    return df.loc[df["error"].isna(), "name"].tolist()
+
+
+@st.cache_resource(show_spinner="Loading the detector…", max_entries=8)
+def _detector(home: str, name: str, stamp: str):
+    from .detector import load
+
+    return load(name)
+
+
+def load_detector(name: str):
+    """A saved detector (:func:`lib.detector.load`; shared by every session: never modify it)."""
+    from .detector import detector_dir
+
+    return _detector(_home(), name, _file_stamp(detector_dir(name) / "detector.json"))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _screening_table(path: str, stamp: str) -> pd.DataFrame:
+    from .detector import read_screening
+
+    return read_screening(path)
+
+
+def screening_table(name: str, det_name: str) -> pd.DataFrame | None:
+    """The table ``python -m lib predict`` (or the Screen page) wrote for this dataset and detector, or None."""
+    from .detector import prediction_path
+
+    path = prediction_path(name, det_name)
+    return _screening_table(str(path), _file_stamp(path)) if path.exists() else None
+
+
+def use_predictions(path) -> None:
+    """Make ``path`` the sidebar's prediction table (the safe view's detector) from the next run on."""
+    _ss()["wb:preds"] = str(path)
+
+
+def retrain_panel(ctx: Ctx, det_name: str, store) -> None:
+    """The Annotate page's "Retrain" button for detector ``det_name`` (enabled once images of
+    this dataset were reviewed that it has not learnt from) and its learning curve."""
+    from . import detector as det_mod
+
+    det = load_detector(det_name)
+    new = det_mod.reviewed_ids(ctx.name, store) - det.labelled_ids()
+    with st.expander(f"Detector `{det_name}`: {len(new)} review(s) it has not learnt from yet", expanded=bool(new)):
+        c1, c2 = st.columns([1, 3])
+        if c1.button("Retrain", key="an-retrain", disabled=not new, icon=":material/model_training:",
+                     help="Refit the detector on all labels so far: its datasets and label file, this dataset, "
+                          "and every review in the annotation store."):
+            bar = c2.progress(0.0, text="Retraining")
+            try:
+                det_mod.retrain(det_name, add_datasets=[ctx.name], store=store,
+                                progress=progress_callback(bar, "Retraining"))
+            except WorkbenchError as e:
+                st.error(str(e))
+            else:
+                st.rerun()
+        curve = det_mod.learning_curve(det)
+        if len(curve) >= 1:
+            st.plotly_chart(det_mod.learning_curve_figure(curve), key="an-curve")
+            st.caption("Validation AUC, and recall and specificity at the 95%-recall screening threshold, after each "
+                       "training (recall is at least 0.95 on validation by construction; specificity is the share "
+                       "of safe validation images the threshold clears).")
