@@ -105,6 +105,10 @@ CHEAP_KINDS = ("color",)
 #: After the unfamiliar images, this share of the remaining suggestions goes to uncertain
 #: images near the threshold, the rest to diversity (k-means centres of what is left).
 UNCERTAIN_SHARE = 0.5
+#: Why an image is suggested, in words.
+WHY = {"unfamiliar": "unlike anything the detector was trained on",
+       "uncertain": "the detector is unsure of it (near its threshold, or unsteady under flips and rotations)",
+       "diverse": "it stands for a part of this collection no label covers yet"}
 #: Screening groups, exclusive, in precedence order (as the safe view decides).
 GROUPS = ("flagged", "unfamiliar", "uncertain", "cleared")
 
@@ -1197,6 +1201,17 @@ def screen_counts(table: pd.DataFrame, threshold: float | None = None) -> pd.Dat
     return out
 
 
+def screen_examples(table: pd.DataFrame, group: str, n: int = 6) -> pd.DataFrame:
+    """Up to ``n`` distinct images of one :data:`GROUPS` of a :func:`predict` table, with
+    their dataset ``row``: the highest p first (flagged), the farthest (unfamiliar), the
+    least stable under flips (uncertain), the lowest p (cleared)."""
+    by, ascending = {"flagged": ("p", False), "unfamiliar": ("distance", False), "uncertain": ("tta_sd", False),
+                     "cleared": ("p", True)}[group]
+    sub = table.assign(row=np.arange(len(table)), group=screen_groups(table))
+    sub = sub[sub["group"] == group].drop_duplicates("id")
+    return sub.sort_values([by, "row"], ascending=[ascending, True], kind="stable").head(n).reset_index(drop=True)
+
+
 def filter_mask(images: pd.DataFrame, table: pd.DataFrame, *, groups: Sequence[str] | None = None,
                 uncertain: bool | None = None, unfamiliar: bool | None = None,
                 threshold: float | None = None) -> np.ndarray:
@@ -1212,7 +1227,7 @@ def filter_mask(images: pd.DataFrame, table: pd.DataFrame, *, groups: Sequence[s
     if "p" not in t and "score" in t:
         t = t.rename(columns={"score": "p"})
     t = t.reindex(images["id"].astype(str))
-    keep = t["p"].notna().to_numpy()
+    keep = t["p"].notna().to_numpy().copy()  # (pandas may hand out a read-only view)
     if groups:
         keep &= np.isin(screen_groups(t, thr), list(groups))
     for col, want in (("uncertain", uncertain), ("unfamiliar", unfamiliar)):

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from lib import gallery, ui
+from lib.detector import GROUPS, filter_mask
 from lib.sensitivity import EVIDENCE_VALUES
 
 ctx = ui.setup("Gallery", ":material/grid_view:")
@@ -36,13 +37,24 @@ with ui.guard():
                                   "images not yet screened, check what a detector cleared, …")
         which = c3.radio("Shown", ["all", "censored", "raw"], key="g-sens", horizontal=False)
         prefix = c4.text_input("Id starts with", key="g-prefix")
-        pred_values, score_range = None, None
+        pred_values, score_range, det_keep = None, None, None
         if preds is not None:
             p1, p2 = st.columns(2)
             classes = sorted(preds["pred"].dropna().astype(str).unique())
             pred_values = p1.multiselect("Predicted class", classes, key="g-pred", placeholder="all")
-            sr = p2.slider("Predicted score", 0.0, 1.0, (0.0, 1.0), key="g-score")
+            sr = p2.slider("Predicted score (p)", 0.0, 1.0, (0.0, 1.0), key="g-score")
             score_range = sr if sr != (0.0, 1.0) else None
+            if "unfamiliar" in preds:  # a detector's screening
+                d1, d2, d3 = st.columns([2, 1, 1])
+                det_groups = d1.multiselect(
+                    "Detector decision", list(GROUPS), key="g-det", placeholder="all",
+                    help="flagged: p at or above the threshold; unfamiliar: below it but far from every training "
+                         "image; uncertain: below it but unsteady under flips and rotations; cleared: the rest.")
+                yes_no = {"any": None, "yes": True, "no": False}
+                unc = d2.radio("Uncertain", list(yes_no), horizontal=True, key="g-unc")
+                unf = d3.radio("Unfamiliar", list(yes_no), horizontal=True, key="g-unf")
+                det_keep = filter_mask(images, preds, groups=det_groups, uncertain=yes_no[unc],
+                                       unfamiliar=yes_no[unf], threshold=ctx.pred_threshold)
         else:
             st.caption("Choose a prediction table in the sidebar to filter on a model's predictions.")
 
@@ -58,6 +70,8 @@ with ui.guard():
         images, equals=equals, eb=eb, eb_range=eb_range, preds=preds, pred_values=pred_values,
         score_range=score_range, ids=sel["ids"] if only_sel else None, id_prefix=prefix or None,
         decision=decision, evidence=evidence, censored=None if which == "all" else which == "censored")
+    if det_keep is not None:
+        rows = rows[det_keep[rows]]
 
     top = st.columns([3, 1, 1])
     top[0].markdown(gallery.shown_summary(len(rows), len(images), decision.iloc[rows], ctx.safe_view))

@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from lib import detector as det_mod
 from lib import ui
 from lib import workflow as wf
 from lib.errors import WorkbenchError
@@ -29,11 +30,14 @@ with ui.guard():
         ss["an-kind"] = "Review sample"
         ss["an-exp"] = sent["expansion"]
         ss["an-file"] = sent["file"]
-    kind = st.radio("Queue", ["Seeds to pick", "Not yet screened", "Review sample"], horizontal=True, key="an-kind",
+    kind = st.radio("Queue", ["Seeds to pick", "Not yet screened", "Review sample", "Suggested by a detector"],
+                    horizontal=True, key="an-kind",
                     help="Seeds: images to label by hand (the start of an expansion). Not yet screened: the images "
                          "the safe view has no evidence about; an Ok clears one, Blur or Maybe flags it. Review "
                          "sample: neighbours drawn per band of ranks on the Expand page, labelled blind by two "
-                         "annotators.")
+                         "annotators. Suggested by a detector: the images that teach a detector most (unfamiliar "
+                         "regions first, then uncertain ones near its threshold, then diverse ones); retrain it "
+                         "after a batch.")
 
     if kind in ("Seeds to pick", "Not yet screened"):
         decision = ctx.decision()
@@ -59,6 +63,27 @@ with ui.guard():
                                            ids=unscreened, task="seed" if unscreened is None else "screen")
             ss["an-sig"], ss["an-pos"] = signature, 0
         queue_name = "seeds" if unscreened is None else "not-yet-screened"
+    elif kind == "Suggested by a detector":
+        det_names = ui.detector_names()
+        if not det_names:
+            st.info("**No detector yet.** Train one on the Screen page (or `python -m lib train`).")
+            ui.nav_link("screen", "Open Screen", ctx, icon=":material/shield:")
+            st.stop()
+        c = st.columns([3, 1, 1])
+        det_name = c[0].selectbox("Detector", det_names, key="an-det")
+        size = int(c[1].number_input("Suggestions", 5, 500, 20, step=5, key="an-dsize"))
+        if c[2].button("New suggestions", key="an-dnew", help="Suggest again (leaves out what was reviewed)"):
+            ss["an-dgen"] = ss.get("an-dgen", 0) + 1
+        det = ui.load_detector(det_name)
+        ui.retrain_panel(ctx, det_name, store)
+        signature = ("suggest", ctx.name, det_name, det.meta.get("created"), size, ss.get("an-dgen", 0))
+        if ss.get("an-sig") != signature:
+            bar = st.progress(0.0, text="Choosing what to label next")
+            ss["an-queue"] = det_mod.suggest_queue(det_mod.suggest(
+                ctx.name, det, size, store=store, progress=ui.progress_callback(bar, "Flips and rotations")))
+            bar.empty()
+            ss["an-sig"], ss["an-pos"] = signature, 0
+        queue_name = f"suggested:{det_name}"
     else:
         exps = wf.list_expansions(ctx.name)
         if exps.empty:
@@ -167,6 +192,8 @@ with ui.guard():
                    "and the next unlabelled image follows.")
         if rec["task"] == "review":
             st.caption("Review: judge the image itself; its seed and rank stay hidden so the review is blind.")
+        if rec["task"] == "suggest":
+            st.caption(f"Suggested (**{rec['why']}**): {det_mod.WHY.get(rec['why'], '')}.")
 
     with st.expander(f"The queue ({len(ids)} images)"):
         table = queue[["id", "task"]].assign(
