@@ -364,6 +364,23 @@ def label_table(images: pd.DataFrame, policy: LabelPolicy) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["label", "images", "class", "source"])
 
 
+def table_edits(before: pd.DataFrame, after: pd.DataFrame) -> dict:
+    """The :func:`set_policy` arguments that turn :func:`label_table` ``before`` into the
+    edited ``after`` (same rows, ``class`` changed): a label set to sensitive / safe is added
+    to that side, one set to unknown loses its explicit entry; the ``(none)`` row (images
+    without a label) switches ``all_sensitive``."""
+    out: dict = {"sensitive": [], "safe": [], "unknown": [], "all_sensitive": None}
+    was = dict(zip(before["label"], before["class"], strict=True))
+    for lab, cls in zip(after["label"], after["class"], strict=True):
+        if was.get(lab) == cls:
+            continue
+        if lab == "(none)":
+            out["all_sensitive"] = cls == SENSITIVE
+        elif cls in (SENSITIVE, SAFE, UNKNOWN):
+            out[cls].append(lab)
+    return out
+
+
 def binary_truth(labels, policy: LabelPolicy) -> pd.Series:
     """Labels as the binary classes ``sensitive`` / ``safe`` under ``policy`` (None where
     unknown or missing), same index as ``labels``."""

@@ -3,7 +3,7 @@
 import plotly.express as px
 import streamlit as st
 
-from lib import catalog, gallery, ui
+from lib import catalog, gallery, sensitivity, ui
 from lib import dataset as ds_mod
 from lib.catalog import ModelChoice
 from lib.models import aliases
@@ -13,8 +13,9 @@ ctx = ui.setup("Home", ":material/home:")
 
 st.title("Sensitive image workbench")
 st.caption("Find the images a lay viewer must not see without a warning, grow labelled sets through nearest "
-           "neighbours, and compare image models — with **safe view on by default**: sensitive images reach "
-           "the browser only blurred until you reveal one.")
+           "neighbours, and compare image models — with **safe view on by default**: an image reaches the "
+           "browser unblurred only with positive evidence that it is safe (a safe label, an Ok review, a confident "
+           "detector clearance, a known-safe dataset); every other image is censored, with its reason.")
 
 with ui.guard():
     summary = ui.datasets_summary()
@@ -69,6 +70,63 @@ with ui.guard():
         else:
             st.caption("No duplicate files.")
 
+    st.subheader("Safe view", help="An image is shown unblurred only with positive evidence that it is safe; "
+                 "everything else is censored with its reason.")
+    decision = ctx.decision()
+    counts = sensitivity.breakdown(decision)
+    n_raw = int((~decision["censored"]).sum())
+    sv1, sv2 = st.columns([2, 3])
+    with sv1:
+        st.markdown(f"**{len(decision) - n_raw}** censored · **{n_raw}** shown raw, by evidence:")
+        st.dataframe(counts, hide_index=True, width="stretch")
+        ui.nav_link("gallery", "Work through them in the Gallery", ctx, icon=":material/grid_view:")
+    with sv2:
+        policy, policy_error = ctx.policy()
+        st.markdown("**Label policy**: which labels mean sensitive or safe (unknown labels are censored). "
+                    "The `(none)` row is the images without a label.")
+        table = sensitivity.label_table(ds.images, policy)
+        edited = st.data_editor(
+            table, hide_index=True, width="stretch", disabled=["label", "images", "source"], key="home-policy",
+            column_config={"class": st.column_config.SelectboxColumn(
+                "class", options=list(sensitivity.CLASSES), required=True,
+                help="sensitive: censored, and the positive class of every metric; safe: may be shown raw; "
+                     "unknown: censored (not yet screened)")})
+        who_default = st.session_state.get("wb:annotator", "")
+        p1, p2 = st.columns([2, 1])
+        who = p1.text_input("Your name (recorded with each change)", value=who_default, key="home-policy-who",
+                            max_chars=64)
+        changes = sensitivity.table_edits(table, edited)
+        if p2.button("Save policy", type="primary", disabled=not any(changes.values()) or not who.strip(),
+                     key="home-policy-save"):
+            sensitivity.set_policy(ctx.name, by=who.strip(), **changes)
+            st.rerun()
+        ks = policy.known_safe
+        if ks:
+            st.caption(f"Known-safe: marked by {ks['by']} on {str(ks['at'])[:10]}.")
+            if st.button("Remove the known-safe mark", key="home-unsafe", disabled=not who.strip()):
+                sensitivity.set_policy(ctx.name, known_safe=False, by=who.strip())
+                st.rerun()
+        elif st.button("Mark the whole dataset known-safe", key="home-known-safe", disabled=not who.strip(),
+                       help="For a collection you know holds nothing disturbing (an X-ray archive, say): every "
+                            "image nothing flags is shown raw. Recorded with your name and the time."):
+            sensitivity.set_policy(ctx.name, known_safe=True, by=who.strip())
+            st.rerun()
+        checked = ui.nudity_table(ctx.name)
+        n_checked = 0 if checked is None else len(checked)
+        n_unique = len(ds.unique_ids)
+        label = f"Check {n_unique - n_checked} image(s) for nudity (NudeNet, offline)"
+        if n_checked < n_unique and st.button(label, key="home-nudenet",
+                                              help="NudeNet flags exposed intimate parts; it never clears an image."):
+            from lib import nudity
+
+            bar = st.progress(0.0, text="NudeNet…")
+            nudity.check_dataset(ds, progress=ui.progress_callback(bar, "NudeNet"))
+            bar.empty()
+            st.rerun()
+        elif n_checked >= n_unique:
+            flagged = int((checked["nudity"] >= sensitivity.NUDITY_THRESHOLD).sum())
+            st.caption(f"NudeNet checked every image: {flagged} flagged.")
+
     st.subheader("Models")
     status = ctx.status()
     if len(status):
@@ -89,6 +147,9 @@ with ui.guard():
         st.markdown("**Ingest a folder or a manifest** (CSV/parquet with a `path` column)")
         source = st.text_input("Folder or manifest path", placeholder="/path/to/images or /path/to/manifest.csv")
         new_name = st.text_input("Dataset name", placeholder="mine")
+        all_sensitive = st.checkbox("Every image is sensitive unless its label says safe",
+                                    help="For a folder of wounds without labels: they are flagged, not merely "
+                                         "unscreened (both are censored; flagged images count as positives).")
         go = st.form_submit_button("Ingest", type="primary")
     if go:
         with ing:
@@ -96,10 +157,15 @@ with ui.guard():
             report = ds_mod.ingest(source.strip(), new_name.strip(),
                                    progress_callback=ui.progress_callback(bar, "Ingesting"))
             bar.empty()
-            st.success(report.summary())
-            ui.set_page_param("dataset", new_name.strip())
-            st.session_state["wb:dataset"] = new_name.strip()
-            st.button("Show it")
+            if all_sensitive:
+                sensitivity.set_policy(report.name, all_sensitive=True, by="ingest")
+            st.session_state["home-ingested"] = report.summary()
+            ui.set_page_param("dataset", report.name)
+            st.session_state["wb:dataset"] = report.name
+            st.rerun()  # the new dataset in the table above, and selected
+    if st.session_state.get("home-ingested"):
+        with ing:
+            st.success(st.session_state.pop("home-ingested"))
 
     with emb, st.form("embed"):
         st.markdown(f"**Embed `{ctx.name}`** with a model (only missing images are computed)")

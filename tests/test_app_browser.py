@@ -209,10 +209,11 @@ def test_safe_view_serves_blurred_bytes_and_reveal_shows_one(page, server, truth
     for k in plain:
         assert images[k][1] == expected(truth[k], False)
 
-    # Reveal the first sensitive image: only it turns sharp.
+    # Reveal the first sensitive image (behind its warning): only it turns sharp.
     target = sens[0]
     old_src = images[target][0]
     cell_of(page, target).get_by_role("button", name="Reveal").click()
+    page.locator('[data-testid="stPopoverBody"]').get_by_role("button", name="Show the full image").click()
     page.wait_for_function(
         "([alt, old]) => { const i = document.querySelector(`img[alt='${alt}']`); return i && i.src && !i.src.endsWith(old); }",
         arg=[f"image {target}", old_src])
@@ -223,7 +224,7 @@ def test_safe_view_serves_blurred_bytes_and_reveal_shows_one(page, server, truth
     assert band_energy(after[target][1]) > 5 * band_energy(images[target][1])
     for k in sens[1:]:
         assert after[k][1] == expected(truth[k], True), truth[k]["path"]
-    cell_of(page, target).get_by_role("button", name="Hide").wait_for()
+    cell_of(page, target).get_by_role("button", name="Re-blur").wait_for()
     shot(page, "gallery-revealed")
 
 

@@ -77,14 +77,19 @@ def test_annotate_labels_go_to_the_store(workflow_corpus):
     assert at.session_state["an-pos"] == 3
     assert len(store.history("corpus", queue["id"].iloc[2], "at-alice")) == 2  # history keeps both
 
-    # the current image starts censored when sensitive; Reveal shows it, for this session only
+    # the current image starts censored when sensitive, with its reason; Reveal asks first (a warning
+    # naming the reason), V again shows it for this session only, V once more re-blurs it
     rec_id = queue["id"].iloc[3]
     assert ds_mod.load("corpus").images.set_index("id").loc[[rec_id], "label"].iloc[0] == "sensitive"
     assert at.image[0].captions[0].endswith("censored")
+    assert any("label sensitive → sensitive" in c.value for c in at.caption)
     at.button(key="an-reveal").click().run()
-    assert rec_id in at.session_state["wb:revealed"]
+    assert rec_id not in at.session_state["wb:revealed"] and at.image[0].captions[0].endswith("censored")
+    assert any("label sensitive → sensitive" in w.value for w in at.warning)
+    at.button(key="an-reveal").click().run()
+    assert at.session_state["wb:revealed"].get(rec_id) == "full"
     assert not at.image[0].captions[0].endswith("censored")
-    at.button(key="an-reveal").click().run()  # V again hides it
+    at.button(key="an-reveal").click().run()  # V again re-blurs it
     assert rec_id not in at.session_state["wb:revealed"] and at.image[0].captions[0].endswith("censored")
 
 
