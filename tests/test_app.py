@@ -8,6 +8,7 @@ tiny random-weight model) are checked against independent computations.
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -272,6 +273,21 @@ def test_dataset_without_embeddings(private_home, corpus_dir, tmp_path):
         assert_clean(open_page(page, dataset="small"))
     at = open_page("pages/1_Gallery.py", dataset="small")
     assert len(buttons(at, REVEAL)) >= 3  # the three wound photos at least
+
+
+def test_broken_policy_file_censors_every_image_and_says_why(private_home, corpus_dir, tmp_path):
+    from lib import dataset, sensitivity
+
+    dataset.ingest(copy_images(corpus_dir, tmp_path / "small"), "small")
+    for page in ("pages/1_Gallery.py", "pages/2_Neighbours.py", "app.py"):
+        assert_clean(open_page(page, dataset="small"))
+    at = open_page("pages/1_Gallery.py", dataset="small")
+    assert re.search(r"· [1-3] shown raw", texts(at.markdown))  # non_sensitive photos EB does not flag, before
+    sensitivity.policy_path("small").write_text('{"safe": ["non_sensitive",]}')
+    at = open_page("pages/1_Gallery.py", dataset="small")
+    assert not at.exception
+    assert "every image is censored" in texts(at.error) and "policy.json, line 1" in texts(at.error)
+    assert "· 0 shown raw" in texts(at.markdown) and len(buttons(at, REVEAL)) == 6
 
 
 def test_model_without_text_tower(corpus_color, corpus_tiny):

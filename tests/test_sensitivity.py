@@ -333,3 +333,30 @@ def test_policy_json_round_trip_and_validation(tmp_path):
     for bad in ([], {"safe": "normal"}, {"known_safe": {"by": "x"}}, {"all_sensitive": "yes"}):
         with pytest.raises(sv.PolicyError):
             sv.LabelPolicy.from_json(bad)
+
+
+# ----------------------------------------------------------------------------- NudeNet evidence
+
+
+def test_nudenet_is_computed_once_per_image_and_only_flags(wound_folder, monkeypatch):
+    from lib import nudity
+    from lib.evidence import decide_dataset
+
+    dataset.ingest(wound_folder, "sv-nude")
+    ds = dataset.load("sv-nude")
+    first = nudity.check_dataset(ds)  # the real NudeNet ONNX model, offline
+    assert len(first) == len(ds.unique_ids) and first["nudity"].between(0, 1).all()
+    assert first["error"].isna().all() and first["at"].str.startswith("20").all()
+
+    class Refuse:
+        def detect(self, img):
+            raise AssertionError("a cached image was checked again")
+
+    again = nudity.check_dataset(ds, detector=Refuse())
+    assert again[["id", "nudity", "part"]].equals(first[["id", "nudity", "part"]])
+    # as evidence: a high score flags; a zero score never clears an unknown label
+    d = decide_dataset(ds, eb_threshold=None)
+    nud = first.set_index("id")["nudity"]
+    for cid, cens, reason in zip(d["id"], d["censored"], d["reason"], strict=True):
+        assert cens or "→ safe" in reason  # nothing cleared by NudeNet
+        assert ("NudeNet" in reason) == (nud[cid] >= sv.NUDITY_THRESHOLD)
