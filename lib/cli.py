@@ -1017,6 +1017,58 @@ def cmd_detectors(a) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- data quality
+
+
+#: lib.quality's defaults, spelled out so that building the parser imports nothing heavy
+#: (tests/test_quality.py checks they match).
+_QUALITY_DEFAULTS = {"threshold": 0.95, "hash_distance": 10, "k": 10}
+
+
+def _quality_args(p):
+    DEFAULT_THRESHOLD, HASH_MAX_DISTANCE, KNN_K = _QUALITY_DEFAULTS.values()  # noqa: N806
+    p.add_argument("name")
+    _model_args(p)
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help=f"cosine similarity in (0, 1] at or above which two images are near-duplicates under the "
+                        f"model (default {DEFAULT_THRESHOLD}; hand-crafted features such as color need more, or --hash)")
+    p.add_argument("--hash", action="store_true",
+                   help="also compare a model-free perceptual hash (pHash of the 8 flips/rotations, computed once per "
+                        "image and cached): finds flipped, rotated, resized and recompressed copies under any model")
+    p.add_argument("--hash-only", action="store_true",
+                   help="near-duplicates from the perceptual hash alone (the model still gives similarities, "
+                        "label issues and outliers)")
+    p.add_argument("--hash-distance", type=int, default=HASH_MAX_DISTANCE,
+                   help=f"hash bits (of 64) two near-duplicates may differ in (default {HASH_MAX_DISTANCE})")
+    p.add_argument("--against", default=None, metavar="OTHER",
+                   help="also report leaks between NAME and dataset OTHER (embedded with the same model)")
+    p.add_argument("--k", type=int, default=KNN_K, help="neighbours for kNN label disagreement and uniqueness")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds of the out-of-fold probe")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None, help="image-decoding processes for the hashes")
+    p.add_argument("--out", default=None, help="output folder (default: <home>/results/NAME/quality-MODEL/)")
+
+
+@verb("quality", "data quality: near-duplicate groups, leaks between splits or datasets, label issues, outliers")
+@args_for(_quality_args)
+def cmd_quality(a) -> int:
+    from pathlib import Path
+
+    from .catalog import results_dir
+    from .quality import check_hash_distance, check_threshold, run_quality
+
+    check_threshold(a.threshold)  # bad input first, before anything is loaded
+    check_hash_distance(a.hash_distance)
+    rep = run_quality(a.name, a.model, threshold=a.threshold, use_hash=a.hash, hash_only=a.hash_only,
+                      hash_max_distance=a.hash_distance, against=a.against, k=a.k, folds=a.folds, seed=a.seed,
+                      random_weights=a.random_weights, workers=a.workers)
+    folder = Path(a.out) if a.out else results_dir(a.name) / f"quality-{_slug(a.model)}"
+    paths = rep.save(folder)
+    print(rep.summary())
+    print("\nwritten: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 # ---------------------------------------------------------------- main
 
 

@@ -1033,3 +1033,24 @@ def retrain_panel(ctx: Ctx, det_name: str, store) -> None:
             st.caption("Validation AUC, and recall and specificity at the 95%-recall screening threshold, after each "
                        "training (recall is at least 0.95 on validation by construction; specificity is the share "
                        "of safe validation images the threshold clears).")
+
+
+# =========================================================================== quality
+# Helpers of page 11 (Quality); the logic lives in lib/quality.py.
+
+PAGES.update({"quality": "pages/11_Quality.py"})
+
+
+def quality_report(ctx: Ctx, threshold: float, use_hash: bool, hash_only: bool, k: int):
+    """:func:`lib.quality.run_quality` of the dataset under the chosen model, shared by every
+    session; the first computation of the hashes draws a progress bar (they are cached on disk)."""
+    from . import quality
+
+    choice = ctx.model
+    key = ("quality", _home(), ctx.name, choice.key, float(threshold), bool(use_hash), bool(hash_only), int(k),
+           _token(ctx.name))
+    backend = load_backend(choice) if choice.random_weights else None
+    return _with_progress(key, lambda cb: quality.run_quality(
+        ctx.name, choice.spec, threshold=threshold, use_hash=use_hash, hash_only=hash_only, k=k,
+        random_weights=choice.random_weights, backend=backend, progress=cb),
+        "Hashing images (once; cached on disk)", max_entries=8)
