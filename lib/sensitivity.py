@@ -482,12 +482,48 @@ def latest_reviews(current: pd.DataFrame, consensus: str = "consensus") -> pd.Da
                          "reviewed_at": df["updated_at"].astype(str).to_numpy()})
 
 
+_POSITIONS: dict = {}
+
+
+def _positions(table: pd.DataFrame, ids: np.ndarray) -> np.ndarray | None:
+    """Row of ``table`` for each of ``ids`` (-1 where absent; the first row of a repeated id),
+    or None when the table is already aligned with ``ids`` (the common case: one row per
+    dataset row, in order). Memoised per (table, ids) object pair for one :func:`decide`."""
+    key = (id(table), id(ids))
+    if key in _POSITIONS:
+        return _POSITIONS[key]
+    tid = table["id"].astype(str).to_numpy()
+    if len(tid) == len(ids) and np.array_equal(tid, ids):
+        pos = None
+    else:
+        index = pd.Index(tid)
+        if not index.is_unique:
+            keep = ~index.duplicated(keep="first")
+            index, rows = index[keep], np.flatnonzero(keep)
+        else:
+            rows = np.arange(len(tid))
+        found = index.get_indexer(ids)
+        pos = np.where(found >= 0, rows[np.maximum(found, 0)], -1)
+    _POSITIONS[key] = pos
+    return pos
+
+
 def _aligned(values, ids: np.ndarray, column: str, what: str, *, dtype=np.float64, fill=np.nan):
     """``column`` of a table by ``id`` (or a Series by id, or an array (n,)) aligned on ``ids``."""
     if isinstance(values, pd.DataFrame):
         if "id" not in values or column not in values:
             raise ValueError(f"{what} table needs columns 'id' and {column!r}, has {list(values.columns)}")
-        values = values.drop_duplicates("id").set_index(values.drop_duplicates("id")["id"].astype(str))[column]
+        pos = _positions(values, ids)
+        col = values[column]
+        if dtype is np.float64:
+            arr = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            arr = np.asarray(col.astype(object).where(col.notna(), fill).tolist(), dtype=object)
+        if pos is None:
+            return arr
+        out = arr[np.maximum(pos, 0)] if len(arr) else np.full(len(ids), fill, dtype=arr.dtype)
+        out[pos < 0] = fill
+        return out
     if isinstance(values, pd.Series):
         s = values.reindex(ids)
         if dtype is np.float64:
@@ -545,122 +581,185 @@ def decide(
     evidence kind that decided, or ``none``), ``evidence`` (``"<status> by <basis>"``, the
     Gallery's filter, one of :data:`EVIDENCE_VALUES`) and ``reason`` (one line, never empty).
     """
+    _POSITIONS.clear()
     policy = policy or LabelPolicy()
     ids = images["id"].astype(str).to_numpy()
     n = len(ids)
-    labels = images["label"].tolist() if "label" in images else [None] * n
+    label_s = images["label"] if "label" in images else pd.Series([None] * n)
+    labels = np.asarray(label_s.astype(object).where(label_s.notna(), None).tolist(), dtype=object)
+    if policy_error:
+        return _frame(ids, labels, np.full(n, UNKNOWN, object), np.full(n, np.nan), np.full(n, np.nan),
+                      np.ones(n, bool), np.full(n, FLAGGED, object), np.full(n, "policy error", object),
+                      np.full(n, f"censored: {policy_error}", object))
 
-    # -- per distinct label: its class, once
-    lab_cls: dict = {}
-    for v in labels:
-        k = normal_form(v)
-        if k not in lab_cls:
-            c = policy.classify(v) if k else UNKNOWN
-            lab_cls[k] = SENSITIVE if (c == UNKNOWN and policy.all_sensitive) else c
-    label_class = [lab_cls[normal_form(v)] for v in labels]
-    raw_class = [policy.classify(v) if normal_form(v) else UNKNOWN for v in labels] if policy.all_sensitive \
-        else label_class
+    # -- labels: once per distinct value
+    codes, uniq = pd.factorize(pd.Series(labels, dtype=object), use_na_sentinel=True)
+    u_cls, u_flag, u_clear = [], [], []
+    for v in uniq.tolist():
+        c = policy.classify(v)
+        if c == UNKNOWN and policy.all_sensitive:
+            u_cls.append(SENSITIVE)
+            u_flag.append(f"dataset marked all-sensitive (label {v} → unknown)" if normal_form(v)
+                          else "dataset marked all-sensitive")
+            u_clear.append("")
+        else:
+            u_cls.append(c)
+            u_flag.append(f"label {v} → sensitive" if c == SENSITIVE else "")
+            u_clear.append(f"label {v} → safe" if c == SAFE else "")
+    none_cls = SENSITIVE if policy.all_sensitive else UNKNOWN
+    none_flag = "dataset marked all-sensitive" if policy.all_sensitive else ""
 
-    # -- reviews
+    def per_row(values, missing):
+        arr = np.asarray([*values, missing], dtype=object)
+        return arr[np.where(codes < 0, len(values), codes)]
+
+    label_class = per_row(u_cls, none_cls)
+    r_label = per_row(u_flag, none_flag)
+    c_label = per_row(u_clear, "")
+    f_label = r_label != ""
+    unknown_note = per_row([f" (label {v} → unknown)" if c == UNKNOWN and normal_form(v) else ""
+                            for v, c in zip(uniq.tolist(), u_cls, strict=True)], "")
+
+    # -- reviews (few rows: a loop over the reviewed ones only)
+    rc = np.full(n, None, dtype=object)
+    r_review = np.full(n, "", dtype=object)
+    t_review = np.full(n, "", dtype=object)
     if reviews is not None and len(reviews):
-        r = reviews.drop_duplicates("id", keep="last").set_index(reviews.drop_duplicates("id", keep="last")["id"])
-        r = r.reindex(ids)
-        rev_label, rev_by, rev_at = r["review"].tolist(), r["reviewer"].tolist(), r["reviewed_at"].tolist()
-    else:
-        rev_label = rev_by = rev_at = [None] * n
+        r = reviews.drop_duplicates("id", keep="last")
+        pos = pd.Series(np.arange(n)).groupby(ids).apply(list).to_dict() if len(set(ids)) < n else \
+            {i: [k] for k, i in enumerate(ids)}
+        for rid, lab, who, at in zip(r["id"].astype(str), r["review"], r["reviewer"], r["reviewed_at"], strict=True):
+            rows = pos.get(rid)
+            if not rows or lab is None or (isinstance(lab, float) and lab != lab):
+                continue
+            c = REVIEW_CLASSES.get(str(lab).strip().lower()) or policy.classify(lab)
+            if c == UNKNOWN:
+                continue
+            for k in rows:
+                rc[k] = c
+                r_review[k] = f"review: {lab} ({who}, {_short_time(at)})"
+                t_review[k] = str(at)
+    f_review = rc == SENSITIVE
+    ok = rc == SAFE
 
-    def review_class(v):
-        if v is None or (isinstance(v, float) and v != v):
-            return None
-        c = REVIEW_CLASSES.get(str(v).strip().lower()) or policy.classify(v)
-        return None if c == UNKNOWN else c
-
-    # -- machine evidence
-    ebv = np.full(n, np.nan) if eb is None else _aligned(eb, ids, "eb", "eb")
-    eb_err = _aligned(eb, ids, "error", "eb", dtype=object, fill=None) if eb is not None and "error" in eb \
-        else [None] * n
-    nud = np.full(n, np.nan) if nudity is None else _aligned(nudity, ids, "nudity", "nudity")
-    part = _aligned(nudity, ids, "part", "nudity", dtype=object, fill=None) \
-        if nudity is not None and "part" in nudity else [None] * n
-    nud_at = _aligned(nudity, ids, "at", "nudity", dtype=object, fill=None) \
-        if nudity is not None and "at" in nudity else [nudity_at] * n
+    # -- detector
+    p = np.full(n, np.nan)
+    f_det = np.zeros(n, bool)
+    c_det = np.zeros(n, bool)
+    det_note = np.full(n, "", dtype=object)
+    r_det = np.full(n, "", dtype=object)
     if screening is not None:
         t = screening.table
-        col = "p" if "p" in t else "score"
-        p = _aligned(t, ids, col, "screening")
-        familiar_known = "unfamiliar" in t
-        unfam = _aligned(t, ids, "unfamiliar", "screening", dtype=object, fill=None) if familiar_known else [None] * n
-        uncert = _aligned(t, ids, "uncertain", "screening", dtype=object, fill=None) if "uncertain" in t \
-            else [None] * n
-    else:
-        p = np.full(n, np.nan)
-        familiar_known, unfam, uncert = False, [None] * n, [None] * n
-
-    censored = np.ones(n, bool)
-    status, basis, reason = [UNSCREENED] * n, ["none"] * n, [""] * n
-    eb_list, p_list, nud_list = ebv.tolist(), p.tolist(), nud.tolist()
-    for i in range(n):
-        if policy_error:
-            status[i], basis[i], reason[i] = FLAGGED, "policy error", f"censored: {policy_error}"
-            continue
-        flags: list[tuple[str, str, str | None]] = []  # (kind, reason, time; None: older than any review)
-        clears: list[tuple[str, str]] = []
-        lab = labels[i]
-        if label_class[i] == SENSITIVE:
-            flags.append(("label", f"label {lab} → sensitive" if raw_class[i] == SENSITIVE else
-                          "dataset marked all-sensitive" + (f" (label {lab} → unknown)" if normal_form(lab) else ""),
-                          None))
-        elif label_class[i] == SAFE:
-            clears.append(("label", f"label {lab} → safe"))
-        rc = review_class(rev_label[i])
-        rtxt = f"review: {rev_label[i]} ({rev_by[i]}, {_short_time(rev_at[i])})" if rc else ""
-        if rc == SENSITIVE:
-            flags.append(("review", rtxt, rev_at[i]))
-        elif rc == SAFE:
-            clears.insert(0, ("review", rtxt))
-        detector_note = ""
-        if screening is not None and np.isfinite(p_list[i]):
-            name, thr = screening.name, screening.threshold
-            if p_list[i] >= thr:
-                flags.append(("detector", f"{name}: p {p_list[i]:.2f} ≥ {thr:.2f}", screening.at))
-            elif not familiar_known:  # a table that cannot tell familiar images never clears
-                detector_note = f" ({name}: p {p_list[i]:.2f} < {thr:.2f}, but it has no familiarity check)"
-            elif unfam[i] is None or bool(unfam[i]):
-                detector_note = f" ({name}: unfamiliar image)"
-            elif uncert[i] is not None and bool(uncert[i]):
-                detector_note = f" ({name}: uncertain under flips and rotations)"
-            else:
-                clears.append(("detector", f"{name}: p {p_list[i]:.2f} < {thr:.2f}, familiar"))
-        if np.isfinite(nud_list[i]) and nud_list[i] >= nudity_threshold:
-            flags.append(("NudeNet", f"NudeNet: {part[i] or 'exposed'} {nud_list[i]:.2f}", nud_at[i]))
-        if eb is not None:
-            if not np.isfinite(eb_list[i]):
-                flags.append(("EB", f"unreadable: {eb_err[i]}" if eb_err[i] else "EB unknown", None))
-            elif eb_list[i] > eb_threshold:
-                flags.append(("EB", f"EB {eb_list[i]:.2f} > {_cut(eb_threshold)}", None))
-        if policy.known_safe:
-            clears.append(("known-safe", f"known-safe dataset ({policy.known_safe.get('by')}, "
-                                         f"{_short_time(policy.known_safe.get('at'))})"))
-        if flags:
-            flags.sort(key=lambda f: KINDS.index(f[0]))
-            newest = max((str(f[2]) for f in flags if f[2]), default=None)
-            if rc == SAFE and (newest is None or str(rev_at[i]) > newest):
-                censored[i] = False
-                status[i], basis[i] = CLEARED, "review"
-                reason[i] = f"{rtxt}, newer than: " + "; ".join(f[1] for f in flags)
-            else:
-                status[i], basis[i] = FLAGGED, flags[0][0]
-                reason[i] = "; ".join(f[1] for f in flags)
-        elif clears:
-            censored[i] = False
-            status[i], basis[i], reason[i] = CLEARED, clears[0][0], clears[0][1]
+        p = _aligned(t, ids, "p" if "p" in t else "score", "screening")
+        thr, name = float(screening.threshold), screening.name
+        have = np.isfinite(p)
+        f_det = have & (p >= thr)
+        below = have & (p < thr)
+        ptxt = np.char.mod("%.2f", np.nan_to_num(p)).astype(object)
+        r_det[f_det] = f"{name}: p " + ptxt[f_det] + f" ≥ {thr:.2f}"
+        if "unfamiliar" not in t:  # a table that cannot tell familiar images never clears
+            det_note[below] = f" ({name}: p " + ptxt[below] + f" < {thr:.2f}, but it has no familiarity check)"
         else:
-            reason[i] = UNSCREENED + (detector_note or (f" (label {lab} → unknown)" if normal_form(lab) else ""))
-    evidence = [UNSCREENED if s == UNSCREENED else "censored: policy error" if b == "policy error" else f"{s} by {b}"
-                for s, b in zip(status, basis, strict=True)]
+            unfam = _bool_or_true(_aligned(t, ids, "unfamiliar", "screening", dtype=object, fill=None))
+            uncert = _bool_or_false(_aligned(t, ids, "uncertain", "screening", dtype=object, fill=None)) \
+                if "uncertain" in t else np.zeros(n, bool)
+            det_note[below & unfam] = f" ({name}: unfamiliar image)"
+            det_note[below & ~unfam & uncert] = f" ({name}: uncertain under flips and rotations)"
+            c_det = below & ~unfam & ~uncert
+        c_reason_det = np.full(n, "", dtype=object)
+        c_reason_det[c_det] = f"{name}: p " + ptxt[c_det] + f" < {thr:.2f}, familiar"
+    else:
+        c_reason_det = np.full(n, "", dtype=object)
+    t_det = str(screening.at) if screening is not None and screening.at else ""
+
+    # -- NudeNet
+    f_nud = np.zeros(n, bool)
+    r_nud = np.full(n, "", dtype=object)
+    t_nud = np.full(n, "", dtype=object)
+    if nudity is not None:
+        nud = _aligned(nudity, ids, "nudity", "nudity")
+        f_nud = np.isfinite(nud) & (nud >= nudity_threshold)
+        part = _aligned(nudity, ids, "part", "nudity", dtype=object, fill=None) if "part" in nudity \
+            else np.full(n, None, dtype=object)
+        at = _aligned(nudity, ids, "at", "nudity", dtype=object, fill=None) if "at" in nudity \
+            else np.full(n, nudity_at, dtype=object)
+        for k in np.flatnonzero(f_nud).tolist():
+            r_nud[k] = f"NudeNet: {part[k] or 'exposed'} {nud[k]:.2f}"
+            t_nud[k] = str(at[k]) if at[k] else ""
+
+    # -- EB
+    ebv = np.full(n, np.nan) if eb is None else _aligned(eb, ids, "eb", "eb")
+    f_eb = np.zeros(n, bool)
+    r_eb = np.full(n, "", dtype=object)
+    if eb is not None:
+        missing = ~np.isfinite(ebv)
+        high = ~missing & (ebv > eb_threshold)
+        f_eb = missing | high
+        r_eb[high] = "EB " + np.char.mod("%.2f", ebv[high]).astype(object) + f" > {_cut(eb_threshold)}"
+        err = _aligned(eb, ids, "error", "eb", dtype=object, fill=None) if "error" in eb \
+            else np.full(n, None, dtype=object)
+        for k in np.flatnonzero(missing).tolist():
+            r_eb[k] = f"unreadable: {err[k]}" if err[k] else "EB unknown"
+
+    # -- the decision
+    flags = [("label", f_label, r_label), ("review", f_review, np.where(f_review, r_review, "")), ("detector", f_det, r_det),
+             ("NudeNet", f_nud, r_nud), ("EB", f_eb, r_eb)]  # in KINDS order
+    any_flag = np.zeros(n, bool)
+    for _, f, _ in flags:
+        any_flag |= f
+    known_safe = bool(policy.known_safe)
+    any_clear = ok | (c_label != "") | c_det | known_safe
+    # A human Ok beats every flag older than it (labels and EB count as older than any review).
+    ok_wins = ok & any_flag
+    for k in np.flatnonzero(ok_wins).tolist():
+        times = [str(t) for t, f in ((t_review[k], f_review[k]), (t_det, f_det[k]), (t_nud[k], f_nud[k])) if f and t]
+        ok_wins[k] = not times or str(t_review[k]) > max(times)
+    censored = np.where(any_flag, ~ok_wins, ~any_clear)
+    status = np.where(~censored, CLEARED, np.where(any_flag, FLAGGED, UNSCREENED)).astype(object)
+    basis = np.full(n, "none", dtype=object)
+    for kind, f, _ in reversed(flags):
+        basis[f & censored] = kind
+    cleared = ~censored
+    for kind, c in (("known-safe", np.full(n, known_safe)), ("detector", c_det), ("label", c_label != ""),
+                    ("review", ok)):
+        basis[cleared & c] = kind
+    reason = np.full(n, "", dtype=object)
+    flagged_rows = np.flatnonzero(any_flag).tolist()
+    parts = [r for _, _, r in flags]
+    flag_text = np.full(n, "", dtype=object)
+    for k in flagged_rows:
+        flag_text[k] = "; ".join(r[k] for r in parts if r[k])
+    reason[any_flag & censored] = flag_text[any_flag & censored]
+    reason[ok_wins] = r_review[ok_wins] + ", newer than: " + flag_text[ok_wins]
+    plain = cleared & ~any_flag
+    ks_text = f"known-safe dataset ({policy.known_safe.get('by')}, {_short_time(policy.known_safe.get('at'))})" \
+        if known_safe else ""
+    clear_text = np.where(ok, r_review, np.where(c_label != "", c_label, np.where(c_det, c_reason_det, ks_text)))
+    reason[plain] = clear_text[plain]
+    uns = status == UNSCREENED
+    reason[uns] = UNSCREENED + np.where(det_note != "", det_note, unknown_note)[uns]
+    _POSITIONS.clear()
+    return _frame(ids, labels, label_class, ebv, p, censored, status, basis, reason)
+
+
+def _bool_or_true(values) -> np.ndarray:
+    """Booleans of an object array; a missing value (None, NaN) is True (unfamiliar: fail-closed)."""
+    return np.asarray([True if v is None or (isinstance(v, float) and v != v) else bool(v) for v in values], bool)
+
+
+def _bool_or_false(values) -> np.ndarray:
+    return np.asarray([False if v is None or (isinstance(v, float) and v != v) else bool(v) for v in values], bool)
+
+
+def _frame(ids, labels, label_class, ebv, p, censored, status, basis, reason) -> pd.DataFrame:
+    status = np.asarray(status, dtype=object)
+    basis = np.asarray(basis, dtype=object)
+    evidence = np.where(status == UNSCREENED, UNSCREENED,
+                        np.where(basis == "policy error", "censored: policy error", status + " by " + basis))
     return pd.DataFrame({
-        "id": ids, "label": np.asarray(labels, dtype=object), "label_class": label_class, "eb": ebv, "p": p,
-        "censored": censored, "status": status, "basis": basis, "evidence": evidence, "reason": reason,
+        "id": ids, "label": labels, "label_class": np.asarray(label_class, dtype=object), "eb": ebv, "p": p,
+        "censored": np.asarray(censored, bool), "status": status, "basis": basis, "evidence": evidence.astype(object),
+        "reason": np.asarray(reason, dtype=object),
     })
 
 
