@@ -145,8 +145,9 @@ with ui.guard():
     ing, emb = st.columns(2)
     with ing, st.form("ingest"):
         st.markdown("**Ingest a folder or a manifest** (CSV/parquet with a `path` column)")
-        source = st.text_input("Folder or manifest path", placeholder="/path/to/images or /path/to/manifest.csv")
-        new_name = st.text_input("Dataset name", placeholder="mine")
+        source = st.text_input("Folder or manifest path", placeholder="/path/to/images or /path/to/manifest.csv",
+                               key="home-source")
+        new_name = st.text_input("Dataset name", placeholder="mine", key="home-new-name")
         all_sensitive = st.checkbox("Every image is sensitive unless its label says safe",
                                     help="For a folder of wounds without labels: they are flagged, not merely "
                                          "unscreened (both are censored; flagged images count as positives).")

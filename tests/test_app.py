@@ -375,14 +375,15 @@ def test_home_forms_ingest_and_embed(private_home, corpus_dir, tmp_path):
     dataset.ingest(copy_images(corpus_dir, tmp_path / "a", n=2), "first")
     at = open_page("app.py", dataset="first")
     assert_clean(at)
-    at.text_input[0].input(str(copy_images(corpus_dir, tmp_path / "b", n=3)))
-    at.text_input[1].input("second")
+    at.text_input(key="home-source").input(str(copy_images(corpus_dir, tmp_path / "b", n=3)))
+    at.text_input(key="home-new-name").input("second")
     at.button(key="FormSubmitter:ingest-Ingest").click().run()
     assert_clean(at)
     assert "dataset 'second': 6 images ingested" in texts(at.success)
     assert dataset.list_names() == ["first", "second"]
-    at.button[-1].click().run()  # "Show it": the new dataset is selected
+    # the new dataset is selected at once, and in the table of datasets
     assert at.sidebar.selectbox(key="w:dataset").value == "second"
+    assert "second" in at.dataframe[0].value["name"].tolist()
     at.button(key="FormSubmitter:embed-Embed").click().run()  # the default spec: color
     assert_clean(at)
     assert "second x color: 6 unique images" in texts(at.success)
