@@ -251,7 +251,8 @@ def test_hostile_folder_every_page_runs_clean(hostile):
         for cid in ds.unique_ids:
             at = open_page(page, at, dataset="hostile", model="color", id=cid)
             assert_clean(at, (page, cid))
-            assert not at.warning, (page, cid, [w.value for w in at.warning])
+            shown = [w.value for w in at.warning if not w.value.startswith("**This image is censored")]  # Reveal's
+            assert not shown, (page, cid, shown)
             assert at.query_params["id"] == cid
 
 
