@@ -27,9 +27,31 @@ def confusion_heatmap(confusion: pd.DataFrame, title: str = "Confusion matrix"):
     return fig
 
 
-def roc_pr_curves(y_true: Sequence, scores: Sequence, positive, threshold: float | None = None):
+#: Marker colours of the named operating points (max-F1, R90, R95, thesis, then any other).
+POINT_COLOURS = ("#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#e377c2")
+
+
+def _point(y: np.ndarray, s: np.ndarray, threshold: float) -> tuple[float, float, float]:
+    """(false positive rate, recall, precision) of flagging ``s >= threshold``; NaN where undefined."""
+    flagged = s >= threshold
+    tp, fp = int((flagged & y).sum()), int((flagged & ~y).sum())
+    p_, n_ = int(y.sum()), int((~y).sum())
+    return (fp / n_ if n_ else np.nan, tp / p_ if p_ else np.nan, tp / (tp + fp) if tp + fp else np.nan)
+
+
+def roc_pr_curves(y_true: Sequence, scores: Sequence, positive, threshold: float | None = None,
+                  operating_points: dict[str, float] | bool | None = None):
     """ROC and precision-recall curves of binary scores (scikit-learn), with the operating
-    point at ``threshold`` marked.
+    point at ``threshold`` marked (red) and every named operating point marked too.
+
+    Parameters
+    ----------
+    y_true : labels (n,); ``positive`` is the positive class
+    scores : floats (n,)
+    threshold : the current threshold, optional
+    operating_points : ``{name: threshold}`` to mark, or True for the rules of
+        :func:`lib.metrics.operating_points` read off these very scores (max-F1, R90, R95 and
+        the thesis's lower of max-F1 and R90); skipped when only one class is present.
 
     Returns
     -------
@@ -48,15 +70,23 @@ def roc_pr_curves(y_true: Sequence, scores: Sequence, positive, threshold: float
     pr = go.Figure(go.Scatter(x=rec, y=prec, mode="lines",
                               name=f"PR (AP {average_precision_score(y, s):.3f})"))
     pr.add_hline(y=float(y.mean()), line_dash="dot", line_color="grey", annotation_text="prevalence")
+    points: dict[str, float] = {}
+    if operating_points is True:
+        if 0 < y.sum() < len(y):
+            from .metrics import operating_points as rules
+
+            points = rules(y, s, positive=True)
+    elif operating_points:
+        points = dict(operating_points)
+    marks = [(f"{name} ({t:.2f})", t, {"size": 11, "color": POINT_COLOURS[i % len(POINT_COLOURS)],
+                                        "symbol": "diamond"})
+             for i, (name, t) in enumerate(points.items())]
     if threshold is not None:
-        flagged = s >= threshold
-        tp, fp = int((flagged & y).sum()), int((flagged & ~y).sum())
-        p_, n_ = int(y.sum()), int((~y).sum())
-        x_roc, y_roc = fp / n_ if n_ else np.nan, tp / p_ if p_ else np.nan
-        roc.add_trace(go.Scatter(x=[x_roc], y=[y_roc], mode="markers", marker={"size": 12, "color": "red"},
-                                 name=f"threshold {threshold:.2f}"))
-        pr.add_trace(go.Scatter(x=[y_roc], y=[tp / (tp + fp) if tp + fp else np.nan], mode="markers",
-                                marker={"size": 12, "color": "red"}, name=f"threshold {threshold:.2f}"))
+        marks.append((f"threshold {threshold:.2f}", threshold, {"size": 12, "color": "red"}))
+    for label, t, marker in marks:
+        x_roc, y_roc, precision = _point(y, s, float(t))
+        roc.add_trace(go.Scatter(x=[x_roc], y=[y_roc], mode="markers", marker=marker, name=label))
+        pr.add_trace(go.Scatter(x=[y_roc], y=[precision], mode="markers", marker=marker, name=label))
     roc.update_layout(title="ROC", xaxis_title="false positive rate", yaxis_title="true positive rate",
                       height=380, legend={"x": 0.4, "y": 0.05})
     pr.update_layout(title="Precision-recall", xaxis_title="recall", yaxis_title="precision", height=380,

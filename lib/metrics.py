@@ -8,8 +8,22 @@ the MedGore beta-binomial homogeneity estimate and per-slice (fairness) tables.
 Conventions
 -----------
 * A ratio whose denominator is zero (precision with nothing flagged, recall with no
-  positives, AUC with one class) is NaN, never a silent 0 or 1; macro averages skip NaN
-  classes (scikit-learn's ``zero_division=np.nan``).
+  positives, AUC with one class) is NaN, never a silent 0 or 1.
+* Macro averages come in two named conventions, side by side in
+  :func:`classification_metrics`:
+
+  - ``precision_macro``, ``recall_macro``, ``f1_macro``: a class whose ratio is undefined
+    is skipped (scikit-learn's ``zero_division=np.nan``), the workbench's own reading;
+  - ``precision_macro_zero``, ``recall_macro_zero``, ``f1_macro_zero``: an undefined
+    ratio counts as 0 (``zero_division=0``, scikit-learn's default), the convention of
+    MedGore's tables. Its degenerate zero-shot row (everything predicted as one class on a
+    balanced set) is precision 25.0 / recall 50.0 / F1 33.3 under it, 50 / 50 / 33.3
+    under the NaN-skipping one.
+* Binary tasks also report the negative class (``precision_negative`` = TN / (TN + FN),
+  ``recall_negative`` = ``specificity`` = TN / (TN + FP)), the Gore censoring thesis's
+  Double F1 (mean of the positive- and negative-class F1) and its weighted Double F1
+  (``double_f1_weighted`` = 0.75 F1(positive) + 0.25 F1(negative) by default,
+  :data:`DOUBLE_F1_WEIGHTS`).
 * Binary scores mean "higher is more positive"; a sample is flagged when
   ``score >= threshold`` (the same rule as :func:`sklearn.metrics.precision_recall_curve`).
 * Empty input, mismatched lengths and missing values raise :class:`ValueError` naming
@@ -36,19 +50,29 @@ from sklearn.metrics import (
 )
 
 __all__ = [
+    "DOUBLE_F1_WEIGHTS",
+    "EB_RULES",
     "agreement",
     "beta_estimate",
     "classification_metrics",
     "cohen_kappa",
     "confusion_table",
     "double_f1",
+    "eb_operating_points",
     "gwet_ac1",
     "gwet_ac1_from_table",
+    "mask_metrics",
     "metrics_at_threshold",
+    "multilabel_ap",
+    "operating_points",
     "per_class_report",
+    "segmentation_metrics",
     "select_thresholds",
     "sliced_metrics",
 ]
+
+#: Weights (positive class, negative class) of the thesis's weighted Double F1.
+DOUBLE_F1_WEIGHTS = (0.75, 0.25)
 
 # --------------------------------------------------------------------------- validation
 
@@ -109,21 +133,36 @@ def _ratio(num: Any, den: Any) -> Any:
     return out[()] if out.ndim == 0 else out
 
 
-def _count_metrics(tp: Any, fp: Any, fn: Any, tn: Any) -> dict[str, Any]:
+def _check_weights(weights: Sequence[float]) -> tuple[float, float]:
+    w = tuple(float(v) for v in weights)
+    if len(w) != 2 or not all(np.isfinite(w)) or min(w) < 0 or not np.isclose(sum(w), 1.0):
+        raise ValueError(f"double_f1 weights must be two non-negative numbers summing to 1, got {weights}")
+    return w[0], w[1]
+
+
+def _count_metrics(tp: Any, fp: Any, fn: Any, tn: Any,
+                   weights: Sequence[float] = DOUBLE_F1_WEIGHTS) -> dict[str, Any]:
     """Binary metrics from confusion counts (scalars or equal-shape arrays).
 
     F1 is written as 2tp / (2tp + fp + fn): identical to the harmonic mean of precision
     and recall where both exist, 0 when tp == 0 but the class occurs, and NaN only when
-    the class occurs neither in the truth nor in the predictions.
+    the class occurs neither in the truth nor in the predictions. ``weights`` are the
+    (positive, negative) weights of ``double_f1_weighted``.
     """
+    w_pos, w_neg = _check_weights(weights)
     f1_pos = _ratio(2 * np.asarray(tp), 2 * np.asarray(tp) + fp + fn)
     f1_neg = _ratio(2 * np.asarray(tn), 2 * np.asarray(tn) + fn + fp)
+    specificity = _ratio(tn, np.asarray(tn) + fp)
     return {
         "precision": _ratio(tp, np.asarray(tp) + fp),
         "recall": _ratio(tp, np.asarray(tp) + fn),
         "f1": f1_pos,
+        "precision_negative": _ratio(tn, np.asarray(tn) + fn),
+        "recall_negative": specificity,
+        "specificity": specificity,
         "f1_negative": f1_neg,
         "double_f1": (np.asarray(f1_pos) + f1_neg) / 2,
+        "double_f1_weighted": w_pos * np.asarray(f1_pos) + w_neg * np.asarray(f1_neg),
         "accuracy": _ratio(np.asarray(tp) + tn, np.asarray(tp) + fp + fn + tn),
     }
 
@@ -145,28 +184,32 @@ def _binary_ap(truth: np.ndarray, scores: np.ndarray) -> float:
 # ----------------------------------------------------------------- classification metrics
 
 
-def double_f1(y_true: Any, y_pred: Any, *, positive: Any = 1) -> float:
+def double_f1(y_true: Any, y_pred: Any, *, positive: Any = 1,
+              weights: Sequence[float] = (0.5, 0.5)) -> float:
     """Double F1: the mean of the positive-class F1 and the negative-class F1.
 
     The Gore censoring thesis reports it because the plain F1 ignores how well the
-    (majority) negative class is kept.
+    (majority) negative class is kept: Double F1 = 1/2 F1(positive) + 1/2 F1(negative).
+    Its weighted variant is ``weights=DOUBLE_F1_WEIGHTS`` (0.75 positive, 0.25 negative).
 
     Parameters
     ----------
     y_true, y_pred : array-like of shape (n_samples,)
         Labels; every label other than ``positive`` counts as negative.
     positive : label, default 1
+    weights : (w_positive, w_negative), non-negative, summing to 1; default (0.5, 0.5)
 
     Returns
     -------
     float
         NaN when a class occurs neither in ``y_true`` nor in ``y_pred`` (its F1 is undefined).
     """
+    w = _check_weights(weights)
     t = _binary(_labels_1d(y_true, "y_true"), positive)
     p = _binary(_labels_1d(y_pred, "y_pred"), positive)
     _same_length(t, p, "y_true", "y_pred")
     per_class = f1_score(t, p, labels=[True, False], average=None, zero_division=np.nan)
-    return float(np.mean(per_class))
+    return float(w[0] * per_class[0] + w[1] * per_class[1])
 
 
 def confusion_table(
@@ -299,8 +342,9 @@ def classification_metrics(
     positive: Any = None,
     threshold: float = 0.5,
     labels: Sequence | None = None,
+    double_f1_weights: Sequence[float] = DOUBLE_F1_WEIGHTS,
 ) -> dict[str, Any]:
-    """Accuracy, macro precision/recall/F1, ROC AUC and support, binary or multiclass.
+    """Accuracy, macro precision/recall/F1 (both conventions), ROC AUC and support, binary or multiclass.
 
     What ``y_score_or_pred`` is decides how it is read:
 
@@ -322,15 +366,22 @@ def classification_metrics(
     labels : sequence of labels, optional
         All classes, in column order for a probability matrix. Default: the sorted labels
         seen ({0, 1} whenever only 0/1 occur).
+    double_f1_weights : (w_positive, w_negative), default :data:`DOUBLE_F1_WEIGHTS`
+        Weights of ``double_f1_weighted``.
 
     Returns
     -------
     dict
-        ``n, labels, positive, threshold, accuracy, precision_macro, recall_macro,
-        f1_macro, roc_auc`` (binary: AUC of the positive-class score; multiclass: macro
-        one-vs-rest over classes present with both outcomes), ``support`` ({label: count
-        in y_true}). With a known positive class of a two-class task also ``precision,
-        recall, f1, f1_negative, double_f1`` and, with scores, ``average_precision``.
+        ``n, labels, positive, threshold, accuracy``;
+        ``precision_macro, recall_macro, f1_macro`` (undefined per-class ratios skipped,
+        ``zero_division=nan``) and ``precision_macro_zero, recall_macro_zero,
+        f1_macro_zero`` (undefined ratios counted as 0, ``zero_division=0``: MedGore's
+        tables and scikit-learn's default); ``roc_auc`` (binary: AUC of the positive-class
+        score; multiclass: macro one-vs-rest over classes present with both outcomes),
+        ``support`` ({label: count in y_true}). With a known positive class of a two-class
+        task also ``precision, recall, f1, precision_negative, recall_negative,
+        specificity, f1_negative, double_f1, double_f1_weighted`` and, with scores,
+        ``average_precision``.
     """
     t = _labels_1d(y_true, "y_true")
     raw = np.asarray(y_score_or_pred)
@@ -397,6 +448,7 @@ def classification_metrics(
     k = np.arange(len(labels))
     *_, sup = precision_recall_fscore_support(t_idx, p_idx, labels=k, average=None, zero_division=np.nan)
     macro = precision_recall_fscore_support(t_idx, p_idx, labels=k, average="macro", zero_division=np.nan)
+    macro0 = precision_recall_fscore_support(t_idx, p_idx, labels=k, average="macro", zero_division=0)
     out: dict[str, Any] = {
         "n": int(len(t)),
         "labels": list(labels),
@@ -406,6 +458,9 @@ def classification_metrics(
         "precision_macro": float(macro[0]),
         "recall_macro": float(macro[1]),
         "f1_macro": float(macro[2]),
+        "precision_macro_zero": float(macro0[0]),
+        "recall_macro_zero": float(macro0[1]),
+        "f1_macro_zero": float(macro0[2]),
         "roc_auc": float("nan"),
         "support": {lab: int(n) for lab, n in zip(labels, sup, strict=True)},
     }
@@ -424,11 +479,16 @@ def classification_metrics(
 
     if pos is not None and len(labels) == 2:
         truth = t_idx == pos
-        binary = _count_metrics(*_confusion_counts(truth, p_idx == pos))
-        out.update({key: float(binary[key]) for key in ("precision", "recall", "f1", "f1_negative", "double_f1")})
+        binary = _count_metrics(*_confusion_counts(truth, p_idx == pos), weights=double_f1_weights)
+        out.update({key: float(binary[key]) for key in BINARY_KEYS})
         if mode != "labels":
             out["average_precision"] = _binary_ap(truth, scores if mode == "scores" else scores[:, pos])
     return out
+
+
+#: The binary-task keys :func:`classification_metrics` adds for a known positive class.
+BINARY_KEYS = ("precision", "recall", "f1", "precision_negative", "recall_negative", "specificity",
+               "f1_negative", "double_f1", "double_f1_weighted")
 
 
 def _confusion_counts(truth: np.ndarray, flagged: np.ndarray) -> tuple[int, int, int, int]:
@@ -456,7 +516,8 @@ def metrics_at_threshold(y_true: Any, scores: Any, threshold: float, *, positive
     -------
     dict
         ``threshold, n, positives, flagged, tp, fp, fn, tn`` (ints) and ``precision,
-        recall, f1, f1_negative, double_f1, accuracy`` (floats, NaN where undefined).
+        recall, f1, precision_negative, recall_negative, specificity, f1_negative,
+        double_f1, double_f1_weighted, accuracy`` (floats, NaN where undefined).
     """
     truth = _binary(_labels_1d(y_true, "y_true"), positive)
     s = _scores_1d(scores, "scores")
@@ -484,6 +545,7 @@ def select_thresholds(
     *,
     recalls: Sequence[float] = (0.90, 0.95),
     positive: Any = 1,
+    thesis: bool = True,
 ) -> pd.DataFrame:
     """Pick thresholds on a validation split, then measure them on a test split.
 
@@ -491,7 +553,10 @@ def select_thresholds(
 
     * ``max_f1``: the threshold of maximal F1 (ties: the highest such threshold);
     * ``recall>=R`` for each R in ``recalls``: the highest threshold whose recall is >= R,
-      i.e. the fewest flags that still catch that share of positives.
+      i.e. the fewest flags that still catch that share of positives;
+    * ``thesis`` (when 0.90 is among ``recalls`` and ``thesis`` is true): the Gore
+      censoring thesis's rule, the lower of the max-F1 and the 90%-recall thresholds
+      (so at least 90% recall, and max-F1 where that already reaches it).
 
     Parameters
     ----------
@@ -500,12 +565,15 @@ def select_thresholds(
     s_val, s_test : array-like of float, shape (n_val,), (n_test,)
     recalls : sequence of float in (0, 1]
     positive : label, default 1
+    thesis : bool, default True
+        Add the ``thesis`` row (needs 0.90 in ``recalls``).
 
     Returns
     -------
-    DataFrame of shape (1 + len(recalls), 12)
+    DataFrame of shape (1 + len(recalls) [+ 1], 14)
         Columns ``rule, threshold`` then ``val_`` and ``test_`` prefixed ``precision,
-        recall, f1, double_f1, flagged``. Test metrics may be NaN (e.g. no test positives).
+        recall, f1, double_f1, specificity, flagged``; rows in the order max_f1, the
+        recalls, thesis. Test metrics may be NaN (e.g. no test positives).
     """
     t_val = _binary(_labels_1d(y_val, "y_val"), positive)
     sv = _scores_1d(s_val, "s_val")
@@ -531,20 +599,22 @@ def select_thresholds(
     for r in recalls:
         # Tiny tolerance: a recall of exactly 9/10 must count as reaching 0.90.
         rules.append((f"recall>={r:.2f}", float(thr[rec >= r - 1e-12].max())))
+    by_name = dict(rules)
+    if thesis and "recall>=0.90" in by_name:
+        rules.append(("thesis", min(by_name["max_f1"], by_name["recall>=0.90"])))
 
+    keys = ("precision", "recall", "f1", "double_f1", "specificity")
     rows = []
     for name, threshold in rules:
         row: dict[str, Any] = {"rule": name, "threshold": threshold}
         for split, truth, s in (("val", t_val, sv), ("test", t_test, st)):
             counts = _confusion_counts(truth, s >= threshold)
             m = _count_metrics(*counts)
-            for key in ("precision", "recall", "f1", "double_f1"):
+            for key in keys:
                 row[f"{split}_{key}"] = float(m[key])
             row[f"{split}_flagged"] = counts[0] + counts[1]
         rows.append(row)
-    cols = ["rule", "threshold"] + [
-        f"{split}_{k}" for split in ("val", "test") for k in ("precision", "recall", "f1", "double_f1", "flagged")
-    ]
+    cols = ["rule", "threshold"] + [f"{split}_{k}" for split in ("val", "test") for k in (*keys, "flagged")]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -766,3 +836,206 @@ def sliced_metrics(
     for col in ("n", "positives", "flagged"):
         table[col] = table[col].astype("Int64")
     return table[["slice", "kind", "n", "positives", "flagged", *_SLICE_METRICS]]
+
+
+# ------------------------------------------------------------------- operating points
+
+#: Short names of the :func:`select_thresholds` rules, as the charts and the detector print them.
+RULE_LABELS = {"max_f1": "max-F1", "recall>=0.90": "R90", "recall>=0.95": "R95",
+               "thesis": "thesis (lower of max-F1 and R90)"}
+
+
+def operating_points(y_true: Any, scores: Any, *, positive: Any = 1,
+                     recalls: Sequence[float] = (0.90, 0.95)) -> dict[str, float]:
+    """The thresholds of every :func:`select_thresholds` rule read off ``(y_true, scores)``.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,); ``positive`` is the positive class
+    scores : array-like of float, shape (n_samples,)
+
+    Returns
+    -------
+    dict
+        ``{rule label: threshold}`` in the order max-F1, R90, R95, thesis
+        (:data:`RULE_LABELS`; other recall targets as ``R<percent>``).
+    """
+    table = select_thresholds(y_true, scores, y_true, scores, recalls=recalls, positive=positive)
+    out = {}
+    for rule, thr in zip(table["rule"], table["threshold"], strict=True):
+        label = RULE_LABELS.get(rule) or (f"R{round(float(rule.split('>=')[1]) * 100):d}" if ">=" in rule else rule)
+        out[label] = float(thr)
+    return out
+
+
+#: EB operating points: name -> (cut, what the paper or the workbench says). A score strictly
+#: above the cut is flagged (MedGore reads EB > 0 as Blur; the safe view's default cut is 1.0).
+EB_RULES = {
+    "medgore (EB > 0)": (0.0, "MedGore: an image with EB above 0 is Blur"),
+    "safe view (EB > 1.0)": (1.0, "the workbench's default EB cut (lib.sensitivity, --eb-threshold)"),
+}
+
+
+def eb_operating_points(y_true: Any, eb: Any, *, positive: Any = 1,
+                        rules: dict[str, tuple[float, str]] | None = None) -> pd.DataFrame:
+    """Binary metrics of the EB colour score at each named cut (flagged when ``eb > cut``).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,); ``positive`` is the positive (Blur) class
+    eb : array-like of float, shape (n_samples,): EB scores (z-score units), finite
+    rules : {name: (cut, definition)}; default :data:`EB_RULES`
+
+    Returns
+    -------
+    DataFrame, one row per rule: ``rule, cut, definition`` and the columns of
+    :func:`metrics_at_threshold` (``threshold`` is the cut itself; the comparison is strict).
+    """
+    rows = []
+    for name, (cut, definition) in (rules or EB_RULES).items():
+        # Strictly above the cut: the next float up is the ">=" threshold of metrics_at_threshold.
+        m = metrics_at_threshold(y_true, eb, float(np.nextafter(float(cut), np.inf)), positive=positive)
+        m["threshold"] = float(cut)
+        rows.append({"rule": name, "cut": float(cut), "definition": definition, **m})
+    return pd.DataFrame(rows)
+
+
+# -------------------------------------------------------------------------- segmentation
+
+_MASK_KEYS = ("iou", "dice", "f1_background", "double_f1", "mse", "precision", "recall")
+
+
+def _mask_pair(pred: Any, truth: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(soft prediction in [0, 1], its binary mask at 0.5, boolean truth), all of one shape."""
+    p = np.asarray(pred)
+    t = np.asarray(truth)
+    if p.shape != t.shape:
+        raise ValueError(f"masks differ in shape: prediction {p.shape}, truth {t.shape}")
+    if p.size == 0:
+        raise ValueError("masks are empty (no pixels)")
+    if p.dtype == bool:
+        soft = p.astype(np.float64)
+    else:
+        soft = p.astype(np.float64)
+        if not np.isfinite(soft).all() or soft.min() < 0 or soft.max() > 1:
+            raise ValueError("a soft prediction mask must hold probabilities in [0, 1]")
+    return soft, soft >= 0.5, t.astype(bool)
+
+
+def _mask_counts(flagged: np.ndarray, truth: np.ndarray) -> tuple[int, int, int, int]:
+    return _confusion_counts(truth.ravel(), flagged.ravel())
+
+
+def _mask_from_counts(tp: int, fp: int, fn: int, tn: int, sq_err: float) -> dict[str, float]:
+    """Mask metrics from pixel counts; a region absent from both masks scores 1 (nothing to find)."""
+    n = tp + fp + fn + tn
+    both_empty = tp + fp + fn == 0
+    bg_empty = tn + fp + fn == 0
+    return {
+        "iou": 1.0 if both_empty else tp / (tp + fp + fn),
+        "dice": 1.0 if both_empty else 2 * tp / (2 * tp + fp + fn),
+        "f1_background": 1.0 if bg_empty else 2 * tn / (2 * tn + fp + fn),
+        "double_f1": ((1.0 if both_empty else 2 * tp / (2 * tp + fp + fn))
+                      + (1.0 if bg_empty else 2 * tn / (2 * tn + fp + fn))) / 2,
+        "mse": sq_err / n,
+        "precision": float(_ratio(tp, tp + fp)),
+        "recall": float(_ratio(tp, tp + fn)),
+    }
+
+
+def mask_metrics(pred: Any, truth: Any) -> dict[str, float]:
+    """Pixel metrics of one predicted mask against its ground truth.
+
+    * ``iou`` = TP / (TP + FP + FN) (the thesis's segmentation score);
+    * ``dice`` = 2TP / (2TP + FP + FN), the pixel F1 of the region;
+    * ``f1_background`` = 2TN / (2TN + FP + FN), ``double_f1`` = their mean (pixel Double F1);
+    * ``mse`` = mean (prediction - truth)^2 over pixels (the soft prediction where one is given,
+      so it also scores a probability map; for binary masks it is the share of wrong pixels);
+    * ``precision``, ``recall`` of region pixels (NaN where undefined).
+
+    A region empty in both masks scores IoU = Dice = 1 (there was nothing to find).
+
+    Parameters
+    ----------
+    pred : bool array (H, W), or float array (H, W) of probabilities (thresholded at 0.5)
+    truth : bool array (H, W)
+    """
+    soft, flagged, t = _mask_pair(pred, truth)
+    return _mask_from_counts(*_mask_counts(flagged, t), float(np.sum((soft - t) ** 2)))
+
+
+def segmentation_metrics(preds: Sequence[Any], truths: Sequence[Any]) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Per-image and pooled mask metrics (see :func:`mask_metrics`).
+
+    Parameters
+    ----------
+    preds, truths : sequences of n masks; each pair has one shape (H_i, W_i)
+
+    Returns
+    -------
+    (per_image, pooled)
+        ``per_image``: DataFrame (n, 8), columns ``pixels`` and :func:`mask_metrics`'s keys.
+        ``pooled``: ``n, pixels``, ``mean_<key>`` (the mean over images, each image weighing
+        the same: the thesis's mean IoU) and ``pooled_<key>`` (from the pixel counts summed
+        over all images, each pixel weighing the same).
+    """
+    if len(preds) != len(truths):
+        raise ValueError(f"{len(preds)} predicted masks but {len(truths)} ground-truth masks")
+    if not len(preds):
+        raise ValueError("no masks to score")
+    rows, total = [], np.zeros(5)
+    for p, t in zip(preds, truths, strict=True):
+        soft, flagged, tb = _mask_pair(p, t)
+        counts = _mask_counts(flagged, tb)
+        sq = float(np.sum((soft - tb) ** 2))
+        total += (*counts, sq)
+        rows.append({"pixels": int(tb.size), **_mask_from_counts(*counts, sq)})
+    per_image = pd.DataFrame(rows, columns=["pixels", *_MASK_KEYS])
+    pooled_counts = _mask_from_counts(*(int(v) for v in total[:4]), float(total[4]))
+    pooled: dict[str, float] = {"n": int(len(rows)), "pixels": int(per_image["pixels"].sum())}
+    pooled.update({f"mean_{k}": float(per_image[k].mean(skipna=True)) for k in _MASK_KEYS})
+    pooled.update({f"pooled_{k}": float(v) for k, v in pooled_counts.items()})
+    return per_image, pooled
+
+
+# --------------------------------------------------------------------------- multi-label
+
+
+def multilabel_ap(y_true: Any, scores: Any, labels: Sequence | None = None) -> tuple[pd.DataFrame, float]:
+    """Average precision of every label of a multi-label task, and their mean (mAP).
+
+    For tag sets where an image can carry several labels at once (Cheng et al.'s body
+    regions, VinDr-CXR findings). AP is scikit-learn's ``average_precision_score`` per
+    column (the step-wise area under the precision-recall curve); mAP is the unweighted
+    mean over labels that have at least one positive (a label without positives has no
+    AP: NaN, left out of the mean, and said so by its ``positives`` count of 0).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples, n_labels), 0/1 or bool
+    scores : array-like of shape (n_samples, n_labels), higher is more likely
+    labels : n_labels names (default 0..n_labels-1)
+
+    Returns
+    -------
+    (per_label, mAP)
+        ``per_label``: DataFrame (n_labels, 3) with columns ``label, positives, ap``.
+    """
+    y = np.asarray(y_true)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.ndim != 2 or s.shape != y.shape:
+        raise ValueError(f"y_true {y.shape} and scores {s.shape} must both be (n_samples, n_labels)")
+    if y.size == 0:
+        raise ValueError("y_true is empty: there are no samples to score")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("y_true of a multi-label task must hold 0/1 (or bool) per label")
+    if not np.isfinite(s).all():
+        raise ValueError("scores has non-finite value(s) (NaN/inf)")
+    names = list(range(y.shape[1])) if labels is None else list(labels)
+    if len(names) != y.shape[1]:
+        raise ValueError(f"labels has {len(names)} names for {y.shape[1]} columns")
+    yb = y.astype(bool)
+    aps = [_binary_ap(yb[:, j], s[:, j]) for j in range(y.shape[1])]
+    table = pd.DataFrame({"label": names, "positives": yb.sum(axis=0).astype(int), "ap": aps})
+    finite = [a for a in aps if np.isfinite(a)]
+    return table, float(np.mean(finite)) if finite else float("nan")

@@ -12,6 +12,10 @@ ahead of it. Recall@K with K at least the gallery size is trivially 1.0 (everyth
 retrieved); that is the value reported by default, and ``beyond_gallery="nan"`` reports
 NaN instead so the trivial values stay out of the mean. The ``gallery`` column always
 says how large the gallery was.
+
+``mean_R`` is defined as MedicalNarratives (Table 2) defines its average: the mean of the six
+recalls T2I and I2T at K = 5, 50 and 200 (:data:`PAPER_KS`), whatever ``ks`` are shown. The
+mean over the shown ``ks`` is named differently: ``mean_R_ks``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from .errors import DatasetError, ModelError
 from .neighbors import Space, search_vectors
 
 KS = (1, 5, 10, 50, 200)
+#: The Ks of MedicalNarratives' average Recall@K (both directions): what ``mean_R`` means.
+PAPER_KS = (5, 50, 200)
 DIRECTIONS = ("t2i", "i2t")
 
 
@@ -163,6 +169,11 @@ def recall_from_ranks(ranks: np.ndarray, ks: Sequence[int] = KS) -> dict[int, fl
     return {int(k): float(np.mean(ranks <= k)) if len(ranks) else float("nan") for k in ks}
 
 
+def _nanmean(values) -> float:
+    vals = np.asarray(values, dtype=np.float64)
+    return float(np.nanmean(vals)) if len(vals) and not np.all(np.isnan(vals)) else float("nan")
+
+
 def _chunked_ranks(queries: np.ndarray, gallery: np.ndarray, q_keys: np.ndarray, g_keys: np.ndarray,
                    chunk: int) -> np.ndarray:
     """relevant_ranks of (q, D) queries against a (g, D) gallery; relevant = same key."""
@@ -201,7 +212,9 @@ def evaluate_retrieval(
     Returns
     -------
     DataFrame, one row for ``all`` then one per group: group, pairs, gallery (its size),
-    t2i_R@K and i2t_R@K for each K, and mean_R (mean of those recalls).
+    t2i_R@K and i2t_R@K for each K, ``mean_R`` (MedicalNarratives' average: the six recalls
+    at K = 5, 50, 200, both directions, :data:`PAPER_KS`) and ``mean_R_ks`` (the mean of
+    the recalls at ``ks``).
     """
     img = np.asarray(image_vecs, np.float32)
     txt = np.asarray(text_vecs, np.float32)
@@ -225,7 +238,10 @@ def evaluate_retrieval(
             for k, r in recall_from_ranks(ranks[d], ks).items():
                 out[f"{d}_R@{k}"] = float("nan") if beyond_gallery == "nan" and k >= gallery else r
         vals = [out[f"{d}_R@{k}"] for d in DIRECTIONS for k in ks]
-        out["mean_R"] = float(np.nanmean(vals)) if not np.all(np.isnan(vals)) else float("nan")
+        paper = [float("nan") if beyond_gallery == "nan" and k >= gallery else r
+                 for d in DIRECTIONS for k, r in recall_from_ranks(ranks[d], PAPER_KS).items()]
+        out["mean_R"] = _nanmean(paper)
+        out["mean_R_ks"] = _nanmean(vals)
         return out
 
     everything = np.arange(n)

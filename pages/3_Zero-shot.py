@@ -105,7 +105,8 @@ with ui.guard():
                     k[3].metric("Double F1", f"{at['double_f1']:.3f}")
                     k[4].metric("Flagged", f"{at['flagged']} / {at['n']}")
                     if scored["truth"].nunique() == 2:
-                        roc, pr = charts.roc_pr_curves(scored["truth"], scored["score"], positive, thr)
+                        roc, pr = charts.roc_pr_curves(scored["truth"], scored["score"], positive, thr,
+                                                       operating_points=True)
                         r1, r2 = st.columns(2)
                         r1.plotly_chart(roc, width="stretch")
                         r2.plotly_chart(pr, width="stretch")

@@ -257,7 +257,9 @@ S_TEST = np.array([0.7, 0.35, 0.05, 0.65, 0.3, 0.0])
 
 def test_select_thresholds_hand_example():
     table = m.select_thresholds(Y_VAL, S_VAL, Y_TEST, S_TEST)
-    assert table["rule"].tolist() == ["max_f1", "recall>=0.90", "recall>=0.95"]
+    assert table["rule"].tolist() == ["max_f1", "recall>=0.90", "recall>=0.95", "thesis"]
+    # The thesis's rule: the lower of the max-F1 (0.6) and R90 (0.3) thresholds.
+    assert table["threshold"].iat[3] == 0.3
     assert {"val_precision", "val_recall", "val_f1", "val_double_f1", "test_precision", "test_recall",
             "test_f1", "test_double_f1"} <= set(table.columns)
     best, r90, r95 = (table.iloc[i] for i in range(3))
@@ -310,7 +312,8 @@ def test_select_thresholds_matches_brute_force():
     table = m.select_thresholds(yv, sv, yt, st, recalls=(0.8, 0.9, 0.95), positive=True)
     best_t, by_recall = brute_thresholds(yv, sv, (0.8, 0.9, 0.95))
     assert table.loc[0, "threshold"] == best_t
-    assert table["threshold"].tolist()[1:] == [by_recall[0.8], by_recall[0.9], by_recall[0.95]]
+    assert table["threshold"].tolist()[1:4] == [by_recall[0.8], by_recall[0.9], by_recall[0.95]]
+    assert table["threshold"].iat[4] == min(best_t, by_recall[0.9])
     for _, row in table.iterrows():
         pred = st >= row["threshold"]
         assert row["test_recall"] == pytest.approx(recall_score(yt, pred))

@@ -67,11 +67,14 @@ def test_evaluate_retrieval_hand_case_both_directions():
     assert len(t) == 1 and t.loc[0, "group"] == "all" and t.loc[0, "pairs"] == 3 and t.loc[0, "gallery"] == 3
     assert t.loc[0, "t2i_R@1"] == pytest.approx(2 / 3)
     assert t.loc[0, ["t2i_R@2", "t2i_R@5", "i2t_R@1", "i2t_R@2", "i2t_R@5"]].tolist() == [1.0] * 5
-    assert t.loc[0, "mean_R"] == pytest.approx((2 / 3 + 5) / 6)
+    assert t.loc[0, "mean_R_ks"] == pytest.approx((2 / 3 + 5) / 6)
+    # mean_R is the papers' average over K = 5, 50, 200: all beyond the 3-item gallery, so 1.0.
+    assert t.loc[0, "mean_R"] == 1.0
     # K=5 exceeds the 3-item gallery: trivially 1.0, or NaN and out of the mean on request.
     n = evaluate_retrieval(img, txt, ks=(1, 2, 5), beyond_gallery="nan")
     assert np.isnan(n.loc[0, "t2i_R@5"]) and np.isnan(n.loc[0, "i2t_R@5"])
-    assert n.loc[0, "mean_R"] == pytest.approx((2 / 3 + 3) / 4)
+    assert n.loc[0, "mean_R_ks"] == pytest.approx((2 / 3 + 3) / 4)
+    assert np.isnan(n.loc[0, "mean_R"])
 
 
 def test_evaluate_retrieval_groups_pooled_vs_restricted():
