@@ -27,7 +27,7 @@ BENCHES = {
     "app": ("bench.app_page", "5. App: Neighbours page at 100k items", 180),
     "umap": ("bench.umap_bench", "6. UMAP projection of 100k points", 300),
     "load": ("bench.load", "7. App under load: 8 sessions browse Neighbours at 100k items", 420),
-    "quality": ("bench.quality", "8. Data quality: near-duplicate groups of 1M x 512 vectors, perceptual hashes", 600),
+    "quality": ("bench.quality", "8. Data quality: near-duplicate groups of 1M x 512 vectors, perceptual hashes", 900),
     "fastpath": ("bench.fastpath", "Opt-in: fast CPU paths for ViT-B-32 (bf16 cast, torch.compile, ONNX Runtime)",
                  600),
 }

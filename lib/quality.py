@@ -68,7 +68,7 @@ HASH_MAX_DISTANCE = 10
 HASH_SIZE = 8
 HASH_BITS = HASH_SIZE * HASH_SIZE
 #: Bump when a change of the hashing code changes the hashes (the cache fingerprint).
-HASH_VERSION = 1
+HASH_VERSION = 2
 #: Letterbox trimming: an edge row/column is padding when under TRIM_SHARE of its pixels
 #: differ by more than TRIM_TOLERANCE grey levels from its median; nothing is cut when
 #: less than TRIM_MIN_KEEP of the image would remain.
@@ -76,7 +76,7 @@ TRIM_TOLERANCE = 16
 TRIM_SHARE = 0.02
 TRIM_MIN_KEEP = 0.25
 #: Longest side an image is reduced to before trimming and hashing (the hash reads 32 x 32).
-HASH_DECODE_SIDE = 256
+HASH_DECODE_SIDE = 128
 #: Neighbours for kNN label disagreement and uniqueness.
 KNN_K = 10
 #: Outlier: uniqueness above median + OUTLIER_MADS * 1.4826 * MAD.
@@ -142,7 +142,7 @@ def trim_border(img):
     unchanged when less than :data:`TRIM_MIN_KEEP` of it would remain (a mostly uniform
     image). So a copy flipped inside its padding, or padded differently, hashes alike.
     """
-    a = np.asarray(img, dtype=np.int16)
+    a = np.asarray(img, dtype=np.float32)
     if a.ndim != 2 or a.size == 0:
         return img
     bounds = []
@@ -152,32 +152,73 @@ def trim_border(img):
         size = a.shape[0] if axis == 1 else a.shape[1]
         bounds.append((int(busy[0]), int(busy[-1]) + 1) if len(busy) else (0, size))
     (r0, r1), (c0, c1) = bounds
-    if (r1 - r0) * (c1 - c0) < TRIM_MIN_KEEP * a.size:
+    if (r1 - r0) * (c1 - c0) >= a.size or (r1 - r0) * (c1 - c0) < TRIM_MIN_KEEP * a.size:
         return img
     return img.crop((c0, r0, c1, r1))
+
+
+def _hash_input(img):
+    """The 32 x 32 greyscale image pHash reads: reduced within :data:`HASH_DECODE_SIDE`,
+    borders trimmed, resized with LANCZOS (imagehash's own resampling)."""
+    from PIL import Image
+
+    w, h = img.size
+    if max(w, h) > HASH_DECODE_SIDE:
+        f = HASH_DECODE_SIDE / max(w, h)
+        img = img.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    side = HASH_SIZE * 4  # imagehash.phash's highfreq_factor
+    return trim_border(img.convert("L")).resize((side, side), Image.Resampling.LANCZOS)
+
+
+#: How each orientation of :data:`_DIHEDRAL` acts on pHash's low-frequency DCT block D[u, v]
+#: (u: vertical frequency, v: horizontal): (transposed, sign of the rows, sign of the columns).
+#: Reversing a signal multiplies its DCT-II coefficient k by (-1)^k, so one DCT gives all 8.
+_DCT_ACTION = {None: (False, False, False), "FLIP_LEFT_RIGHT": (False, False, True),
+               "FLIP_TOP_BOTTOM": (False, True, False), "ROTATE_180": (False, True, True),
+               "TRANSPOSE": (True, False, False), "TRANSVERSE": (True, True, True),
+               "ROTATE_90": (True, True, False), "ROTATE_270": (True, False, True)}
 
 
 def image_hashes(img) -> np.ndarray:
     """Perceptual hashes of one image in its 8 flips and rotations.
 
     The image (PIL, any mode) is reduced to greyscale within :data:`HASH_DECODE_SIDE`,
-    trimmed of uniform borders (:func:`trim_border`), resized once to pHash's 32 x 32 and
-    hashed with ``imagehash.phash`` as it is and in each of the 7 other orientations.
+    trimmed of uniform borders (:func:`trim_border`) and resized once to pHash's 32 x 32.
+    Each orientation's hash is ``imagehash.phash`` of that orientation of the small image;
+    they are computed from one DCT (a flip changes the signs of odd frequencies, a
+    transpose transposes the block), which ``tests/test_quality.py`` checks against
+    ``imagehash.phash`` itself.
 
     Returns
     -------
-    ndarray (8, 8) uint8: row t is the 64-bit hash of orientation t as 8 bytes (row 0:
-    the image as it is), the code layout of faiss binary indexes.
+    ndarray (8, 8) uint8: row t is the 64-bit hash of orientation t (:data:`_DIHEDRAL`) as
+    8 bytes (row 0: the image as it is), the code layout of faiss binary indexes.
     """
+    import scipy.fftpack
+
+    pixels = np.asarray(_hash_input(img))
+    dct = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=0), axis=1)  # as imagehash.phash computes it
+    low = dct[:HASH_SIZE, :HASH_SIZE]
+    sign = np.where(np.arange(HASH_SIZE) % 2 == 0, 1.0, -1.0)
+    out = np.empty((len(_DIHEDRAL), HASH_BITS // 8), np.uint8)
+    for t, name in enumerate(_DIHEDRAL):
+        transposed, rows, cols = _DCT_ACTION[name]
+        d = low.T if transposed else low
+        if rows:
+            d = d * sign[:, None]
+        if cols:
+            d = d * sign[None, :]
+        out[t] = np.packbits((d > np.median(d)).ravel())
+    return out
+
+
+def image_hashes_reference(img) -> np.ndarray:
+    """:func:`image_hashes` computed the slow way: ``imagehash.phash`` of each of the 8
+    transposed images (for tests; same layout)."""
     import imagehash
     from PIL import Image
 
-    g = img.convert("L")
-    if max(g.size) > HASH_DECODE_SIDE:
-        g = g.copy()
-        g.thumbnail((HASH_DECODE_SIDE, HASH_DECODE_SIDE), Image.Resampling.BILINEAR)
-    side = HASH_SIZE * 4  # imagehash.phash's highfreq_factor
-    small = trim_border(g).resize((side, side), Image.Resampling.LANCZOS)
+    small = _hash_input(img)
     out = np.empty((len(_DIHEDRAL), HASH_BITS // 8), np.uint8)
     for t, name in enumerate(_DIHEDRAL):
         x = small if name is None else small.transpose(getattr(Image.Transpose, name))
@@ -1228,3 +1269,67 @@ def review_queue(ds: ds_mod.Dataset) -> pd.DataFrame:
     return pd.DataFrame({"id": lst["id"].to_numpy(), "row": [int(first[pos[c]]) for c in lst["id"]],
                          "task": "quality", "reason": lst["reason"].to_numpy(),
                          "suggested": lst["suggested"].to_numpy()})
+
+
+# =========================================================================== what the Quality page draws
+
+
+def group_page(duplicates: pd.DataFrame, page: int = 1, per_page: int = 10,
+               max_members: int | None = None) -> tuple[list[tuple[int, pd.DataFrame]], int]:
+    """One page of near-duplicate groups: ([(group, its rows of :func:`duplicates_table`,
+    representative first, at most ``max_members`` of them)], number of pages)."""
+    if duplicates.empty:
+        return [], 1
+    groups = sorted(duplicates["group"].unique())
+    n_pages = max(1, -(-len(groups) // per_page))
+    page = min(max(int(page), 1), n_pages)
+    chosen = groups[(page - 1) * per_page:page * per_page]
+    by = dict(tuple(duplicates[duplicates["group"].isin(chosen)].groupby("group", sort=True)))
+    return [(int(g), by[g] if max_members is None else by[g].head(max_members)) for g in chosen], n_pages
+
+
+def leak_rows(ds: ds_mod.Dataset, leaks: pd.DataFrame) -> pd.DataFrame:
+    """Leak pairs within dataset ``ds`` with the dataset rows of both sides (``row_a``, ``row_b``)."""
+    if leaks.empty:
+        return leaks.assign(row_a=pd.Series(dtype=int), row_b=pd.Series(dtype=int))
+    lk = leaks[(leaks["dataset_a"] == ds.name) & (leaks["dataset_b"] == ds.name)].copy()
+    images = ds.images
+    key = pd.Series(np.arange(len(images)), index=pd.MultiIndex.from_arrays(
+        [images["id"].astype(str), images["split"].astype(object).where(images["split"].notna(), None)]))
+    key = key[~key.index.duplicated()]
+    lk["row_a"] = [int(key.get((a, s), -1)) for a, s in zip(lk["id_a"], lk["split_a"], strict=True)]
+    lk["row_b"] = [int(key.get((b, s), -1)) for b, s in zip(lk["id_b"], lk["split_b"], strict=True)]
+    return lk[(lk["row_a"] >= 0) & (lk["row_b"] >= 0)].reset_index(drop=True)
+
+
+def annotation_label_for(name: str, labels: Sequence[str], cls) -> str | None:
+    """The annotation label (of the store's label set ``labels``) that stands for dataset class
+    ``cls`` (:func:`lib.workflow.class_mapping`: Blur for the sensitive class, Ok for the safe
+    one), or the class itself when it is a label of the set; None when no label says it."""
+    from .workflow import class_mapping
+
+    for label, c in class_mapping(name).items():
+        if c is not None and str(c) == str(cls) and label in labels:
+            return label
+    return str(cls) if str(cls) in labels else None
+
+
+def group_caption(rec) -> str:
+    """Caption of a group member (a row of :func:`duplicates_table`)."""
+    if rec["is_representative"]:
+        text = "representative"
+    else:
+        text = f"cos {rec['similarity']:.3f}" if pd.notna(rec["similarity"]) else "hash match"
+        if rec["hash_distance"] >= 0:
+            text += f" · hash {int(rec['hash_distance'])}"
+    return text + (f" · {rec['split']}" if pd.notna(rec["split"]) else "")
+
+
+def issue_caption(rec) -> str:
+    """Caption of a label issue (a row of :func:`label_issues_table`)."""
+    return (f"{rec['label']} → {rec['suggested']} · score {rec['score']:.2f}" + (" · flagged" if rec["flagged"] else "")
+            + (" · looks sensitive" if rec["missed_sensitive"] else ""))
+
+
+def outlier_caption(rec) -> str:
+    return f"uniqueness {rec['uniqueness']:.3f}" + (" · outlier" if rec["outlier"] else "")

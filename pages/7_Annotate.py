@@ -30,14 +30,16 @@ with ui.guard():
         ss["an-kind"] = "Review sample"
         ss["an-exp"] = sent["expansion"]
         ss["an-file"] = sent["file"]
-    kind = st.radio("Queue", ["Seeds to pick", "Not yet screened", "Review sample", "Suggested by a detector"],
+    kind = st.radio("Queue", ["Seeds to pick", "Not yet screened", "Review sample", "Suggested by a detector",
+                              "Quality review"],
                     horizontal=True, key="an-kind",
                     help="Seeds: images to label by hand (the start of an expansion). Not yet screened: the images "
                          "the safe view has no evidence about; an Ok clears one, Blur or Maybe flags it. Review "
                          "sample: neighbours drawn per band of ranks on the Expand page, labelled blind by two "
                          "annotators. Suggested by a detector: the images that teach a detector most (unfamiliar "
                          "regions first, then uncertain ones near its threshold, then diverse ones); retrain it "
-                         "after a batch.")
+                         "after a batch. Quality review: images sent from the Quality page (likely label "
+                         "mistakes).")
 
     if kind in ("Seeds to pick", "Not yet screened"):
         decision = ctx.decision()
@@ -84,6 +86,22 @@ with ui.guard():
             bar.empty()
             ss["an-sig"], ss["an-pos"] = signature, 0
         queue_name = f"suggested:{det_name}"
+    elif kind == "Quality review":
+        from lib import quality
+
+        review_file = quality.review_list_path(ctx.name)
+        if not review_file.exists():
+            st.info("**Nothing sent for review yet.** On the Quality page, *Send to review* queues a likely label "
+                    "mistake here.")
+            ui.nav_link("quality", "Open Quality", ctx, icon=":material/fact_check:")
+            st.stop()
+        signature = ("quality", ctx.name, review_file.stat().st_mtime_ns)
+        if ss.get("an-sig") != signature:
+            ss["an-queue"] = quality.review_queue(ds)
+            ss["an-sig"] = signature
+            ss["an-pos"] = wf.next_unlabelled(ss["an-queue"]["id"].tolist(),
+                                              store.current(ctx.name, who)["image_id"]) or 0
+        queue_name = "quality-review"
     else:
         exps = wf.list_expansions(ctx.name)
         if exps.empty:
