@@ -61,9 +61,12 @@ def test_label_five_images_with_the_keyboard(page, workflow_server):  # noqa: F8
 
     assert caption_text(page).startswith("#1 of 50")
     assert caption_text(page).endswith("censored")  # EB high first: a sensitive image, blurred
-    press(page, "v")  # reveal
+    press(page, "v")  # reveal: a warning naming the reason comes first
+    assert caption_text(page).endswith("censored")
+    page.get_by_text("This image is censored").wait_for()
+    press(page, "v")  # V again: shown
     assert not caption_text(page).endswith("censored")
-    press(page, "v")  # and hide again
+    press(page, "v")  # and re-blurred
     assert caption_text(page).endswith("censored")
 
     keys = ["1", "3", "2", "1", "3"]
