@@ -665,5 +665,5 @@ def test_two_sessions_browse_neighbours_at_once(server, expo):
     res = browse(server.base, "expo-label", "color", ids, sessions=2, seconds=15, seed=2, server_pid=server.proc.pid)
     print(f"\nload, light: {res.summary()}; RSS before {before / 2**20:.0f} MiB")
     assert not warm.errors and not res.errors, (warm.errors + res.errors)[:3]
-    assert all(n >= 2 for n in res.per_session), res.per_session
+    assert all(n >= 1 for n in res.per_session), res.per_session  # every session rendered (rates: bench/load.py)
     assert res.rss_peak - before < 200 * 2**20, "two more sessions took over 200 MiB"
