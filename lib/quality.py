@@ -889,7 +889,7 @@ def knn(space, k: int = KNN_K, *, chunk: int = RANGE_CHUNK) -> tuple[np.ndarray,
     """
     ids, first, id_of_row = _first_rows(space.dataset.images)
     n = len(ids)
-    extra = int(np.bincount(id_of_row).max()) if n else 1  # the image and its byte-identical copies
+    extra = 2 * int(np.bincount(id_of_row).max()) if n else 1  # the image's and its neighbours' copies
     want = min(k + extra, len(space.dataset.images))
     nb = np.full((n, k), -1, np.int64)
     sims = np.full((n, k), np.nan, np.float32)
@@ -898,6 +898,8 @@ def knn(space, k: int = KNN_K, *, chunk: int = RANGE_CHUNK) -> tuple[np.ndarray,
         sc, rows = space.index.search(space.emb.take(first[q]), want)
         who = np.where(rows >= 0, id_of_row[np.maximum(rows, 0)], -1)
         keep = (who >= 0) & (who != q[:, None])
+        for j in range(1, who.shape[1]):  # a neighbour's byte-identical copies: count it once
+            keep[:, j] &= ~(who[:, j:j + 1] == who[:, :j]).any(axis=1)
         order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept hits first, in rank order
         ok = np.take_along_axis(keep, order, 1)
         w = np.take_along_axis(who, order, 1)
