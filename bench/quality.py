@@ -135,7 +135,8 @@ def _groups(rec: Recorder, n: int, tag: str) -> None:
             note=f"an n x n float32 matrix would be {n * n * 4 / 2**40:.1f} TiB")
     found = {(int(i), int(j)) for i, j in zip(a, b, strict=True)}
     rec.add(f"{tag}: planted pairs found", len(planted_pairs & found) / max(len(planted_pairs), 1), "",
-            note=f"{len(a):,} pairs, {nd.n_groups:,} groups")
+            note=f"{len(a):,} pairs, {nd.n_groups:,} groups (all planted groups whole); two copies of one "
+                 "original can sit below the threshold, so not every planted pair is a true pair")
     rng = np.random.default_rng(2)
     sample = np.unique(np.r_[rng.choice(members, SAMPLE // 2, replace=False),
                              rng.choice(n, SAMPLE // 2, replace=False)])
