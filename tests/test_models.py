@@ -175,8 +175,9 @@ def test_parse_spec_forms_and_errors():
     assert parse_spec("open_clip:ViT-B-32@laion2b_s34b_b79k").pretrained == "laion2b_s34b_b79k"
     assert parse_spec("biomedclip").arch == "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
     assert parse_spec("hf:/some/path").ref == "/some/path"
+    assert parse_spec("resnet50").kind == "timm"  # an alias of MedGore's backbone since issue 14
     with pytest.raises(ModelError, match="unknown model spec"):
-        parse_spec("resnet50")
+        parse_spec("no-such-model")
 
 
 def test_color_backend_is_deterministic_normalised_and_textless(images):

@@ -7,9 +7,18 @@ spec                                              loads
 ``open_clip:ARCH@TAG``                            open_clip pretrained tag (``ViT-B-32@laion2b_s34b_b79k``)
 ``open_clip:hf-hub:ORG/NAME``                     open_clip model from the HF hub (BiomedCLIP)
 ``open_clip:ARCH@/path/weights.safetensors``      local checkpoint (safetensors or weights-only torch)
-``hf:MODEL_ID_OR_PATH``                           transformers ``CLIPModel`` / ``SiglipModel``
-alias from ``aliases.json``                       e.g. ``biomedclip``, ``clip-b32``
+``open_clip:local-dir:/folder``                   an open_clip_config.json with its weights
+``hf:MODEL_ID_OR_PATH``                           transformers ``CLIPModel`` / ``SiglipModel``, or an
+                                                  image-only ``AutoModel`` backbone (DINOv2, ViT)
+``timm:NAME[@TAG | @/path/weights]``              a timm image backbone (ResNet-50, ViT-B/16, Swin-B)
+``finetuned:/path/CKPT``                          a checkpoint written by ``python -m lib finetune``
+alias from ``aliases.json``                       e.g. ``biomedclip``, ``clip-b32``, ``swin-b``, ``dinov2-l``
 ================================================  =========================================
+
+The registry is a table of kinds (:data:`REGISTRY`, in the manner of CLIP_benchmark's
+``TYPE2FUNC`` and open_clip's factory): each :class:`Kind` names its prefix, how the rest of
+the spec parses, its loader and the identity of its weights for the fingerprint memo. A new
+backend is one entry in that table.
 
 Random weights are never used silently: ``random_weights=True`` (CLI ``--random-weights``)
 is required, and the fingerprint records it.
@@ -19,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +36,10 @@ from .. import config
 from ..errors import ModelError
 from .base import PRECISIONS, Backend, fingerprint_of, l2_normalize, select_device
 
-__all__ = ["Backend", "ModelSpec", "PRECISIONS", "load_model", "parse_spec", "resolve_fingerprint",
-           "fingerprint_of", "l2_normalize", "select_device", "aliases", "KINDS", "load_available"]
+__all__ = ["Backend", "Kind", "ModelSpec", "PRECISIONS", "REGISTRY", "load_model", "parse_spec",
+           "resolve_fingerprint", "fingerprint_of", "l2_normalize", "select_device", "aliases", "KINDS",
+           "load_available"]
 
-KINDS = ("color", "open_clip", "hf")
 _ALIASES = Path(__file__).with_name("aliases.json")
 
 
@@ -39,7 +49,7 @@ def aliases() -> dict[str, str]:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A parsed spec: ``kind`` plus ``arch``/``pretrained`` (open_clip) or ``ref`` (hf)."""
+    """A parsed spec: ``kind`` plus ``arch``/``pretrained`` (open_clip, timm) or ``ref`` (hf, finetuned)."""
 
     text: str
     kind: str
@@ -48,30 +58,214 @@ class ModelSpec:
     ref: str | None = None
 
 
+@dataclass(frozen=True)
+class Kind:
+    """One backend kind of the registry.
+
+    Attributes
+    ----------
+    name : the ``ModelSpec.kind``
+    prefix : what a spec starts with (``"timm:"``); for ``color`` the whole spec
+    parse : (spec text, rest after the prefix) -> ModelSpec; raises ModelError if malformed
+    load : (ModelSpec, random_weights, seed, device, precision) -> Backend
+    weights_identity : ModelSpec -> str (cheap identity of the weights: a file's size and
+        mtime, the HF cache revision, "" when the spec alone fixes them) or None (unknown until
+        loaded); the memo of fingerprints is keyed by it
+    fingerprint : ModelSpec -> str, for kinds whose fingerprint is known without loading
+    example : shown in the "unknown spec" message
+    """
+
+    name: str
+    prefix: str
+    parse: Callable[[str, str], ModelSpec]
+    load: Callable[..., Backend]
+    weights_identity: Callable[[ModelSpec], str | None]
+    fingerprint: Callable[[ModelSpec], str] | None = None
+    example: str = ""
+
+
+# ---------------------------------------------------------------- the kinds
+
+
+def _exists(path: str | None) -> bool:
+    return bool(path) and os.path.exists(os.path.expanduser(path))
+
+
+def _file_ident(path: str) -> str:
+    from .weights import file_identity
+
+    return file_identity(path)
+
+
+def _hub_ident(repo: str) -> str | None:
+    from .weights import hf_cached_revision
+
+    return hf_cached_revision(repo) or None  # nothing cached yet: unknown until loaded
+
+
+def _parse_color(text: str, rest: str) -> ModelSpec:
+    return ModelSpec(text, "color")
+
+
+def _load_color(s: ModelSpec, random_weights: bool, seed: int, device, precision) -> Backend:
+    if random_weights:
+        raise ModelError("the color backend has no weights; drop --random-weights")
+    from .color import ColorBackend
+
+    return ColorBackend()
+
+
+def _color_fingerprint(s: ModelSpec) -> str:
+    from .color import color_fingerprint
+
+    return color_fingerprint()
+
+
+def _parse_open_clip(text: str, rest: str) -> ModelSpec:
+    if rest.startswith("hf-hub:"):
+        if rest.count("/") < 1:
+            raise ModelError(f"bad spec {text!r}: expected open_clip:hf-hub:ORG/NAME")
+        return ModelSpec(text, "open_clip", arch=rest)
+    if rest.startswith("local-dir:"):
+        if len(rest) <= len("local-dir:"):
+            raise ModelError(f"bad spec {text!r}: expected open_clip:local-dir:/path/to/folder")
+        return ModelSpec(text, "open_clip", arch=rest)
+    arch, _, pretrained = rest.partition("@")
+    if not arch:
+        raise ModelError(f"bad spec {text!r}: expected open_clip:ARCH@PRETRAINED")
+    return ModelSpec(text, "open_clip", arch=arch, pretrained=pretrained or None)
+
+
+def _load_open_clip(s: ModelSpec, random_weights: bool, seed: int, device, precision) -> Backend:
+    from .openclip import OpenClipBackend
+
+    return OpenClipBackend(s.arch, s.pretrained, random_weights=random_weights, seed=seed, device=device,
+                           precision=precision)
+
+
+def _open_clip_ident(s: ModelSpec) -> str | None:
+    if _exists(s.pretrained):
+        return _file_ident(s.pretrained)
+    if s.arch.startswith("local-dir:"):
+        folder = s.arch[len("local-dir:"):]
+        return _file_ident(folder) if _exists(folder) else None
+    if s.arch.startswith("hf-hub:"):
+        return _hub_ident(s.arch[len("hf-hub:"):])
+    return ""
+
+
+def _parse_hf(text: str, rest: str) -> ModelSpec:
+    if not rest:
+        raise ModelError(f"bad spec {text!r}: expected hf:MODEL_ID_OR_PATH")
+    return ModelSpec(text, "hf", ref=rest)
+
+
+def _load_hf(s: ModelSpec, random_weights: bool, seed: int, device, precision) -> Backend:
+    from .hf import load_hf
+
+    return load_hf(s.ref, random_weights=random_weights, seed=seed, device=device, precision=precision)
+
+
+def _hf_ident(s: ModelSpec) -> str | None:
+    from .hf import shipped
+
+    tiny = shipped(s.ref)
+    if tiny is not None:
+        return _file_ident(str(tiny))
+    if _exists(s.ref):
+        return _file_ident(s.ref)
+    return _hub_ident(s.ref)
+
+
+def _parse_timm(text: str, rest: str) -> ModelSpec:
+    name, _, weights = rest.partition("@")
+    if not name:
+        raise ModelError(f"bad spec {text!r}: expected timm:NAME, timm:NAME@TAG or timm:NAME@/path/weights")
+    return ModelSpec(text, "timm", arch=name, pretrained=weights or None)
+
+
+def _load_timm(s: ModelSpec, random_weights: bool, seed: int, device, precision) -> Backend:
+    from .timm_backend import TimmBackend
+
+    return TimmBackend(s.arch, s.pretrained, random_weights=random_weights, seed=seed, device=device,
+                       precision=precision)
+
+
+def _timm_ident(s: ModelSpec) -> str | None:
+    from .timm_backend import looks_like_path, tiny_config
+
+    if s.pretrained and looks_like_path(s.pretrained):
+        return _file_ident(s.pretrained) if _exists(s.pretrained) else None
+    if tiny_config(s.arch) is not None:
+        return ""
+    import timm
+
+    full = f"{s.arch}.{s.pretrained}" if s.pretrained else s.arch
+    cfg = timm.models.get_pretrained_cfg(full)
+    hub = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    return _hub_ident(hub.split("@")[0]) if hub else ""
+
+
+def _parse_finetuned(text: str, rest: str) -> ModelSpec:
+    if not rest:
+        raise ModelError(f"bad spec {text!r}: expected finetuned:/path/to/checkpoint_folder")
+    return ModelSpec(text, "finetuned", ref=rest)
+
+
+def finetuned_spec(folder: str | os.PathLike) -> str:
+    """The registry spec of the fine-tuned model in ``folder`` (read from its ``finetune.json``)."""
+    from ..errors import WeightsMissing
+
+    path = Path(folder).expanduser() / "finetune.json"
+    if not path.is_file():
+        raise WeightsMissing(f"no fine-tuned model in {Path(folder).expanduser()} (no finetune.json): "
+                             "write one with python -m lib finetune NAME --model SPEC --out FOLDER")
+    try:
+        best = json.loads(path.read_text())["best"]
+    except (ValueError, KeyError, TypeError):
+        raise ModelError(f"{path}: not a finetune.json written by python -m lib finetune") from None
+    if not best or not best.get("spec"):
+        raise WeightsMissing(f"{path}: no epoch has finished yet, so there is no model to load; resume with "
+                             "python -m lib finetune ... --out FOLDER")
+    return str(best["spec"])
+
+
+def _load_finetuned(s: ModelSpec, random_weights: bool, seed: int, device, precision) -> Backend:
+    if random_weights:
+        raise ModelError("a fine-tuned checkpoint holds its own weights; drop --random-weights")
+    return load_model(finetuned_spec(s.ref), device=device, precision=precision)
+
+
+def _finetuned_ident(s: ModelSpec) -> str | None:
+    return _file_ident(s.ref) if _exists(s.ref) else None
+
+
+#: The kinds, in the order specs are matched against their prefixes.
+REGISTRY: dict[str, Kind] = {k.name: k for k in (
+    Kind("color", "color", _parse_color, _load_color, lambda s: "", _color_fingerprint, "color"),
+    Kind("open_clip", "open_clip:", _parse_open_clip, _load_open_clip, _open_clip_ident,
+         example="open_clip:ARCH@PRETRAINED, open_clip:hf-hub:ORG/NAME, open_clip:ARCH@/path/to/weights.safetensors"),
+    Kind("hf", "hf:", _parse_hf, _load_hf, _hf_ident, example="hf:MODEL_ID_OR_PATH"),
+    Kind("timm", "timm:", _parse_timm, _load_timm, _timm_ident, example="timm:NAME[@TAG|@/path/to/weights]"),
+    Kind("finetuned", "finetuned:", _parse_finetuned, _load_finetuned, _finetuned_ident,
+         example="finetuned:/path/to/checkpoint_folder"),
+)}
+KINDS = tuple(REGISTRY)
+
+
 def parse_spec(spec: str) -> ModelSpec:
     """Parse a spec string (see module docstring); raises :class:`ModelError` if malformed."""
     spec = (spec or "").strip()
     spec = aliases().get(spec, spec)
-    if spec == "color":
-        return ModelSpec(spec, "color")
-    if spec.startswith("open_clip:"):
-        rest = spec[len("open_clip:"):]
-        if rest.startswith("hf-hub:"):
-            if rest.count("/") < 1:
-                raise ModelError(f"bad spec {spec!r}: expected open_clip:hf-hub:ORG/NAME")
-            return ModelSpec(spec, "open_clip", arch=rest)
-        arch, _, pretrained = rest.partition("@")
-        if not arch:
-            raise ModelError(f"bad spec {spec!r}: expected open_clip:ARCH@PRETRAINED")
-        return ModelSpec(spec, "open_clip", arch=arch, pretrained=pretrained or None)
-    if spec.startswith("hf:") and len(spec) > 3:
-        return ModelSpec(spec, "hf", ref=spec[3:])
+    for kind in REGISTRY.values():
+        if kind.prefix.endswith(":"):
+            if spec.startswith(kind.prefix):
+                return kind.parse(spec, spec[len(kind.prefix):])
+        elif spec == kind.prefix:
+            return kind.parse(spec, "")
     known = ", ".join(sorted(aliases()))
-    raise ModelError(
-        f"unknown model spec {spec!r}. Use 'color', 'open_clip:ARCH@PRETRAINED', "
-        f"'open_clip:hf-hub:ORG/NAME', 'open_clip:ARCH@/path/to/weights.safetensors', "
-        f"'hf:MODEL_ID_OR_PATH', or an alias ({known})"
-    )
+    forms = "; ".join(f"'{k.example}'" for k in REGISTRY.values())
+    raise ModelError(f"unknown model spec {spec!r}. Use {forms}; or an alias ({known})")
 
 
 def load_model(spec: str, *, random_weights: bool = False, seed: int = 0, device: str | None = None,
@@ -86,22 +280,7 @@ def load_model(spec: str, *, random_weights: bool = False, seed: int = 0, device
         (autocast), ``bf16-cast`` (whole model in bf16: the fast CPU path).
     """
     s = parse_spec(spec)
-    if s.kind == "color":
-        if random_weights:
-            raise ModelError("the color backend has no weights; drop --random-weights")
-        from .color import ColorBackend
-
-        backend: Backend = ColorBackend()
-    elif s.kind == "open_clip":
-        from .openclip import OpenClipBackend
-
-        backend = OpenClipBackend(s.arch, s.pretrained, random_weights=random_weights, seed=seed,
-                                  device=device, precision=precision)
-    else:
-        from .hf import HFBackend
-
-        backend = HFBackend(s.ref, random_weights=random_weights, seed=seed, device=device,
-                            precision=precision)
+    backend = REGISTRY[s.kind].load(s, random_weights, seed, device, precision)
     _remember(s, random_weights, seed, backend.fingerprint)
     return backend
 
@@ -135,25 +314,14 @@ def _memo_path() -> Path:
 
 
 def _memo_key(s: ModelSpec, random_weights: bool, seed: int) -> str | None:
-    from .weights import file_identity
-
-    if s.kind == "open_clip" and s.pretrained and os.path.exists(os.path.expanduser(s.pretrained)):
-        ident = file_identity(s.pretrained)
-    elif s.kind == "hf" and os.path.exists(os.path.expanduser(s.ref)):
-        ident = file_identity(s.ref)
-    elif s.kind == "hf" or (s.arch or "").startswith("hf-hub:"):
-        from .weights import hf_cached_revision
-
-        ident = hf_cached_revision(s.ref or s.arch[len("hf-hub:"):]) or ""
-        if not ident:
-            return None  # nothing cached yet: the fingerprint is unknown until loaded
-    else:
-        ident = ""
+    ident = REGISTRY[s.kind].weights_identity(s)
+    if ident is None:
+        return None
     return f"{s.text}|random={random_weights}|seed={seed}|{ident}"
 
 
 def _remember(s: ModelSpec, random_weights: bool, seed: int, fp: str) -> None:
-    if s.kind == "color":
+    if REGISTRY[s.kind].fingerprint is not None:
         return
     key = _memo_key(s, random_weights, seed)
     if key is None:
@@ -163,19 +331,17 @@ def _remember(s: ModelSpec, random_weights: bool, seed: int, fp: str) -> None:
     if memo.get(key) == fp:
         return
     memo[key] = fp
-    config.ensure(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(memo, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    from ..files import write_text
+
+    write_text(path, json.dumps(memo, indent=1, sort_keys=True))
 
 
 def resolve_fingerprint(spec: str, *, random_weights: bool = False, seed: int = 0) -> str | None:
     """The cache fingerprint of ``spec`` without loading the model, or None if unknown yet."""
     s = parse_spec(spec)
-    if s.kind == "color":
-        from .color import color_fingerprint
-
-        return color_fingerprint()
+    kind = REGISTRY[s.kind]
+    if kind.fingerprint is not None:
+        return kind.fingerprint(s)
     key = _memo_key(s, random_weights, seed)
     path = _memo_path()
     if key is None or not path.exists():

@@ -189,7 +189,29 @@ class TorchBackend(Backend):
             return self._to_numpy(self._text_forward(list(texts)))
 
     def _image_forward(self, x):
-        raise NotImplementedError
+        return self.image_module()(x)
 
     def _text_forward(self, texts: list[str]):
         raise NotImplementedError
+
+    # ------------------------------------------------------------ fine-tuning (lib.finetune)
+
+    def image_module(self):
+        """The trainable image tower: a ``torch.nn.Module`` mapping a preprocessed batch
+        (B, 3, H, W) to its pooled features (B, dim), before the L2 normalisation that
+        :meth:`encode_preprocessed` applies. It shares its parameters with ``self.model``."""
+        raise NotImplementedError(f"{type(self).__name__} has no trainable image tower")
+
+    def export_checkpoint(self, folder) -> str:
+        """Write the whole model's current weights under ``folder`` (safetensors, through
+        :mod:`lib.files`) and return the registry spec that loads them back."""
+        raise ModelError(f"model {self.spec!r} cannot be saved as a checkpoint")
+
+
+def tensors_bytes(state: dict, metadata: dict | None = None) -> bytes:
+    """A state dict as safetensors bytes: tensors moved to the CPU, made contiguous and
+    copied (safetensors refuses tensors that share memory, as tied weights do)."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()},
+                metadata={k: str(v) for k, v in (metadata or {}).items()} or None)

@@ -1,4 +1,4 @@
-"""open_clip models: pretrained tags, ``hf-hub:`` ids and local checkpoints."""
+"""open_clip models: pretrained tags, ``hf-hub:`` ids, ``local-dir:`` folders and local checkpoints."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from PIL import Image
 
 from ..errors import ModelError, WeightsMissing
 from . import weights as W
-from .base import TorchBackend, limit_aspect, state_dict_hash
+from .base import TorchBackend, limit_aspect, state_dict_hash, tensors_bytes
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 _registered = False
@@ -26,7 +26,9 @@ def register_configs() -> None:
 
 
 class OpenClipBackend(TorchBackend):
-    """``open_clip:ARCH@PRETRAINED``, ``open_clip:ARCH@/path/ckpt`` or ``open_clip:hf-hub:ORG/NAME``."""
+    """``open_clip:ARCH@PRETRAINED``, ``open_clip:ARCH@/path/ckpt``, ``open_clip:hf-hub:ORG/NAME``
+    or ``open_clip:local-dir:/folder`` (an ``open_clip_config.json`` and its weights, as
+    :meth:`export_checkpoint` writes for an hf-hub model)."""
 
     kind = "open_clip"
     has_text = True
@@ -38,7 +40,7 @@ class OpenClipBackend(TorchBackend):
 
         register_configs()
         self.arch, self.pretrained = arch, pretrained
-        hub = arch.startswith("hf-hub:")
+        hub = arch.startswith(("hf-hub:", "local-dir:"))
         local = pretrained is not None and _looks_like_path(pretrained)
         self.spec = f"open_clip:{arch}" + (f"@{pretrained}" if pretrained else "")
         if not hub and arch not in open_clip.list_models():
@@ -50,8 +52,14 @@ class OpenClipBackend(TorchBackend):
             if hub:
                 raise ModelError("--random-weights needs an architecture name, not an hf-hub id")
             torch.manual_seed(seed)
-            model = _quiet(lambda: open_clip.create_model(arch, pretrained=None))
+            model = _call(lambda: _quiet(lambda: open_clip.create_model(arch, pretrained=None)), arch)
             source = f"random(seed={seed})"
+        elif arch.startswith("local-dir:"):
+            folder = Path(arch[len("local-dir:"):]).expanduser()
+            if not (folder / "open_clip_config.json").is_file():
+                raise WeightsMissing(f"open_clip {arch}: no open_clip_config.json in {folder}")
+            model = _call(lambda: open_clip.create_model(arch), arch)
+            source = f"local-dir:{folder.name}"
         elif hub:
             repo = arch[len("hf-hub:"):]
             if not (W.hf_is_cached(repo, "open_clip_config.json") or W.hub_reachable()):
@@ -60,8 +68,8 @@ class OpenClipBackend(TorchBackend):
             model = _call(lambda: open_clip.create_model(arch), arch)
             source = f"hf-hub:{repo}@{W.hf_cached_revision(repo) or 'main'}"
         elif local:
-            model = _quiet(lambda: open_clip.create_model(arch, pretrained=None))
             state = W.load_state_dict(pretrained)
+            model = _call(lambda: _quiet(lambda: open_clip.create_model(arch, pretrained=None)), arch)
             try:
                 model.load_state_dict(state, strict=True)
             except RuntimeError as e:
@@ -108,6 +116,36 @@ class OpenClipBackend(TorchBackend):
     def _image_forward(self, x):
         return self.model.encode_image(x)
 
+    def image_module(self):
+        return self.model.visual  # encode_image(x) is visual(x) before normalisation
+
+    def export_checkpoint(self, folder) -> str:
+        """``open_clip_model.safetensors`` (the whole CLIP: the text tower too) and, for a
+        model without a registered architecture name (hf-hub, local-dir), the
+        ``open_clip_config.json`` and tokenizer files ``local-dir:`` loading needs."""
+        import json
+        import tempfile
+
+        import open_clip
+
+        from ..files import write_bytes, write_text
+
+        folder = Path(folder).expanduser().resolve()
+        write_bytes(folder / "open_clip_model.safetensors", tensors_bytes(self.model.state_dict()))
+        if not self.arch.startswith(("hf-hub:", "local-dir:")):
+            return f"open_clip:{self.arch}@{folder / 'open_clip_model.safetensors'}"
+        cfg = {"model_cfg": open_clip.get_model_config(self.arch),
+               "preprocess_cfg": dict(self.model.visual.preprocess_cfg)}
+        write_text(folder / "open_clip_config.json", json.dumps(cfg, indent=2, default=str))
+        hf_tok = getattr(self.tokenizer, "tokenizer", None)
+        if hf_tok is not None and hasattr(hf_tok, "save_pretrained"):
+            with tempfile.TemporaryDirectory() as tmp:
+                hf_tok.save_pretrained(tmp)
+                for f in Path(tmp).iterdir():
+                    if f.is_file():
+                        write_bytes(folder / f.name, f.read_bytes())
+        return f"open_clip:local-dir:{folder}"
+
     def _text_forward(self, texts):
         tokens = self.tokenizer(texts).to(self.device)
         return self.model.encode_text(tokens)
@@ -146,6 +184,9 @@ def _call(fn, what: str):
         raise
     except Exception as e:
         text = str(e)
-        if any(k in text for k in ("download", "connection", "Internet", "resolve", "cache")):
-            raise W.missing_weights(f"open_clip {what}", None, "open_clip:ARCH@/path/to/weights.safetensors") from None
+        if any(k in text for k in ("download", "connect", "Internet", "resolve", "cache")):
+            first = text.strip().splitlines()[0][:200] if text.strip() else type(e).__name__
+            raise W.missing_weights(f"open_clip {what} ({first}; an HF text tower needs its config and "
+                                    "tokenizer from the hub or the HF cache)", None,
+                                    "open_clip:ARCH@/path/to/weights.safetensors") from None
         raise ModelError(f"cannot load open_clip {what}: {text[:400]}") from None
