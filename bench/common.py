@@ -135,17 +135,16 @@ def vitb32_checkpoint() -> Path:
 
     import open_clip
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from lib.files import write_bytes
 
     SCRATCH.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     logging.getLogger().setLevel(logging.ERROR)  # "no pretrained weights loaded": that is the point
     model = open_clip.create_model("ViT-B-32", pretrained=None)
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
-    return path
+    return write_bytes(path, save(state))
 
 
 def vitb32_spec() -> str:
@@ -187,9 +186,9 @@ def clustered_vectors(n: int, dim: int = 512, *, seed: int = 0, n_clusters: int 
         x = centres[k] + z @ basis  # rows of basis have norm ~1: ||z @ basis|| ~ 0.6
         x += rng.standard_normal((len(rows), dim), dtype=np.float32) * (0.3 / np.sqrt(dim))
         out[rows] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
-    np.save(tmp, out)
-    os.replace(tmp, path)
+    from lib.files import write_npy
+
+    write_npy(path, out)
     return out
 
 

@@ -651,14 +651,11 @@ class AnnotationStore:
             df["context"] = [json.dumps(c, sort_keys=True) if c is not None else None for c in df["context"]]
         else:
             raise AnnotationError(f"export what={what!r}: choose 'current' or 'history'")
-        name = path.name.lower()
-        config.ensure(path.parent)
-        if name.endswith((".csv", ".csv.gz")):
-            df.to_csv(path, index=False)
-        elif name.endswith((".parquet", ".pq")):
-            df.to_parquet(path, index=False)
-        else:
+        from .files import write_table
+
+        if not path.name.lower().endswith((".csv", ".csv.gz", ".parquet", ".pq")):
             raise AnnotationError(f"cannot export to {path}: use a .csv, .csv.gz or .parquet file name")
+        write_table(path, df)  # atomic: a reader sees the old export or the whole new one
         return len(df)
 
     def import_labels(

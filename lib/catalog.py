@@ -16,6 +16,7 @@ import pandas as pd
 
 from . import config
 from . import dataset as ds_mod
+from .files import results_dir
 
 #: Models a fresh machine can always run (no weights).
 OFFLINE_SPECS = ("color",)
@@ -91,7 +92,7 @@ def cache_token(name: str | None = None, *, results: bool = False) -> str:
     h = hashlib.sha256()
     if name:
         h.update(dataset_token(name).encode())
-        res = config.home() / "results" / name
+        res = results_dir(name)
         if results and res.is_dir():
             for e in sorted(os.scandir(res), key=lambda e: e.name):
                 h.update(f"{e.name}:{e.stat().st_mtime_ns}".encode())
@@ -183,10 +184,6 @@ def text_models(name: str, *, random_weights: bool = False, status: pd.DataFrame
 
 
 # ---------------------------------------------------------------- predictions
-
-
-def results_dir(name: str) -> Path:
-    return config.home() / "results" / ds_mod.check_name(name)
 
 
 def prediction_files(name: str) -> list[Path]:

@@ -443,12 +443,9 @@ def cmd_retrieve(a) -> int:
             df = retrieval.image_to_image(space, backend, a.image, a.k)
             print(f"query {a.image}")
     if a.out:
-        from pathlib import Path
+        from .files import write_table
 
-        from .config import ensure
-
-        ensure(Path(a.out).parent)
-        df.to_csv(a.out, index=False)
+        write_table(a.out, df)
     df = df.assign(id=df["id"].str[:16], score=df["score"].round(4))
     _print_table(df[["rank", "score", "id", "label", "path"]], a.k)
     return 0
@@ -459,13 +456,9 @@ def cmd_retrieve(a) -> int:
 
 def _result_path(a, filename: str):
     """``--out`` if given, else ``<home>/results/<dataset>/<filename>``."""
-    from pathlib import Path
+    from .files import result_path
 
-    from . import config
-
-    path = Path(a.out) if getattr(a, "out", None) else config.home() / "results" / a.name / filename
-    config.ensure(path.parent)
-    return path
+    return result_path(a.name, filename, getattr(a, "out", None))
 
 
 def _seed_args(p, default_per_class=None):
@@ -496,7 +489,7 @@ def _expansion(a):
 
 
 def _slug(spec: str) -> str:
-    from .probe import slug
+    from .files import slug
 
     return slug(spec)
 
@@ -541,14 +534,18 @@ def cmd_homogeneity(a) -> int:
         truth = pd.Series({i: lab for lab, ids in pairs.items() for i in ids}, name="truth")
     else:
         truth = truth_from_dataset(space.dataset)
+    from .files import write_table
+
     table = homogeneity(res, truth, band_width=a.band)
     path = _result_path(a, f"homogeneity-{_slug(a.model)}-k{a.k}-b{a.band}.csv")
-    table.to_csv(path, index=False)
+    write_table(path, table)
     print(f"{a.name} x {a.model}: {len(res.seeds)} seeds, k={a.k}, bands of {a.band} ranks; "
           f"truth: {a.truth or 'dataset labels'}")
     _print_table(table.drop(columns=["band", "rank_lo", "rank_hi"]).round({"mean": 4, "sd": 4}), 100)
     if a.figure:
-        homogeneity_figure(table).write_html(a.figure)
+        from .files import write_text
+
+        write_text(a.figure, homogeneity_figure(table).to_html())
         print(f"figure: {a.figure}")
     print(f"table: {path}")
     return 0
@@ -608,13 +605,14 @@ def cmd_probe(a) -> int:
 def cmd_compare(a) -> int:
     from pathlib import Path
 
-    from . import config
     from .compare import compare_models
 
     specs = [s.strip() for s in a.models.split(",") if s.strip()]
     res = compare_models(a.name, specs, a.k, task=a.task, input=a.input, folds=a.folds,
                          random_weights=a.random_weights, positive=a.positive)
-    folder = Path(a.out) if a.out else config.home() / "results" / a.name
+    from .files import results_dir
+
+    folder = Path(a.out) if a.out else results_dir(a.name)
     paths = res.save(folder, prefix="compare-" + "-vs-".join(_slug(s) for s in specs)[:150])
     if len(res.metrics):
         cols = [c for c in ("model", "n", "accuracy", "roc_auc", "average_precision", "f1_macro", "double_f1")
@@ -641,14 +639,14 @@ def cmd_compare(a) -> int:
     p.add_argument("--out", default=None, help="coordinates parquet (default: <home>/results/NAME/project-...)"),
 ))
 def cmd_project(a) -> int:
-    from .dataset import _atomic_parquet
+    from .files import write_table
     from .projection import project_dataset
 
     kwargs = {"seed": a.seed} if a.method == "pca" else \
         {"n_neighbors": a.n_neighbors, "min_dist": a.min_dist, "seed": a.seed}
     df = project_dataset(a.name, a.model, a.method, random_weights=a.random_weights, **kwargs)
     path = _result_path(a, f"project-{_slug(a.model)}-{a.method}.parquet")
-    _atomic_parquet(df, path)
+    write_table(path, df)
     print(f"{a.name} x {a.model}: {len(df)} points ({a.method})")
     summary = df.groupby(df["label"].fillna("(none)"))[["x", "y"]].agg(["count", "mean", "std"]).round(3)
     summary.columns = [f"{c}_{s}" for c, s in summary.columns]
@@ -694,31 +692,6 @@ def _print_slices(name: str, df, slice_col: str | None, truth_col: str, score_co
 # ---------------------------------------------------------------- colour evidence
 
 
-def _results_path(name: str, filename: str, out: str | None):
-    from pathlib import Path
-
-    from . import config
-
-    path = Path(out) if out else config.home() / "results" / name / filename
-    config.ensure(path.parent)
-    return path
-
-
-def _write_table(df, path) -> None:
-    """CSV or parquet by suffix, written to a temporary name and renamed: a killed run
-    leaves the previous file or the whole new one, never half of one."""
-    import os
-
-    from .dataset import _atomic_parquet
-
-    if path.suffix == ".csv":
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    else:
-        _atomic_parquet(df, path)
-
-
 def _auc_rows(df, label_col: str, columns, positive: str | None, policy=None):
     """ROC AUC of each score column against a binary label column (rows with NaN skipped);
     the positive class is ``positive``, else the one the label policy calls sensitive."""
@@ -759,8 +732,10 @@ def cmd_scores(a) -> int:
     ds = dataset.load(a.name)
     ref = (ds.images["split"] == a.reference_split).to_numpy() if a.reference_split else None
     df = colorscore.score_dataset(ds, reference=ref, workers=a.workers)
-    out = _results_path(a.name, "eb_scores.parquet", a.out)
-    _write_table(df, out)
+    from .files import result_path, write_table
+
+    out = result_path(a.name, "eb_scores.parquet", a.out)
+    write_table(out, df)
     print(f"EB scores of {len(df)} images ({int(df['error'].notna().sum())} unreadable) -> {out}")
     if ds.has_labels:
         summary = df.groupby("label")[["blood", "skin", "eb"]].agg(["mean", "median"]).round(3)
@@ -790,8 +765,10 @@ def cmd_censor_eval(a) -> int:
 
     ds = dataset.load(a.name)
     df = safety.mask_iou_dataset(ds, mask_col=a.mask_col, clean=not a.no_clean)
-    out = _results_path(a.name, "mask_iou.parquet", a.out)
-    _write_table(df, out)
+    from .files import result_path, write_table
+
+    out = result_path(a.name, "mask_iou.parquet", a.out)
+    write_table(out, df)
     print(f"colour-mask IoU on {len(df)} images with masks -> {out}")
     group = a.group_col if a.group_col in df.columns else None
     table = (df.groupby(group)["iou"] if group else df[["iou"]].assign(all="all").groupby("all")["iou"])
@@ -1066,6 +1043,114 @@ def cmd_quality(a) -> int:
     paths = rep.save(folder)
     print(rep.summary())
     print("\nwritten: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+# ---------------------------------------------------------------- papers: fine-tuning and the benchmark matrix (lib/finetune.py, lib/benchmark.py)
+
+
+def _finetune_args(p) -> None:
+    p.add_argument("name", help="dataset whose binary labels (by its label policy) train the model")
+    p.add_argument("--model", default=None, help="model spec to fine-tune: timm:NAME | hf:ID_OR_PATH | open_clip:... | "
+                                                 "an alias (swin-b, dinov2-l, vit-b16, resnet50)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="start from seeded random weights (tests and benchmarks only)")
+    p.add_argument("--out", default=None, help="checkpoint folder (created; a killed run there resumes)")
+    p.add_argument("--epochs", type=int, default=10, help="default 10 (MedGore Table 3)")
+    p.add_argument("--lr", type=float, default=None, help="default 2e-5 (MedGore), 1e-3 with --mode head")
+    p.add_argument("--batch-size", type=int, default=16, help="default 16 (MedGore)")
+    p.add_argument("--val-frac", type=float, default=0.1,
+                   help="validation share when the dataset has no val split (default 0.1: MedGore's 1,800 / 200)")
+    p.add_argument("--mode", choices=["full", "head"], default="full",
+                   help="full: backbone and linear head; head: frozen backbone, head only (on cached embeddings)")
+    p.add_argument("--select", choices=["val_loss", "val_f1_macro_zero", "val_auc"], default="val_loss",
+                   help="how the best epoch is chosen, on validation (never on test)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--restart", action="store_true", help="overwrite a different run in --out instead of refusing")
+    p.add_argument("--apply", metavar="CKPT", default=None,
+                   help="instead of training: score dataset NAME with the fine-tuned head in CKPT (a prediction "
+                        "table for safe-view --predictions)")
+    p.add_argument("--rule", default="R95", help="with --apply: the validation threshold that flags "
+                                                 "(max-F1, R90, R95, thesis; default R95)")
+    p.add_argument("--table", default=None, help="with --apply: where to write the prediction table")
+
+
+@verb("finetune", "fine-tune a backbone and a linear head on a dataset's binary labels (MedGore Table 3 protocol)")
+@args_for(_finetune_args)
+def cmd_finetune(a) -> int:
+    from . import finetune as ft
+    from .errors import WorkbenchError
+
+    if a.apply:
+        table = ft.predict(a.name, a.apply, rule=a.rule, table_path=a.table)
+        print(f"{int(table['sensitive'].sum())} of {len(table)} images of {a.name} flagged by {a.apply} "
+              f"(rule {a.rule}, threshold {table['threshold'].iat[0]:.4f})" if len(table) else "no images")
+        return 0
+    if not a.model or not a.out:
+        raise WorkbenchError("finetune needs --model SPEC and --out CKPT (or --apply CKPT)")
+    res = ft.finetune(a.name, a.model, a.out, random_weights=a.random_weights, mode=a.mode, epochs=a.epochs,
+                      lr=a.lr, batch_size=a.batch_size, val_frac=a.val_frac, seed=a.seed, select=a.select,
+                      device=a.device, restart=a.restart, progress=True)
+    if res.resumed_from:
+        print(f"resumed after epoch {res.resumed_from}")
+    _print_table(res.history.round(4))
+    b = res.best
+    print(f"best epoch {b['epoch']} by {a.select} on validation -> {res.out}")
+    print(f"load it as: finetuned:{res.out}   (the same model: {res.spec})")
+    print("validation thresholds: " + ", ".join(f"{k} {v:.4f}" for k, v in b.get("thresholds", {}).items()))
+    return 0
+
+
+def _benchmark_args(p) -> None:
+    from .benchmark import DEFAULT_TASKS, TASKS
+
+    p.add_argument("--datasets", required=True, help="comma-separated dataset names")
+    p.add_argument("--models", required=True, help="comma-separated model specs or aliases")
+    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help=f"comma-separated, of: {', '.join(TASKS)}")
+    p.add_argument("--random-weights", action="store_true",
+                   help="build every model that has weights with seeded random weights (tests; marked in the report)")
+    p.add_argument("--out", default=None, help="output folder (default: data/results/benchmark/)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-frac", type=float, default=0.2,
+                   help="held-out share for datasets without a test split (stratified, seeded)")
+    p.add_argument("--classes", default="medgore", help="zero-shot class set (default medgore: Blur / Normal)")
+    p.add_argument("--paper-dataset", action="append", default=[], metavar="DATASET=PAPER_DATASET",
+                   help="declare that a local dataset IS a paper's dataset (e.g. mg=MedGore test), so its rows count as "
+                        "comparable; without it every run is on different data")
+    p.add_argument("--grid-seeds", type=int, default=10, help="grid task: seeds per class for the expansion")
+    p.add_argument("--grid-k", type=int, default=99, help="grid task: neighbours per seed (MedGore: 99)")
+    p.add_argument("--grid-cap", type=int, default=2000, help="grid task: cap of each training set (MedGore: 2,000)")
+    p.add_argument("--finetune-epochs", type=int, default=10, help="finetune task: epochs (MedGore: 10)")
+
+
+@verb("benchmark", "the papers' matrix: datasets x models x tasks in one long table, with the papers' numbers beside")
+@args_for(_benchmark_args)
+def cmd_benchmark(a) -> int:
+    from .benchmark import run_benchmark
+    from .errors import WorkbenchError
+
+    def names(text: str) -> list[str]:
+        return [t.strip() for t in text.split(",") if t.strip()]
+
+    paper_ds = {}
+    for item in a.paper_dataset:
+        local, sep, paper = item.partition("=")
+        if not sep or not local.strip() or not paper.strip():
+            raise WorkbenchError(f"--paper-dataset {item!r}: expected DATASET=PAPER_DATASET")
+        paper_ds[local.strip()] = paper.strip()
+    res = run_benchmark(names(a.datasets), names(a.models), names(a.tasks), out=a.out,
+                        random_weights=a.random_weights, seed=a.seed, test_frac=a.test_frac, classes=a.classes,
+                        paper_datasets=paper_ds, grid_seeds=a.grid_seeds, grid_k=a.grid_k, grid_cap=a.grid_cap,
+                        finetune_epochs=a.finetune_epochs, progress=True)
+    skipped = res.table[res.table["metric"] == "skipped"]
+    print(f"{len(res.table) - len(skipped)} results, {len(skipped)} skipped")
+    if len(skipped):
+        _print_table(skipped[["dataset", "model", "task", "note"]], 100)
+    print()
+    _print_table(res.comparison.round(4), 100)
+    for path in res.files:
+        print(f"-> {path}")
     return 0
 
 

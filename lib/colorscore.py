@@ -17,7 +17,6 @@ over processes and caches the fractions on disk per content id and parameter set
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import multiprocessing as mp
@@ -35,8 +34,8 @@ import pandas as pd
 from PIL import Image
 
 from . import config
-from .embeddings import _atomic_save_npy
 from .errors import ImageError
+from .files import write_json, write_npy, write_table
 from .images import MAX_PIXELS, content_id, is_dicom, open_image, plain_png_pixels, to_rgb
 
 log = logging.getLogger(__name__)
@@ -231,7 +230,7 @@ def _load_or_build_table(params: ColorParams, key: str) -> np.ndarray:
         table = _build_mask_table(params)
         try:  # atomic: a reader sees the whole table or none
             path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_save_npy(table, path)
+            write_npy(path, table)
         except OSError as e:  # a read-only cache: keep it in memory for this process
             log.warning("cannot store the colour-mask table in %s: %s", path.parent, e)
     return table
@@ -457,17 +456,7 @@ class FractionCache:
         return {i: fr for i, fr in zip(df["id"].tolist(), cached, strict=True) if i in wanted}
 
     def _write_atomic(self, df: pd.DataFrame, name: str) -> Path:
-        final = self.dir / name
-        tmp = self.dir / f".tmp-{uuid.uuid4().hex}.parquet"
-        try:
-            with open(tmp, "wb") as f:
-                df.to_parquet(f, index=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return final
+        return write_table(self.dir / name, df)
 
     def write(self, ids: Sequence[str], blood: Sequence[float], skin: Sequence[float]) -> None:
         """Add rows (failed images must not be passed: they are retried next time)."""
@@ -476,9 +465,7 @@ class FractionCache:
         config.ensure(self.dir)
         params_file = self.dir / "params.json"
         if not params_file.exists():  # for humans browsing the cache
-            tmp = self.dir / f".tmp-{uuid.uuid4().hex}.json"
-            tmp.write_text(json.dumps({"scorer_version": SCORER_VERSION, **asdict(self.params)}, indent=1))
-            os.replace(tmp, params_file)
+            write_json(params_file, {"scorer_version": SCORER_VERSION, **asdict(self.params)}, indent=1)
         df = pd.DataFrame({"id": pd.Series(list(ids), dtype=object),
                            "blood": np.asarray(blood, dtype=np.float64),
                            "skin": np.asarray(skin, dtype=np.float64)})

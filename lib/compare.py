@@ -235,19 +235,16 @@ class ComparisonResult:
         """CSV tables and parquet per-item tables under ``folder``."""
         from pathlib import Path
 
-        from . import config
-        from .dataset import _atomic_parquet
+        from .files import write_table
 
-        folder = config.ensure(Path(folder))
+        folder = Path(folder)
         out = []
         for name, df in (("metrics", self.metrics), ("correlation", self.correlation), ("overlap", self.overlap)):
             if len(df):
-                out.append(folder / f"{prefix}-{name}.csv")
-                df.to_csv(out[-1], index=False)
+                out.append(write_table(folder / f"{prefix}-{name}.csv", df))
         for name, df in (("agreement", self.agreement), ("overlap-items", self.overlap_items)):
             if len(df):
-                out.append(folder / f"{prefix}-{name}.parquet")
-                _atomic_parquet(df, out[-1])
+                out.append(write_table(folder / f"{prefix}-{name}.parquet", df))
         return out
 
 

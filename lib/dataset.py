@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import stat
 import time
 from collections.abc import Callable, Iterable
@@ -25,22 +24,14 @@ from pathlib import Path
 import pandas as pd
 
 from . import config
+from .config import NAME_RE, check_name  # noqa: F401  (check_name is part of this module's API)
 from .errors import DatasetError, ImageError, ManifestError, UnsafePath
+from .files import write_table, write_text
 from .images import IMAGE_EXTENSIONS, content_id, file_kind, is_dicom, open_image_with_meta
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 RESERVED_COLUMNS = ("id", "path", "label", "split", "caption", "width", "height", "format", "duplicate_of")
 DICOM_TAGS = ("Modality", "BodyPartExamined", "ViewPosition")
 MANIFEST_SUFFIXES = {".csv", ".parquet", ".pq"}
-
-
-def check_name(name: str) -> str:
-    if not NAME_RE.match(name or ""):
-        raise DatasetError(
-            f"invalid dataset name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
-            "starting with a letter or digit"
-        )
-    return name
 
 
 def dataset_dir(name: str) -> Path:
@@ -332,10 +323,10 @@ def ingest(
         "duplicates": len(dup_df), "labels": _counts(df["label"]), "metadata_columns": [
             c for c in df.columns if c not in RESERVED_COLUMNS],
     }
-    _atomic_parquet(df, out / "images.parquet")
-    _atomic_parquet(err_df, out / "errors.parquet")
-    _atomic_parquet(dup_df, out / "duplicates.parquet")
-    _atomic_text(json.dumps(info, indent=2), out / "dataset.json")
+    write_table(out / "images.parquet", df)
+    write_table(out / "errors.parquet", err_df)
+    write_table(out / "duplicates.parquet", dup_df)
+    write_text(out / "dataset.json", json.dumps(info, indent=2))  # last: the dataset exists once it is there
     return IngestReport(name, len(df), len(err_df), len(dup_df), info["labels"], time.perf_counter() - t0)
 
 
@@ -351,18 +342,6 @@ def _extra_columns(images: list[dict], declared: Iterable[str]) -> list[str]:
 def _counts(series: pd.Series) -> dict:
     vc = series.dropna().value_counts()
     return {str(k): int(v) for k, v in sorted(vc.items())}
-
-
-def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def _atomic_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- reading

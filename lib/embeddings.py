@@ -32,35 +32,10 @@ import numpy as np
 
 from . import config
 from .errors import ImageError, UnsafePath, WorkbenchError
+from .files import sha256_file, write_npy, write_text
 
 DTYPE = np.float16
 ID_DTYPE = "S64"
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _atomic_save_npy(arr: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------ the store
@@ -84,7 +59,7 @@ class EmbeddingStore:
         config.ensure(self.dir)
         path = self.dir / "model.json"
         if not path.exists():
-            _atomic_write_text(json.dumps({"fingerprint": self.fingerprint, **info}, indent=2, default=str), path)
+            write_text(path, json.dumps({"fingerprint": self.fingerprint, **info}, indent=2, default=str))
 
     def write_shard(self, ids: Sequence[str], vectors: np.ndarray) -> str:
         """Commit one shard: vectors (n, dim) float, ids (n,) content ids. Returns its name."""
@@ -93,13 +68,13 @@ class EmbeddingStore:
         config.ensure(self.shard_dir)
         name = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:24]
         vec_path, ids_path = self.shard_dir / f"{name}.vec.npy", self.shard_dir / f"{name}.ids.npy"
-        _atomic_save_npy(np.asarray(vectors, dtype=DTYPE), vec_path)
-        _atomic_save_npy(np.asarray(ids, dtype=ID_DTYPE), ids_path)
+        write_npy(vec_path, np.asarray(vectors, dtype=DTYPE))
+        write_npy(ids_path, np.asarray(ids, dtype=ID_DTYPE))
         record = {"n": len(ids), "dim": int(vectors.shape[1]), "dtype": np.dtype(DTYPE).name,
                   "fingerprint": self.fingerprint,
-                  "vec_sha256": _sha256_file(vec_path), "ids_sha256": _sha256_file(ids_path),
+                  "vec_sha256": sha256_file(vec_path), "ids_sha256": sha256_file(ids_path),
                   "created": time.time()}
-        _atomic_write_text(json.dumps(record), self.shard_dir / f"{name}.json")
+        write_text(self.shard_dir / f"{name}.json", json.dumps(record))  # last: the commit record
         self._ids = self._locs = self._shards = None
         return name
 
@@ -118,8 +93,8 @@ class EmbeddingStore:
             try:
                 rec = json.loads(rec_path.read_text())
                 ok = (self._own(rec)
-                      and _sha256_file(self.shard_dir / f"{name}.vec.npy") == rec["vec_sha256"]
-                      and _sha256_file(self.shard_dir / f"{name}.ids.npy") == rec["ids_sha256"]
+                      and sha256_file(self.shard_dir / f"{name}.vec.npy") == rec["vec_sha256"]
+                      and sha256_file(self.shard_dir / f"{name}.ids.npy") == rec["ids_sha256"]
                       and self._open_shard(name) is not None)
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 ok = False

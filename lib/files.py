@@ -55,10 +55,13 @@ def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> 
 
 
 def write_table(path: str | os.PathLike, df) -> Path:
-    """A DataFrame as CSV (``.csv``) or parquet (any other suffix), without its index."""
+    """A DataFrame as CSV (``.csv``, ``.csv.gz``) or parquet (any other suffix), without its index."""
     path = Path(path)
-    if path.suffix.lower() == ".csv":
+    name = path.name.lower()
+    if name.endswith(".csv"):
         return write_with(path, lambda f: df.to_csv(f, index=False))
+    if name.endswith(".csv.gz"):
+        return write_with(path, lambda f: df.to_csv(f, index=False, compression="gzip"))
     return write_with(path, lambda f: df.to_parquet(f, index=False))
 
 
@@ -70,3 +73,48 @@ def write_npz(path: str | os.PathLike, **arrays) -> Path:
         if np.asarray(v).dtype == object:
             raise ValueError(f"array {k!r} has dtype object: it would need a pickle")
     return write_with(path, lambda f: np.savez(f, **arrays))
+
+
+def write_npy(path: str | os.PathLike, arr) -> Path:
+    """One array as ``.npy`` (read back with ``allow_pickle=False``)."""
+    import numpy as np
+
+    arr = np.asarray(arr)
+    if arr.dtype == object:
+        raise ValueError("an object array would need a pickle")
+    return write_with(path, lambda f: np.save(f, arr, allow_pickle=False))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 4 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- result paths
+
+
+def slug(text: str, limit: int = 80) -> str:
+    """A file-name-safe form of a model spec or any name: runs of other characters become ``_``."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", str(text)).strip("_")[:limit] or "x"
+
+
+def results_dir(name: str) -> Path:
+    """``<home>/results/<dataset>/``: where every result table of dataset ``name`` goes."""
+    from . import config
+
+    return config.home() / "results" / config.check_name(name)
+
+
+def result_path(name: str, filename: str, out: str | os.PathLike | None = None) -> Path:
+    """``out`` when given, else ``results_dir(name) / filename``; its folder exists afterwards."""
+    path = Path(out) if out else results_dir(name) / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path

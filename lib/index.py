@@ -22,7 +22,6 @@ from disk and rebuilt only when the vectors (or the parameters) change.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,7 +137,7 @@ def get_index(emb: DatasetEmbeddings, dataset: str, kind: str = "auto", *, persi
         config.ensure(path.parent)
         for stale in path.parent.glob(f"{dataset}-{kind}-*.faiss"):
             stale.unlink(missing_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        faiss.write_index(index, str(tmp))
-        os.replace(tmp, path)
+        from .files import write_bytes
+
+        write_bytes(path, faiss.serialize_index(index).tobytes())
     return VectorIndex(index, kind, path if persist else None, seconds)

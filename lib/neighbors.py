@@ -147,16 +147,13 @@ class ExpansionResult:
         """Write ``labelled`` to ``path`` (parquet) and ``-hits``/``-conflicts``/``-counts`` beside it."""
         from pathlib import Path
 
-        from .dataset import _atomic_parquet
+        from .files import write_table
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         out = [path, path.with_name(f"{path.stem}-hits.parquet"),
                path.with_name(f"{path.stem}-conflicts.parquet"), path.with_name(f"{path.stem}-counts.csv")]
-        _atomic_parquet(self.labelled, out[0])
-        _atomic_parquet(self.hits, out[1])
-        _atomic_parquet(self.conflicts, out[2])
-        self.counts.to_csv(out[3], index=False)
+        for p, df in zip(out, (self.labelled, self.hits, self.conflicts, self.counts), strict=True):
+            write_table(p, df)
         return out
 
 

@@ -13,7 +13,6 @@ counted.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,13 +66,10 @@ class ProbeResult:
 
     def save(self, path: str | Path) -> list[Path]:
         """Predictions to ``path`` (parquet) and the metrics row beside it (``-metrics.csv``)."""
-        from .dataset import _atomic_parquet
+        from .files import write_table
 
-        path = Path(path)
-        config.ensure(path.parent)
-        _atomic_parquet(self.predictions, path)
-        mpath = path.with_name(f"{path.stem}-metrics.csv")
-        pd.DataFrame([self.metrics_row()]).to_csv(mpath, index=False)
+        path = write_table(Path(path), self.predictions)
+        mpath = write_table(path.with_name(f"{path.stem}-metrics.csv"), pd.DataFrame([self.metrics_row()]))
         return [path, mpath]
 
 
@@ -98,11 +94,9 @@ def caption_vectors(backend, captions: list[str], *, cache: bool = True) -> np.n
                 return vec
     vec = np.asarray(backend.encode_texts(list(captions)), dtype=np.float32)
     if path is not None:
-        config.ensure(path.parent)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, vec)
-        os.replace(tmp, path)
+        from .files import write_npy
+
+        write_npy(path, vec)
     return vec
 
 
@@ -322,11 +316,13 @@ def run_probe(name: str, spec: str, input: str = "image", *, folds: int = 5, use
 
 def default_path(name: str, spec: str, input: str) -> Path:
     """Where the CLI keeps a probe's predictions: ``<home>/results/<dataset>/probe-<model>-<input>.parquet``."""
-    return config.home() / "results" / name / f"probe-{slug(spec)}-{input}.parquet"
+    from .files import results_dir
+
+    return results_dir(name) / f"probe-{slug(spec)}-{input}.parquet"
 
 
 def slug(spec: str) -> str:
-    """A file-name-safe form of a model spec."""
-    import re
+    """A file-name-safe form of a model spec (:func:`lib.files.slug`)."""
+    from .files import slug as _files_slug
 
-    return re.sub(r"[^A-Za-z0-9.-]+", "_", spec).strip("_")[:80]
+    return _files_slug(spec)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,9 @@ from . import config
 METHODS = ("umap", "pca")
 
 
-def _params(method: str, n_neighbors: int, min_dist: float, seed: int, metric: str) -> dict:
+def projection_params(method: str, n_neighbors: int = 15, min_dist: float = 0.1, seed: int = 0,
+                      metric: str = "cosine") -> dict:
+    """The parameters a projection depends on (its cache key): the defaults are the app's."""
     if method == "pca":
         return {"method": "pca", "seed": seed}
     return {"method": "umap", "n_neighbors": n_neighbors, "min_dist": min_dist, "seed": seed, "metric": metric}
@@ -73,7 +74,7 @@ def project(emb, method: str = "umap", n_neighbors: int = 15, min_dist: float = 
     """
     if method not in METHODS:
         raise ValueError(f"method {method!r} not in {METHODS}")
-    params = _params(method, n_neighbors, min_dist, seed, metric)
+    params = projection_params(method, n_neighbors, min_dist, seed, metric)
     if isinstance(emb, np.ndarray):
         return _compute(np.asarray(emb, dtype=np.float32), method, n_neighbors, min_dist, seed, metric)
     path = cache_path(emb.key, params) if cache else None
@@ -83,10 +84,9 @@ def project(emb, method: str = "umap", n_neighbors: int = 15, min_dist: float = 
             return df[["x", "y"]].to_numpy(np.float32)
     xy = _compute(emb.matrix(), method, n_neighbors, min_dist, seed, metric)
     if path is not None:
-        config.ensure(path.parent)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        pd.DataFrame({"id": emb.ids, "x": xy[:, 0], "y": xy[:, 1]}).to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        from .files import write_table
+
+        write_table(path, pd.DataFrame({"id": emb.ids, "x": xy[:, 0], "y": xy[:, 1]}))
     return xy
 
 

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import config
 from .errors import DatasetError, ModelError
 from .neighbors import Space, search_vectors
 
@@ -329,8 +328,7 @@ def run_retrieval_eval(
                                image_keys=images["id"].iloc[rows].tolist(), beyond_gallery=beyond_gallery)
     path = None
     if write:
-        path = Path(out) if out else \
-            config.home() / "results" / dataset_name / f"retrieval-{backend.fingerprint[:12]}.csv"
-        config.ensure(path.parent)
-        table.to_csv(path, index=False)
+        from .files import result_path, write_table
+
+        path = write_table(result_path(dataset_name, f"retrieval-{backend.fingerprint[:12]}.csv", out), table)
     return RetrievalEval(dataset_name, spec, table, int(len(rows)), int((~has).sum()), group_col, pooled, path)

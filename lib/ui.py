@@ -386,13 +386,13 @@ def projection(name: str, choice: ModelChoice, method: str) -> pd.DataFrame:
 def projection_cached(name: str, choice: ModelChoice, method: str) -> bool:
     """Whether the map is already on disk (UMAP takes seconds; PCA is instant)."""
     from .embeddings import load_embeddings
-    from .projection import _params, cache_path
+    from .projection import cache_path, projection_params
 
     if method == "pca":
         return True
     emb = load_embeddings(name, choice.spec, random_weights=choice.random_weights,
                           backend=load_backend(choice) if choice.random_weights else None)
-    return cache_path(emb.key, _params(method, 15, 0.1, 0, "cosine")).exists()
+    return cache_path(emb.key, projection_params(method)).exists()
 
 
 @st.cache_data(show_spinner="Classifying zero-shot…", max_entries=32)

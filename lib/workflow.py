@@ -38,8 +38,8 @@ import pandas as pd
 from . import config
 from . import dataset as ds_mod
 from .annotations import CONSENSUS, AnnotationStore
-from .dataset import _atomic_parquet, _atomic_text
 from .errors import WorkbenchError
+from .files import results_dir, slug, write_table, write_text
 from .neighbors import (
     RESOLUTION_RULES,
     ExpansionResult,
@@ -49,7 +49,7 @@ from .neighbors import (
     rank_band,
     sample_by_rank,
 )
-from .neighbors import review_sample as _review_per_rank
+from .neighbors import review_sample as review_sample_per_rank
 
 
 class WorkflowError(WorkbenchError):
@@ -351,10 +351,6 @@ class SavedExpansion:
         return self.meta["dataset"]
 
 
-def results_dir(dataset: str) -> Path:
-    return config.home() / "results" / ds_mod.check_name(dataset)
-
-
 def _check_expansion_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise WorkflowError(f"invalid expansion name {name!r}: letters, digits, '_', '.', '+' and '-'")
@@ -375,16 +371,15 @@ def seeds_digest(seeds: Mapping[str, Sequence[str]]) -> str:
 def expansion_name(spec: str, k: int, rule: str, seeds: Mapping[str, Sequence[str]],
                    random_weights: bool = False) -> str:
     """Default name: ``<model slug>[-random]-k<k>-<rule>-<seeds digest>``."""
-    slug = re.sub(r"[^A-Za-z0-9.-]+", "_", spec).strip("_")[:60] or "model"
-    return f"{slug}{'-random' if random_weights else ''}-k{int(k)}-{rule}-{seeds_digest(seeds)}"
+    return f"{slug(spec, 60)}{'-random' if random_weights else ''}-k{int(k)}-{rule}-{seeds_digest(seeds)}"
 
 
 def save_expansion(result: ExpansionResult, dataset: str, name: str, meta: Mapping | None = None) -> SavedExpansion:
     """Write an expansion to :func:`expansion_path` (``meta.json`` last: a folder with it is complete)."""
     path = config.ensure(expansion_path(dataset, name))
     for part in ("seeds", "hits", "labelled", "conflicts"):
-        _atomic_parquet(getattr(result, part), path / f"{part}.parquet")
-    result.counts.to_csv(path / "counts.csv", index=False)
+        write_table(path / f"{part}.parquet", getattr(result, part))
+    write_table(path / "counts.csv", result.counts)
     info = {
         "name": name, "dataset": dataset, "k": int(result.k), "rule": result.rule,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -392,7 +387,7 @@ def save_expansion(result: ExpansionResult, dataset: str, name: str, meta: Mappi
         "labelled": int(result.labelled["label"].notna().sum()), "conflicts": int(len(result.conflicts)),
         **dict(meta or {}),
     }
-    _atomic_text(json.dumps(info, indent=2, default=str), path / "meta.json")
+    write_text(path / "meta.json", json.dumps(info, indent=2, default=str))
     return SavedExpansion(name, path, result, info)
 
 
@@ -530,7 +525,7 @@ def review_sample(expansion: ExpansionResult | SavedExpansion, ds: ds_mod.Datase
         raise WorkflowError(f"the number of pairs to draw must be >= 1, got {n}")
     hits = _hits_with(res, ds, stratify)
     if per_rank is not None:
-        return _review_per_rank(dataclasses.replace(res, hits=hits), band_width=band_width, per_rank=per_rank,
+        return review_sample_per_rank(dataclasses.replace(res, hits=hits), band_width=band_width, per_rank=per_rank,
                                 stratify_col=stratify, seed=seed)
     banded = pd.concat([hits.reset_index(drop=True), rank_band(hits["rank"].to_numpy(), band_width, res.k)],
                        axis=1)
@@ -553,9 +548,7 @@ def save_review_sample(saved: SavedExpansion, sample: pd.DataFrame, file_name: s
     """Write a review sample beside its expansion; returns the file."""
     if not re.match(r"^review-[A-Za-z0-9_.+-]+\.parquet$", file_name):
         raise WorkflowError(f"invalid review sample file name {file_name!r}")
-    path = config.ensure(saved.path) / file_name
-    _atomic_parquet(sample, path)
-    return path
+    return write_table(saved.path / file_name, sample)
 
 
 def list_review_samples(saved: SavedExpansion) -> list[Path]:
@@ -829,17 +822,9 @@ def export_summary(manifest: pd.DataFrame) -> pd.DataFrame:
 def write_manifest(manifest: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write an export as ``.csv`` or ``.parquet`` (atomically); returns the path."""
     path = Path(path).expanduser()
-    name = path.name.lower()
-    config.ensure(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if name.endswith(".csv"):
-        manifest.to_csv(tmp, index=False)
-    elif name.endswith((".parquet", ".pq")):
-        manifest.to_parquet(tmp, index=False)
-    else:
+    if not path.name.lower().endswith((".csv", ".parquet", ".pq")):
         raise WorkflowError(f"cannot write a manifest to {path}: use a .csv or .parquet file name")
-    os.replace(tmp, path)
-    return path
+    return write_table(path, manifest)
 
 
 def default_export_path(saved: SavedExpansion, first_n: int | None = None, last_n: int | None = None) -> Path:

@@ -14,7 +14,6 @@ scored against the dataset's labels with :mod:`lib.metrics`.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,6 @@ import numpy as np
 import pandas as pd
 from scipy.special import softmax
 
-from . import config
 from .errors import ModelError, WorkbenchError
 
 PROMPTS_DIR = Path(__file__).with_name("prompts")
@@ -315,13 +313,11 @@ class ZeroShotResult:
         return pd.DataFrame(rows, columns=["metric", "value"])
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:48] or "custom"
-
-
 def default_output(dataset_name: str, classes: ClassSet, templates: TemplateSet, fingerprint: str) -> Path:
-    return (config.home() / "results" / dataset_name /
-            f"zeroshot-{_slug(classes.name)}-{_slug(templates.name)}-{fingerprint[:12]}.parquet")
+    from .files import results_dir, slug
+
+    return results_dir(dataset_name) / (f"zeroshot-{slug(classes.name, 48)}-{slug(templates.name, 48)}-"
+                                        f"{fingerprint[:12]}.parquet")
 
 
 def run_zeroshot(
@@ -410,10 +406,9 @@ def run_zeroshot(
 
     path = None
     if write:
-        path = Path(out) if out else default_output(dataset_name, cs, ts, backend.fingerprint)
-        config.ensure(path.parent)
-        from .dataset import _atomic_parquet
+        from .files import write_table
 
-        _atomic_parquet(df, path)  # the safe view reads prediction tables: never half of one
+        path = Path(out) if out else default_output(dataset_name, cs, ts, backend.fingerprint)
+        write_table(path, df)  # the safe view reads prediction tables: never half of one
     return ZeroShotResult(dataset_name, spec, cs, ts, df, metrics, confusion, per_class,
                           int(scored.sum()), int((has_value & ~scored).sum()), path)

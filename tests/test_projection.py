@@ -27,7 +27,7 @@ def test_umap_is_cached_and_better_than_pca(corpus_color, monkeypatch):
     emb = load_embeddings("corpus", "color")
     xy = projection.project(emb, "umap", n_neighbors=15, min_dist=0.1, seed=0)
     assert xy.shape == (len(emb), 2) and np.isfinite(xy).all()
-    path = projection.cache_path(emb.key, projection._params("umap", 15, 0.1, 0, "cosine"))
+    path = projection.cache_path(emb.key, projection.projection_params("umap", 15, 0.1, 0, "cosine"))
     assert path.exists() and pd.read_parquet(path)["id"].tolist() == emb.ids
 
     # UMAP keeps local neighbourhoods better than the linear preview, which beats chance.
