@@ -315,7 +315,7 @@ def eb_table(fractions_df: pd.DataFrame, reference_mask=None) -> pd.DataFrame:
 # --------------------------------------------------------------------------- scoring files
 
 
-def _load(path: str, params: ColorParams) -> Image.Image:
+def load_for_scoring(path: str, params: ColorParams) -> Image.Image:
     """Decode ``path`` for scoring: the pixels of :func:`lib.images.open_image`, faster.
 
     JPEGs are decoded with DCT scaling to no less than the scoring size (8x faster on camera
@@ -343,7 +343,7 @@ def _load(path: str, params: ColorParams) -> Image.Image:
 def _score_one(path: str, params: ColorParams) -> tuple[float, float, str | None]:
     """(blood, skin, error) of one file; NaNs and the reason when it cannot be scored."""
     try:
-        blood, skin = color_fractions(_load(path, params), params)
+        blood, skin = color_fractions(load_for_scoring(path, params), params)
     except ImageError as e:
         return math.nan, math.nan, str(e)
     except Exception as e:  # a decoder bug in one file must not stop a 100k-image run
@@ -373,7 +373,7 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def _run_chunks(func, items: list, extra: tuple, workers: int, chunksize: int, on_chunk) -> None:
+def run_chunks(func, items: list, extra: tuple, workers: int, chunksize: int, on_chunk) -> None:
     """Call ``on_chunk(start, func(items[start:start+chunksize], *extra))`` for every chunk.
 
     With ``workers > 1`` chunks run in a process pool with at most ``2 * workers`` chunks in
@@ -543,7 +543,7 @@ def score_paths(
                 i = need_id[start + k]
                 ids[i], errors[i] = cid, err
 
-        _run_chunks(_id_chunk, [paths[i] for i in need_id], (), workers, 4 * chunksize, got_ids)
+        run_chunks(_id_chunk, [paths[i] for i in need_id], (), workers, 4 * chunksize, got_ids)
 
     store = FractionCache(params) if cache else None
     known = store.lookup(i for i in ids if i is not None) if store else {}
@@ -583,7 +583,7 @@ def score_paths(
     if todo_paths:
         mask_table(params)  # built or mapped once here; forked workers inherit it
     try:
-        _run_chunks(_score_chunk, todo_paths, (params,), workers, chunksize, got_scores)
+        run_chunks(_score_chunk, todo_paths, (params,), workers, chunksize, got_scores)
     finally:
         flush()  # keep what was computed even when interrupted
     return pd.DataFrame({

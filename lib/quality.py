@@ -237,10 +237,10 @@ def hash_cache():
 
 
 def _hash_file(path: str) -> tuple[np.ndarray | None, str | None]:
-    from .colorscore import DEFAULT_PARAMS, _load
+    from .colorscore import DEFAULT_PARAMS, load_for_scoring
 
     try:
-        return image_hashes(_load(path, DEFAULT_PARAMS)), None
+        return image_hashes(load_for_scoring(path, DEFAULT_PARAMS)), None
     except ImageError as e:
         return None, str(e)
     except Exception as e:  # a decoder bug in one file must not stop a long run
@@ -261,7 +261,7 @@ def hash_ids(ds: ds_mod.Dataset, ids: Sequence[str] | None = None, *, workers: i
     (codes, errors) : codes (len(ids), 8, 8) uint8 aligned with ``ids`` (all-zero rows for
         images that could not be read), and {id: reason} for those.
     """
-    from .colorscore import _run_chunks, default_workers
+    from .colorscore import default_workers, run_chunks
 
     ids = list(dict.fromkeys(ds.unique_ids if ids is None else map(str, ids)))
     cache = hash_cache()
@@ -312,7 +312,7 @@ def hash_ids(ds: ds_mod.Dataset, ids: Sequence[str] | None = None, *, workers: i
 
     w = default_workers() if workers is None else max(1, int(workers))
     try:
-        _run_chunks(_hash_chunk, paths, (), w if len(paths) >= 64 else 1, 32, got)
+        run_chunks(_hash_chunk, paths, (), w if len(paths) >= 64 else 1, 32, got)
     finally:
         flush()
     return codes, errors

@@ -91,12 +91,12 @@ def pair_precision(nd: quality.NearDuplicates, truth: pd.DataFrame) -> tuple[flo
 def test_hashes_match_imagehash_and_turn_with_the_image(corpus_color):
     from PIL import Image
 
-    from lib.colorscore import DEFAULT_PARAMS, _load
+    from lib.colorscore import DEFAULT_PARAMS, load_for_scoring
 
     ds = corpus_color
     paths = [str(ds.abspath(p)) for p in ds.images["path"].iloc[::9]]
     for p in paths:
-        img = _load(p, DEFAULT_PARAMS)
+        img = load_for_scoring(p, DEFAULT_PARAMS)
         fast = quality.image_hashes(img)
         # the 8 orientations from one DCT are imagehash.phash of each transposed image, bit for bit
         np.testing.assert_array_equal(fast, quality.image_hashes_reference(img))
