@@ -13,8 +13,10 @@ import numpy as np
 import pandas as pd
 
 
-def confusion_heatmap(confusion: pd.DataFrame, title: str = "Confusion matrix"):
-    """Heatmap of a confusion table (rows: truth, columns: predicted) with counts written in."""
+def confusion_heatmap(confusion: pd.DataFrame, title: str = "Confusion matrix",
+                      axes: tuple[str, str] = ("truth", "predicted")):
+    """Heatmap of a confusion table (rows: ``axes[0]``, default truth; columns: ``axes[1]``,
+    default predicted) with counts written in."""
     import plotly.graph_objects as go
 
     z = confusion.to_numpy()
@@ -22,7 +24,7 @@ def confusion_heatmap(confusion: pd.DataFrame, title: str = "Confusion matrix"):
         z=z, x=[str(c) for c in confusion.columns], y=[str(i) for i in confusion.index],
         colorscale="Blues", text=z, texttemplate="%{text}", hovertemplate="truth %{y}<br>pred %{x}<br>%{z}<extra></extra>",
     ))
-    fig.update_layout(title=title, xaxis_title="predicted", yaxis_title="truth", height=360,
+    fig.update_layout(title=title, xaxis_title=axes[1], yaxis_title=axes[0], height=360,
                       yaxis={"autorange": "reversed"}, margin={"t": 50, "b": 40})
     return fig
 
@@ -197,3 +199,36 @@ def selected_ids(event) -> list[str]:
         if v is not None and str(v) not in out:
             out.append(str(v))
     return out
+
+
+def count_bars(values: pd.Series, name: str, title: str | None = None):
+    """Bar chart of how many rows hold each value of ``values`` (missing as ``(none)``), most first."""
+    import plotly.express as px
+
+    counts = values.astype("string").fillna("(none)").value_counts().rename_axis(name).reset_index()
+    fig = px.bar(counts, x=name, y="count", title=title or f"Images per {name}")
+    fig.update_layout(height=320)
+    return fig
+
+
+def iou_box(ious: pd.DataFrame, by: str):
+    """Box plot (with points) of per-image ``iou`` per value of column ``by``."""
+    import plotly.express as px
+
+    fig = px.box(ious, x=by, y="iou", points="all", title=f"IoU per {by}")
+    fig.update_layout(height=340)
+    return fig
+
+
+def jaccard_histogram(per_item: pd.DataFrame, k: int):
+    """Overlaid histograms of each image's Jaccard@k per model pair, from the ``jaccard:<pair>``
+    columns of :func:`lib.compare.neighbourhood_overlap`'s per-item table."""
+    import plotly.express as px
+
+    cols = [c for c in per_item.columns if c.startswith("jaccard:")]
+    long = per_item.melt(id_vars=["id"], value_vars=cols, var_name="pair", value_name="jaccard")
+    long["pair"] = long["pair"].str[len("jaccard:"):]
+    fig = px.histogram(long, x="jaccard", color="pair", barmode="overlay", nbins=20,
+                       title=f"Jaccard@{k} of each image's neighbour sets")
+    fig.update_layout(height=340)
+    return fig

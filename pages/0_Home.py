@@ -1,9 +1,8 @@
 """Home: datasets, their ingest problems, which models embedded them; ingest and embed forms."""
 
-import plotly.express as px
 import streamlit as st
 
-from lib import catalog, gallery, sensitivity, ui
+from lib import catalog, charts, gallery, sensitivity, ui
 from lib import dataset as ds_mod
 from lib.catalog import ModelChoice
 from lib.models import aliases
@@ -40,10 +39,7 @@ with ui.guard():
     left, right = st.columns(2)
     with left:
         if ds.has_labels:
-            counts = ds.images["label"].fillna("(none)").value_counts().rename_axis("label").reset_index()
-            fig = px.bar(counts, x="label", y="count", title="Images per label")
-            fig.update_layout(height=320)
-            st.plotly_chart(fig, width="stretch")
+            st.plotly_chart(charts.count_bars(ds.images["label"], "label"), width="stretch")
         else:
             st.info(f"Dataset `{ctx.name}` has no labels: class folders or a `label` manifest column add them "
                     f"(`{ui.CLI} ingest /path/to/manifest.csv --name {ctx.name}`).")
@@ -52,10 +48,7 @@ with ui.guard():
         meta = [c for c in facets if c in info.get("metadata_columns", [])]  # e.g. source before format
         col = "split" if "split" in facets else (meta or facets or [None])[0]
         if col is not None:
-            counts = ds.images[col].astype("string").fillna("(none)").value_counts().rename_axis(col).reset_index()
-            fig = px.bar(counts, x=col, y="count", title=f"Images per {col}")
-            fig.update_layout(height=320)
-            st.plotly_chart(fig, width="stretch")
+            st.plotly_chart(charts.count_bars(ds.images[col], col), width="stretch")
         if "split" not in facets:
             st.caption("No `split` column: splits are optional (train/val/test in a manifest).")
 

@@ -3,7 +3,6 @@
 import io
 
 import numpy as np
-import plotly.express as px
 import streamlit as st
 from PIL import Image
 
@@ -101,6 +100,4 @@ with ui.guard():
                             f"images ({len(ious) - len(ok)} unreadable)")
                 by = "source" if "source" in images else "label"
                 ok = ok.assign(**{by: images[by].to_numpy()[ok["row"].to_numpy()]})
-                fig = px.box(ok, x=by, y="iou", points="all", title="IoU per " + by)
-                fig.update_layout(height=340)
-                st.plotly_chart(fig, width="stretch")
+                st.plotly_chart(charts.iou_box(ok, by), width="stretch")

@@ -1,6 +1,5 @@
 """Compare models: metrics on one task, agreement, neighbourhood overlap and maps side by side."""
 
-import plotly.express as px
 import streamlit as st
 
 from lib import charts, compare, gallery, ui
@@ -81,13 +80,7 @@ with ui.guard():
         k = st.slider("k (neighbours per image)", 2, 50, 10, key="cm-k")
         pairs, per_item = ui.overlap(ctx.name, chosen, k)
         st.dataframe(pairs, hide_index=True, width="stretch")
-        cols = [c for c in per_item.columns if c.startswith("jaccard:")]
-        long = per_item.melt(id_vars=["id"], value_vars=cols, var_name="pair", value_name="jaccard")
-        long["pair"] = long["pair"].str[len("jaccard:"):]
-        fig = px.histogram(long, x="jaccard", color="pair", barmode="overlay", nbins=20,
-                           title=f"Jaccard@{k} of each image's neighbour sets")
-        fig.update_layout(height=340)
-        st.plotly_chart(fig, width="stretch")
+        st.plotly_chart(charts.jaccard_histogram(per_item, k), width="stretch")
 
     with t_maps:
         m1, m2 = st.columns(2)

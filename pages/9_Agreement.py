@@ -36,9 +36,8 @@ with ui.guard():
         m[2].metric("Cohen κ", f"{res['kappa']:.3f}")
         m[3].metric("Gwet AC1", f"{res['ac1']:.3f}", help="Stable when one label dominates (κ's paradox)")
         m[4].metric("F1 (macro, A as reference)", f"{res['f1_macro']:.3f}")
-        fig = charts.confusion_heatmap(res["confusion"], title=f"{a} (rows) vs {b} (columns)")
-        fig.update_layout(xaxis_title=b, yaxis_title=a)
-        st.plotly_chart(fig, width="stretch")
+        st.plotly_chart(charts.confusion_heatmap(res["confusion"], title=f"{a} (rows) vs {b} (columns)",
+                                                 axes=(a, b)), width="stretch")
 
     st.subheader("To resolve")
     t1, t2 = st.columns(2)
