@@ -558,7 +558,10 @@ def cmd_homogeneity(a) -> int:
                    help="image embeddings, caption embeddings (text tower) or both concatenated"),
     p.add_argument("--folds", type=int, default=5, help="stratified k-fold cross-validation"),
     p.add_argument("--split", action="store_true",
-                   help="train on split=train, test on split=test instead of cross-validating"),
+                   help="train on split=train, test on split=test instead of cross-validating; training images "
+                        "that are near-duplicates of a test image (perceptual hash) are left out"),
+    p.add_argument("--keep-near-duplicates", action="store_true",
+                   help="with --split: keep near-duplicates of test images in training"),
     p.add_argument("--C", type=float, default=1.0, help="inverse L2 regularisation strength"),
     p.add_argument("--class-weight", default=None, choices=["balanced"], help="reweight classes"),
     p.add_argument("--seed", type=int, default=0),
@@ -571,8 +574,13 @@ def cmd_probe(a) -> int:
 
     from .probe import default_path, run_probe
 
-    res = run_probe(a.name, a.model, a.input, folds=a.folds, use_split=a.split, C=a.C,
-                    class_weight=a.class_weight, seed=a.seed, random_weights=a.random_weights, positive=a.positive)
+    exclude = None
+    if a.split and not a.keep_near_duplicates:
+        from .quality import split_exclusions
+
+        exclude = split_exclusions(a.name)
+    res = run_probe(a.name, a.model, a.input, folds=a.folds, use_split=a.split, C=a.C, class_weight=a.class_weight,
+                    seed=a.seed, random_weights=a.random_weights, positive=a.positive, exclude_ids=exclude)
     paths = res.save(a.out or default_path(a.name, a.model, a.input))
     left = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in res.dropped.items() if v) or "none"
     pos = f"; positive class {res.positive}" if res.positive is not None else ""

@@ -261,16 +261,15 @@ def linear_probe(X: np.ndarray, y, *, folds: int = 5, train_mask: np.ndarray | N
 def run_probe(name: str, spec: str, input: str = "image", *, folds: int = 5, use_split: bool = False,
               train_values=("train",), test_values=("test",), C: float = 1.0, class_weight: str | None = None,
               seed: int = 0, random_weights: bool = False, backend=None, positive=None,
-              exclude_near_duplicates: bool = True) -> ProbeResult:
+              exclude_ids=None) -> ProbeResult:
     """Probe dataset ``name`` with model ``spec`` (embeddings must be cached for image input).
 
     ``use_split`` trains on rows whose ``split`` is in ``train_values`` and tests on
     ``test_values`` (other rows are dropped as ``no_split``); otherwise ``folds``-fold CV.
-    In split mode, ``exclude_near_duplicates`` (the default) leaves out of training every
-    image that is a near-duplicate of a test image by the model-free perceptual hash
-    (:func:`lib.quality.near_duplicates_of`: flipped, rotated, resized, recompressed
-    copies), counted in ``dropped`` as ``near_duplicate_of_test``: the same images for
-    every model compared.
+    In split mode, ``exclude_ids`` (content ids) are left out of training, counted in
+    ``dropped`` as ``near_duplicate_of_test``: ``python -m lib probe --split`` passes the
+    near-duplicates of the test images by the model-free perceptual hash
+    (:func:`lib.quality.split_exclusions`), the same images for every model compared.
     ``positive`` is the positive class of a two-class task (default: the one the dataset's
     label policy calls sensitive, :func:`default_positive`).
     """
@@ -286,13 +285,9 @@ def run_probe(name: str, spec: str, input: str = "image", *, folds: int = 5, use
             raise ProbeError(f"dataset {name!r} has no rows with split in {list(train_values) + list(test_values)}")
         X, rows = X[used], rows[used].reset_index(drop=True)
         train_mask = rows["split"].isin(list(train_values)).to_numpy()
-        if exclude_near_duplicates:
-            from . import dataset as ds_mod
-            from .quality import near_duplicates_of
-
+        if exclude_ids is not None:
             ids = rows["id"].astype(str).to_numpy()
-            near = near_duplicates_of(ds_mod.load(name), ids[~train_mask], ids[train_mask])
-            drop = train_mask & np.isin(ids, list(near))
+            drop = train_mask & np.isin(ids, list(set(map(str, exclude_ids))))
             dropped["near_duplicate_of_test"] = int(drop.sum())
             X, rows, train_mask = X[~drop], rows[~drop].reset_index(drop=True), train_mask[~drop]
     y = rows["label"].astype(str).to_numpy()

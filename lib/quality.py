@@ -744,6 +744,19 @@ def near_duplicates_of(ds: ds_mod.Dataset | str, test_ids: Iterable[str], pool_i
     return out
 
 
+def split_exclusions(ds: ds_mod.Dataset | str, train_values: Sequence[str] = ("train",),
+                     test_values: Sequence[str] = ("test",), **kwargs) -> set[str]:
+    """The training images (``split`` in ``train_values``) that are near-duplicates of a test
+    image (``split`` in ``test_values``), by :func:`near_duplicates_of`: what ``probe
+    --split`` leaves out of training by default (``exclude_ids`` of :func:`lib.probe.run_probe`)."""
+    ds = ds_mod.load(ds) if isinstance(ds, str) else ds
+    split = ds.images["split"].astype("string")
+    ids = ds.images["id"].astype(str)
+    test = ids[split.isin(list(test_values)).fillna(False).to_numpy(bool)]
+    train = ids[split.isin(list(train_values)).fillna(False).to_numpy(bool)]
+    return near_duplicates_of(ds, test, train, **kwargs)
+
+
 # =========================================================================== tables
 
 

@@ -257,11 +257,12 @@ def test_split_leaks_from_medetec_variants(medetec_split, capsys, tmp_path):
 
     # probe --split leaves those training images out, and says so
     from lib.probe import run_probe
+    from lib.quality import split_exclusions
 
-    res = run_probe("med-split", "color", use_split=True)
+    res = run_probe("med-split", "color", use_split=True, exclude_ids=split_exclusions("med-split"))
     n = res.dropped["near_duplicate_of_test"]
     assert 3 * len(stems) * 0.95 <= n <= 3 * len(stems) + 5  # X, X_2, X_3 of each X_1 in test
-    kept = run_probe("med-split", "color", use_split=True, exclude_near_duplicates=False)
+    kept = run_probe("med-split", "color", use_split=True)
     assert "near_duplicate_of_test" not in kept.dropped
     assert main(["probe", "med-split", "--model", "color", "--split", "--out", str(tmp_path / "p.parquet")]) == 0
     assert f"{n} near duplicate of test" in capsys.readouterr().out
