@@ -805,6 +805,10 @@ def save(det: Detector, name: str | None = None) -> Path:
     from .files import write_bytes, write_json
 
     name = check_name(name or det.name)
+    model = det.meta.get("model") or {}
+    if not (model.get("spec") and model.get("fingerprint")):
+        raise DetectorError(f"detector {name!r} does not record its model (spec and fingerprint): it could never be "
+                            "checked against the embeddings it is applied to, so it is not saved")
     d = config.ensure(detector_dir(name))
     data = _npz_bytes(det.arrays)
     sha = hashlib.sha256(data).hexdigest()
@@ -1084,6 +1088,16 @@ def embed_views(ds, det: Detector, *, backend=None, batch_size: int = 64, worker
         have = set(s.ids().astype(str)) if len(s) else set()
         present = np.array([i in have for i in ds.ids], bool)
         out[t] = (present, s.open([i for i, ok in zip(ds.ids, present, strict=True) if ok]))
+    return out
+
+
+def view_vectors(ds, det: Detector, *, backend=None, progress: Progress = None) -> np.ndarray:
+    """(7, n_rows, dim) float32 vectors of the 7 views of every row of dataset ``ds``
+    (:func:`embed_views`; NaN rows where an image has no view)."""
+    out = np.full((len(TTA_TRANSFORMS), len(ds.images), det.dim), np.nan, np.float32)
+    for k, (present, emb) in enumerate(embed_views(ds, det, backend=backend, progress=progress).values()):
+        if len(emb):
+            out[k, present] = emb.matrix()
     return out
 
 

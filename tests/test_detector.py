@@ -570,3 +570,7 @@ def test_evaluation_protocol_functions(cut):
     for lp in loops:
         assert list(lp["labels_added"]) == [0, 5, 10] and list(lp["n"]) == [pool.sum(), pool.sum() - 5, pool.sum() - 10]
     assert loops[0]["unfamiliar_picked"].iloc[-1] >= 1  # azh is unfamiliar to the other sources
+    # a detector that does not say which model it belongs to is never saved
+    with pytest.raises(D.DetectorError, match="does not record its model"):
+        D.save(D.fit_detector(X[:40], np.arange(40) % 2 == 0, ids[:40]), "anonymous")
+    assert "anonymous" not in D.known_names()
