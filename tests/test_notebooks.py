@@ -24,7 +24,7 @@ from sklearn.metrics import roc_auc_score
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 NAMES = ["01_quickstart.ipynb", "02_eb_scores.ipynb", "03_knn_expansion.ipynb", "04_model_comparison.ipynb",
-         "05_censoring.ipynb"]
+         "05_censoring.ipynb", "06_screening.ipynb"]
 MARK = "@@probe@@"
 ABSENT = "CLIP weights are absent"
 
@@ -211,3 +211,37 @@ def test_05_censoring(corpus_color):
     assert pipe.loc[("whole image, flagged only", f"EB > {EB_THRESHOLD:g}", wound), "images_censored"] == \
         pytest.approx(share)
     assert len(outputs(nb, "image/png")) >= 3
+
+
+def test_06_screening(corpus_color):
+    from lib import config
+
+    nb, p = execute("06_screening.ipynb", '{"home": str(config.home()), "missing": [], '
+                    '"loso": loso.to_dict("records"), "loop": loop.to_dict("records"), "n": len(X), '
+                    '"views": list(V.shape)}')
+    check_common(nb, p)
+    files = corpus_color.images.drop_duplicates("id")
+    assert p["n"] == len(files) and p["views"] == [7, len(files), 238]
+    loso = pd.DataFrame(p["loso"]).set_index("source")
+    counts = files.groupby("source")["label"].agg(n="size", sensitive=lambda s: int(s.eq("sensitive").sum()))
+    counts = counts.reindex(loso.index)
+    assert (loso["n"] == counts["n"]).all() and (loso["sensitive"] == counts["sensitive"]).all()
+    both = (counts["sensitive"] > 0) & (counts["sensitive"] < counts["n"])
+    assert (loso["auc"].notna() == both).all()  # AUC only where a source has both classes
+    assert loso.loc["figure1_cxr", "unfamiliar"] == 1.0 and loso.loc["figure1_cxr", "safe_cleared"] == 0.0
+    # the saved detector, read here with numpy alone: its R95 threshold reaches 95% validation recall
+    d = config.home() / "detectors" / "corpus-color"
+    meta = json.loads((d / "detector.json").read_text())
+    with np.load(d / meta["arrays"]["file"], allow_pickle=False) as z:
+        val_p, val_y = z["val_p"], z["val_y"]
+    assert (val_p[val_y] >= meta["thresholds"]["R95"]["threshold"]).mean() >= 0.95
+    assert meta["screening"] == {"rule": "R95", "threshold": meta["thresholds"]["R95"]["threshold"]}
+    loop = pd.DataFrame(p["loop"])
+    for (src, _), g in loop.groupby(["source", "strategy"]):
+        pool = int(counts.loc[src, "n"])
+        assert list(g["labels_added"]) == [min(10 * r, pool) for r in range(len(g))]
+        assert (g["n"] == pool - g["labels_added"]).all()
+        assert len(g) == (6 if pool > 50 else -(-pool // 10) + 1)
+    sug = loop[loop["strategy"] == "suggest"].groupby("source")["unfamiliar_picked"].max()
+    assert sug["figure1_cxr"] >= 1 and sug["azh"] >= 1  # sources unlike the others are asked about first
+    assert len(outputs(nb, "application/vnd.plotly.v1+json")) >= 5
