@@ -672,7 +672,12 @@ def pair_agreement(store: AnnotationStore, dataset: str, a: str, b: str) -> dict
 
 def to_resolve(store: AnnotationStore, dataset: str, a: str, b: str, *, include_maybe: bool = True,
                unresolved_only: bool = False) -> pd.DataFrame:
-    """Images ``a`` and ``b`` label differently and (``include_maybe``) images either calls ``Maybe``.
+    """Images to resolve: ``a`` and ``b`` label them differently
+    (:meth:`lib.annotations.AnnotationStore.disagreements`) and, with ``include_maybe``,
+    images either calls ``Maybe`` although they agree.
+
+    ``include_maybe`` means what it means for ``disagreements``: False leaves out every pair
+    in which either label is Maybe.
 
     Returns
     -------
@@ -680,11 +685,12 @@ def to_resolve(store: AnnotationStore, dataset: str, a: str, b: str, *, include_
     disagreements first.
     """
     df = store.pairs(dataset, a, b)
-    differ = (df["label_a"] != df["label_b"]).to_numpy()
+    differ = set(store.disagreements(dataset, a, b, include_maybe=include_maybe)["image_id"])
     maybe = ((df["label_a"].str.casefold() == "maybe") | (df["label_b"].str.casefold() == "maybe")).to_numpy()
-    keep = differ | (maybe if include_maybe else False)
+    is_differ = df["image_id"].isin(differ).to_numpy()
+    keep = is_differ | (maybe & include_maybe)
     out = df[keep].copy()
-    out["reason"] = np.where(differ[keep], "disagree", "maybe")
+    out["reason"] = np.where(is_differ[keep], "disagree", "maybe")
     if unresolved_only:
         out = out[out["consensus"].isna()]
     return out.sort_values(["reason", "image_id"], kind="stable").reset_index(drop=True)

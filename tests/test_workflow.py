@@ -400,3 +400,20 @@ def test_cli_export_then_ingest(saved, corpus, tmp_path, capsys):
     assert len(back.images) == len(m) and back.images["label"].tolist() == m["label"].tolist()
     assert cli.main(["export", "corpus", "--expansion", "missing"]) == 2
     assert cli.main(["export", "corpus", "--expansion", saved.name, "--first-n", "200"]) == 2
+
+
+def test_include_maybe_means_the_same_for_disagreements_and_to_resolve(tmp_path):
+    """Without Maybe cases, a Blur/Maybe pair is neither a disagreement nor to resolve
+    (to_resolve used to keep it: its include_maybe selected the opposite filter)."""
+    store = AnnotationStore(tmp_path / "a.sqlite")
+    for img, (x, y) in {"i1": ("Blur", "Ok"), "i2": ("Blur", "Maybe"), "i3": ("Maybe", "Maybe"),
+                        "i4": ("Ok", "Ok")}.items():
+        store.set_label("d", img, "ann", x)
+        store.set_label("d", img, "bob", y)
+    hard = set(store.disagreements("d", "ann", "bob", include_maybe=False)["image_id"])
+    assert hard == {"i1"}
+    assert set(wf.to_resolve(store, "d", "ann", "bob", include_maybe=False)["image_id"]) == hard
+    assert set(store.disagreements("d", "ann", "bob")["image_id"]) == {"i1", "i2"}
+    todo = wf.to_resolve(store, "d", "ann", "bob")
+    assert dict(zip(todo["image_id"], todo["reason"], strict=True)) == {"i1": "disagree", "i2": "disagree",
+                                                                         "i3": "maybe"}
