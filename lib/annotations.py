@@ -15,6 +15,17 @@ NULL: it removes the ``current`` row and keeps the history. "Latest" means highe
 event id, i.e. commit order; ``created_at`` is taken after the write lock is held,
 so it follows the same order on one machine.
 
+Label sets
+----------
+Every dataset has the default label set (``Blur`` / ``Maybe`` / ``Ok``, or what
+:meth:`AnnotationStore.set_label_set` made of it) and any number of named ones
+(:class:`LabelSchema`: values, keyboard keys, what each value means for the safe view, one
+value per image or several). A named set keeps its annotations under its own *scope*,
+``"<dataset>/<set>"`` (:func:`scope`), which every method accepts where it takes a dataset:
+an annotator's wound-type label never replaces their Blur/Ok. Dataset names cannot hold
+``/``, so scopes never collide with datasets. Several values of a multi-label set are
+stored as one label, sorted and joined by ``|``.
+
 Concurrency
 -----------
 WAL mode lets readers run while one writer writes; every write is one
@@ -36,6 +47,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -49,7 +61,7 @@ from .errors import WorkbenchError
 DEFAULT_LABELS: tuple[str, ...] = ("Blur", "Maybe", "Ok")
 CONSENSUS = "consensus"
 MAX_NAME = 64
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: label_schemas (label sets beside the default one)
 
 CURRENT_COLUMNS = ["dataset", "image_id", "annotator", "label", "note", "task", "updated_at"]
 #: pandas' default text dtype from 3.0 on; spelled out so empty and all-missing columns get it too
@@ -83,6 +95,12 @@ CREATE TABLE IF NOT EXISTS current (
     PRIMARY KEY (dataset, image_id, annotator)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS current_annotator ON current (dataset, annotator, image_id);
+
+CREATE TABLE IF NOT EXISTS label_schemas (
+    scope      TEXT PRIMARY KEY,    -- "<dataset>/<label set name>"
+    spec       TEXT NOT NULL,       -- JSON: name, description, multi, values [{value, key, meaning}]
+    updated_at TEXT NOT NULL
+);
 
 CREATE TABLE IF NOT EXISTS label_sets (
     dataset    TEXT PRIMARY KEY,
@@ -129,6 +147,135 @@ class UnknownLabel(AnnotationError):
             f"unknown label{'s' if len(self.labels) != 1 else ''} for dataset {dataset!r}: {listed}; "
             f"allowed: {', '.join(map(repr, self.allowed))}"
         )
+
+
+#: The default label set's name, and what its values mean for the safe view.
+DEFAULT_SET = "safety"
+MEANINGS = ("sensitive", "safe", "unknown")
+#: Keys the Annotate page keeps for itself (next, previous, reveal).
+RESERVED_KEYS = ("n", "p", "v")
+_SET_NAME = __import__("re").compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+LABEL_SETS_DIR = Path(__file__).with_name("label_sets")
+
+
+@dataclass(frozen=True)
+class LabelSchema:
+    """A label set: its values, their keyboard keys and what each means for the safe view.
+
+    Attributes
+    ----------
+    name : lower-case letters, digits, ``-`` and ``_`` (``safety`` is the default set).
+    values : the labels, in display order.
+    keys : one keyboard key per value (``1``..``9`` by default).
+    meanings : value -> ``sensitive`` / ``safe`` / ``unknown``: a review with that label
+        flags, clears, or says nothing (:mod:`lib.sensitivity`).
+    multi : several values per image (tags) instead of one.
+    """
+
+    name: str
+    values: tuple[str, ...]
+    keys: tuple[str, ...] = ()
+    meanings: Mapping[str, str] = field(default_factory=dict)
+    multi: bool = False
+    description: str = ""
+
+    def __post_init__(self):
+        if not _SET_NAME.match(self.name or ""):
+            raise AnnotationError(f"label set name {self.name!r}: use 1-40 lower-case letters, digits, '-' or '_'")
+        values = tuple(_check_text("label", v) for v in self.values)
+        if not values:
+            raise AnnotationError(f"label set {self.name!r} needs at least one value")
+        folded = [v.casefold() for v in values]
+        dupes = sorted({v for v, f in zip(values, folded, strict=True) if folded.count(f) > 1})
+        if dupes:
+            raise AnnotationError(f"label set {self.name!r} repeats values (case-insensitively): {dupes}")
+        if any("|" in v or len(v) > MAX_NAME for v in values):
+            raise AnnotationError(f"label values are at most {MAX_NAME} characters and hold no '|'")
+        keys = tuple(str(k).lower() for k in self.keys) or tuple(str(i + 1) for i in range(min(len(values), 9)))
+        if len(keys) > len(values) or len(set(keys)) != len(keys) or any(len(k) != 1 for k in keys):
+            raise AnnotationError(f"label set {self.name!r}: give one distinct single-character key per value "
+                                  f"(at most one per value), got {list(self.keys)}")
+        bad = [k for k in keys if k in RESERVED_KEYS]
+        if bad:
+            raise AnnotationError(f"keys {bad} are taken by the Annotate page (N next, P previous, V reveal)")
+        meanings = {v: str(self.meanings.get(v, "unknown")) for v in values}
+        wrong = {v: m for v, m in meanings.items() if m not in MEANINGS}
+        if wrong:
+            raise AnnotationError(f"label set {self.name!r}: meanings must be one of {MEANINGS}, got {wrong}")
+        object.__setattr__(self, "values", values)
+        object.__setattr__(self, "keys", keys)
+        object.__setattr__(self, "meanings", meanings)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "description": self.description, "multi": bool(self.multi),
+                "values": [{"value": v, "key": self.keys[i] if i < len(self.keys) else None,
+                            "meaning": self.meanings[v]} for i, v in enumerate(self.values)]}
+
+    @classmethod
+    def from_json(cls, data: Mapping, where: str = "label set") -> LabelSchema:
+        try:
+            vals = list(data["values"])
+            return cls(str(data["name"]), tuple(v["value"] for v in vals),
+                       tuple(v["key"] for v in vals if v.get("key")),
+                       {v["value"]: v.get("meaning", "unknown") for v in vals}, bool(data.get("multi", False)),
+                       str(data.get("description", "")))
+        except (KeyError, TypeError) as e:
+            raise AnnotationError(f"{where}: not a label set ({e}); see lib/label_sets/*.json") from None
+
+    def meaning_of(self, label) -> str | None:
+        """What a stored label means for the safe view: for several tags, sensitive if any
+        is, safe if all are; None when it says nothing."""
+        if _blank(label):
+            return None
+        parts = [p for p in str(label).split("|")] if self.multi else [str(label)]
+        m = [self.meanings.get(p, "unknown") for p in parts]
+        if "sensitive" in m:
+            return "sensitive"
+        return "safe" if m and all(x == "safe" for x in m) else None
+
+
+def parse_label_set(name: str, text: str, *, multi: bool = False, description: str = "") -> LabelSchema:
+    """A label set from lines ``value[, key[, meaning]]`` (what the Annotate page's form takes);
+    keys default to 1, 2, ... and meanings to unknown."""
+    values, keys, meanings = [], [], {}
+    for n, line in enumerate(str(text).splitlines(), start=1):
+        parts = [p.strip() for p in line.split(",")]
+        if not parts[0]:
+            continue
+        if len(parts) > 3:
+            raise AnnotationError(f"line {n} {line!r}: write value, key, meaning (commas separate them)")
+        values.append(parts[0])
+        if len(parts) > 1 and parts[1]:
+            keys.append(parts[1])
+        if len(parts) > 2 and parts[2]:
+            meanings[parts[0]] = parts[2].lower()
+    if keys and len(keys) != len(values):
+        raise AnnotationError("give a key for every value, or for none (keys 1, 2, ... then)")
+    return LabelSchema(str(name).strip(), tuple(values), tuple(keys), meanings, multi, description)
+
+
+def default_schema(labels: Sequence[str] = DEFAULT_LABELS) -> LabelSchema:
+    """The default set over ``labels``: Blur and Maybe flag, Ok clears, other values say nothing."""
+    meaning = {"blur": "sensitive", "maybe": "sensitive", "ok": "safe"}
+    return LabelSchema(DEFAULT_SET, tuple(labels), meanings={v: meaning.get(v.casefold(), "unknown") for v in labels},
+                       description="MedGore's review labels (default)")
+
+
+def shipped_label_sets() -> dict[str, LabelSchema]:
+    """The example label sets shipped as data (``lib/label_sets/*.json``): a multi-class
+    ``wound-type`` and a multi-label ``tags``."""
+    out = {}
+    for p in sorted(LABEL_SETS_DIR.glob("*.json")):
+        s = LabelSchema.from_json(json.loads(p.read_text()), str(p))
+        out[s.name] = s
+    return out
+
+
+def scope(dataset: str, label_set: str | None = None) -> str:
+    """Where a label set's annotations live: the dataset itself for the default set, else
+    ``"<dataset>/<label set>"``."""
+    dataset = _check_text("dataset", dataset)
+    return dataset if label_set in (None, "", DEFAULT_SET) else f"{dataset}/{label_set}"
 
 
 class Progress(NamedTuple):
@@ -206,6 +353,16 @@ def _canonical(label: Any, allowed: Sequence[str]) -> str | None:
         return label
     folded = {a.casefold(): a for a in allowed}
     return folded.get(label.casefold())
+
+
+def _canonical_multi(label: Any, allowed: Sequence[str]) -> str | None:
+    """Several labels (a list, or one string joined by ``|``) as the stored form: each in its
+    set's spelling, sorted, joined by ``|``; None when any is not allowed (or none is given)."""
+    parts = list(label) if isinstance(label, (list, tuple, set)) else str(label).split("|")
+    canon = [_canonical(str(p), allowed) for p in parts if str(p).strip()]
+    if not canon or any(c is None for c in canon):
+        return None
+    return "|".join(sorted(set(canon), key=list(allowed).index))
 
 
 # Connections inherited through fork() are never closed in the child: closing them
@@ -372,6 +529,42 @@ class AnnotationStore:
             )
         return names
 
+    def schemas(self, dataset: str) -> list[LabelSchema]:
+        """Every label set of ``dataset``: the default one first, then the named ones by name."""
+        dataset = _check_text("dataset", dataset)
+        with self._read() as conn:
+            rows = conn.execute("SELECT scope, spec FROM label_schemas WHERE scope LIKE ? ORDER BY scope",
+                                (f"{dataset}/%",)).fetchall()
+            default = default_schema(self._label_set(conn, dataset))
+        return [default] + [LabelSchema.from_json(json.loads(spec), scope_) for scope_, spec in rows]
+
+    def schema(self, dataset: str, name: str | None = None) -> LabelSchema:
+        """One label set of ``dataset`` by name (the default set for None or ``safety``)."""
+        for s in self.schemas(dataset):
+            if s.name == (name or DEFAULT_SET):
+                return s
+        known = ", ".join(s.name for s in self.schemas(dataset))
+        raise AnnotationError(f"dataset {dataset!r} has no label set {name!r} (it has: {known})")
+
+    def add_schema(self, dataset: str, schema: LabelSchema) -> LabelSchema:
+        """Define (or redefine) a named label set of ``dataset``; the default set's values
+        are changed with :meth:`set_label_set`. Redefining refuses to drop a value in use."""
+        if schema.name == DEFAULT_SET:
+            raise AnnotationError(f"{DEFAULT_SET!r} is the default label set: change it with set_label_set")
+        where = scope(dataset, schema.name)
+        self.set_label_set(where, schema.values)  # validates, refuses to drop values in use
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO label_schemas (scope, spec, updated_at) VALUES (?, ?, ?) ON CONFLICT (scope) "
+                "DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+                (where, json.dumps(schema.to_json()), utc_now()))
+        return schema
+
+    @staticmethod
+    def _multi(conn: sqlite3.Connection, where: str) -> bool:
+        row = conn.execute("SELECT spec FROM label_schemas WHERE scope = ?", (where,)).fetchone()
+        return bool(row and json.loads(row[0]).get("multi"))
+
     # -- writing ------------------------------------------------------------------------
 
     def _prepare(self, row: Mapping[str, Any], allow_reserved: bool) -> dict[str, Any]:
@@ -397,10 +590,11 @@ class AnnotationStore:
         sets = {ds: self._label_set(conn, ds) for ds in {r["dataset"] for r in rows}}
         for ds, allowed in sets.items():
             bad: dict[str, int] = {}
+            multi = self._multi(conn, ds)
             for r in rows:
                 if r["dataset"] != ds or r["label"] is None:
                     continue
-                label = _canonical(r["label"], allowed)
+                label = _canonical_multi(r["label"], allowed) if multi else _canonical(r["label"], allowed)
                 if label is None:
                     bad[str(r["label"])] = bad.get(str(r["label"]), 0) + 1
                 else:
@@ -534,11 +728,12 @@ class AnnotationStore:
         return _frame(rows, CURRENT_COLUMNS)
 
     def last_event(self, dataset: str) -> int:
-        """Id of the latest event of ``dataset`` (0 when none): changes with every label,
-        clear and consensus, so readers can cache what they derive from the labels."""
+        """Id of the latest event of ``dataset`` and its label sets (0 when none): changes with
+        every label, clear and consensus, so readers can cache what they derive from the labels."""
         dataset = _check_text("dataset", dataset)
         with self._read() as conn:
-            row = conn.execute("SELECT MAX(id) FROM events WHERE dataset = ?", (dataset,)).fetchone()
+            row = conn.execute("SELECT MAX(id) FROM events WHERE dataset = ? OR dataset LIKE ?",
+                               (dataset, f"{dataset}/%")).fetchone()
         return int(row[0] or 0)
 
     def history(self, dataset: str, image_id: str | None = None, annotator: str | None = None) -> pd.DataFrame:

@@ -18,11 +18,25 @@ from . import sensitivity
 
 
 def reviews(name: str, store=None) -> pd.DataFrame:
-    """:func:`lib.sensitivity.latest_reviews` of dataset ``name`` from the annotation store."""
-    from .annotations import AnnotationStore
+    """:func:`lib.sensitivity.latest_reviews` of dataset ``name`` from the annotation store:
+    the default label set's reviews, and those of every named label set whose value means
+    sensitive or safe (``review_class``; a value that means nothing is no review here)."""
+    from .annotations import DEFAULT_SET, AnnotationStore, scope
 
     store = store or AnnotationStore()
-    return sensitivity.latest_reviews(store.current(name))
+    frames = []
+    for schema in store.schemas(name):
+        cur = store.current(scope(name, schema.name))
+        if cur.empty:
+            continue
+        if schema.name == DEFAULT_SET:
+            frames.append(cur.assign(review_class=None))
+            continue
+        cls = [schema.meaning_of(v) for v in cur["label"]]
+        cur = cur.assign(review_class=cls)
+        frames.append(cur[cur["review_class"].notna()])
+    frames = [f for f in frames if len(f)]
+    return sensitivity.latest_reviews(pd.concat(frames, ignore_index=True) if frames else None)
 
 
 def screening_from_file(path: str | Path, threshold: float | None = None,

@@ -468,18 +468,24 @@ def latest_reviews(current: pd.DataFrame, consensus: str = "consensus") -> pd.Da
     current : :meth:`lib.annotations.AnnotationStore.current` of one dataset
         (``image_id, annotator, label, updated_at``).
 
+        Optionally ``review_class`` (sensitive / safe, from a label set's meanings), kept.
+
     Returns
     -------
-    DataFrame ``id, review, reviewer, reviewed_at``, one row per reviewed image.
+    DataFrame ``id, review, reviewer, reviewed_at`` (and ``review_class`` when given), one
+    row per reviewed image.
     """
     cols = ["id", "review", "reviewer", "reviewed_at"]
     if current is None or current.empty:
         return pd.DataFrame(columns=cols)
     df = current.assign(_c=(current["annotator"] == consensus).astype(int))
     df = df.sort_values(["image_id", "_c", "updated_at"], kind="stable").drop_duplicates("image_id", keep="last")
-    return pd.DataFrame({"id": df["image_id"].astype(str).to_numpy(), "review": df["label"].astype(str).to_numpy(),
-                         "reviewer": df["annotator"].astype(str).to_numpy(),
-                         "reviewed_at": df["updated_at"].astype(str).to_numpy()})
+    out = pd.DataFrame({"id": df["image_id"].astype(str).to_numpy(), "review": df["label"].astype(str).to_numpy(),
+                        "reviewer": df["annotator"].astype(str).to_numpy(),
+                        "reviewed_at": df["updated_at"].astype(str).to_numpy()})
+    if "review_class" in df:
+        out["review_class"] = df["review_class"].to_numpy()
+    return out
 
 
 _POSITIONS: dict = {}
@@ -628,11 +634,14 @@ def decide(
         r = reviews.drop_duplicates("id", keep="last")
         pos = pd.Series(np.arange(n)).groupby(ids).apply(list).to_dict() if len(set(ids)) < n else \
             {i: [k] for k, i in enumerate(ids)}
-        for rid, lab, who, at in zip(r["id"].astype(str), r["review"], r["reviewer"], r["reviewed_at"], strict=True):
+        given = r["review_class"].tolist() if "review_class" in r else [None] * len(r)
+        for rid, lab, who, at, rcls in zip(r["id"].astype(str), r["review"], r["reviewer"], r["reviewed_at"], given,
+                                           strict=True):
             rows = pos.get(rid)
             if not rows or lab is None or (isinstance(lab, float) and lab != lab):
                 continue
-            c = REVIEW_CLASSES.get(str(lab).strip().lower()) or policy.classify(lab)
+            c = rcls if rcls in (SENSITIVE, SAFE) else REVIEW_CLASSES.get(str(lab).strip().lower()) \
+                or policy.classify(lab)
             if c == UNKNOWN:
                 continue
             for k in rows:

@@ -316,7 +316,9 @@ def _view(home: str, name: str, key: tuple, _decision_table=None) -> dict[str, t
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _reviews(home: str, name: str, last_event: int) -> pd.DataFrame:
-    return sensitivity.latest_reviews(annotation_store().current(name))
+    from .evidence import reviews
+
+    return reviews(name, annotation_store())
 
 
 def _file_stamp(path) -> str:
@@ -899,22 +901,90 @@ PAGES.update({"annotate": "pages/7_Annotate.py", "expand": "pages/8_Expand.py", 
 REVIEW_QUEUE_KEY = "wb:review-queue"
 
 
+def label_set_name(name: str) -> str:
+    from .annotations import DEFAULT_SET
+
+    return f"{name} (Blur / Maybe / Ok)" if name == DEFAULT_SET else name
+
+
+def label_set_form(name: str, store) -> None:
+    """Add a label set to dataset ``name``: one of the shipped examples, or one's own."""
+    from .annotations import AnnotationError, parse_label_set, shipped_label_sets
+
+    shipped = shipped_label_sets()
+    have = {s.name for s in store.schemas(name)}
+    c1, c2 = st.columns([3, 1])
+    pick = c1.selectbox("An example", [n for n in shipped if n not in have] or ["(all added)"], key="ls-pick",
+                        help="wound-type: one wound type per image; tags: several modality / body-region tags.")
+    if c2.button("Add", key="ls-add", disabled=pick not in shipped):
+        store.add_schema(name, shipped[pick])
+        st.rerun()
+    with st.form("ls-own", border=False):
+        st.markdown("**…or your own**: one value per line as `value, key, meaning` (meaning: sensitive, safe or "
+                    "unknown; what a review with this value says to the safe view).")
+        own = st.text_input("Name", placeholder="e.g. modality", max_chars=40)
+        text = st.text_area("Values", placeholder="photo, f, unknown\nx-ray, x, unknown", height=120)
+        multi = st.checkbox("Several values per image (tags)")
+        if st.form_submit_button("Create"):
+            try:
+                store.add_schema(name, parse_label_set(own, text, multi=multi))
+            except AnnotationError as e:
+                st.error(str(e))
+            else:
+                st.rerun()
+
+
+#: Browser cookie that remembers the annotator's name between sessions (nothing else: it
+#: can never reveal an image or switch safe view off).
+ANNOTATOR_COOKIE = "wb_annotator"
+
+
+def _cookie(name: str) -> str | None:
+    """A cookie of this browser session, or None (also outside a real browser session)."""
+    try:
+        value = st.context.cookies.get(name)
+    except Exception:  # no browser session (bare mode, some test runners)
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _remember_annotator(name: str) -> None:
+    """Store the name in this browser (a cookie on the app's own origin, one year)."""
+    import json as _json
+
+    import streamlit.components.v1 as components
+
+    components.html(
+        "<script>parent.document.cookie = " + _json.dumps(f"{ANNOTATOR_COOKIE}=") + " + encodeURIComponent("
+        + _json.dumps(name) + ") + '; path=/; max-age=31536000; SameSite=Strict';</script>", height=0)
+
+
 def annotator_name() -> str | None:
-    """The annotator's name, typed once per session in the sidebar; None until it is usable."""
+    """The annotator's name: typed once in the sidebar, remembered by this browser; None
+    until it is usable."""
+    from urllib.parse import unquote
+
     from .annotations import AnnotationError, check_annotator
 
     with st.sidebar:
         st.divider()
+        if "wb:annotator" not in _ss():
+            remembered = unquote(_cookie(ANNOTATOR_COOKIE) or "")
+            _ss()["wb:annotator"] = remembered[:64] if remembered.isprintable() else ""
         raw = _persistent("annotator", "", lambda **kw: st.text_input(
             "Annotator name", placeholder="your name", max_chars=64,
-            help="Every label you give is stored under this name (once per session).", **kw))
+            help="Every label you give is stored under this name; this browser remembers it.", **kw))
         if not str(raw).strip():
             return None
         try:
-            return check_annotator(raw)
+            name = check_annotator(raw)
         except AnnotationError as e:
             st.error(str(e))
             return None
+        if unquote(_cookie(ANNOTATOR_COOKIE) or "") != name and _ss().get("wb:annotator-stored") != name:
+            _remember_annotator(name)  # once per name and session: the cookie is read at the next session's start
+            _ss()["wb:annotator-stored"] = name
+        return name
 
 
 @st.cache_resource(show_spinner="Loading the expansion…", max_entries=8)

@@ -240,13 +240,15 @@ def seed_queue(ds: ds_mod.Dataset, *, store: AnnotationStore | None = None, anno
                labels: Sequence[str] | None = None, eb: pd.DataFrame | None = None,
                eb_range: tuple[float, float] | None = None, order: str = "eb_desc", seed: int = 0,
                limit: int | None = None, skip_labelled: bool = True, ids: Iterable[str] | None = None,
-               task: str = "seed") -> pd.DataFrame:
+               task: str = "seed", label_scope: str | None = None) -> pd.DataFrame:
     """Images to pick seeds from (or to screen): each distinct image once, filtered and ordered.
 
     Parameters
     ----------
     ids : keep only these content ids (e.g. the images the safe view has not screened yet).
     task : the queue's task name, stored with each label (``seed``, ``screen``).
+    label_scope : the label set whose labels ``skip_labelled`` looks at (:func:`lib.annotations.scope`;
+        default the dataset's default set).
     labels : keep only images with one of these dataset labels (``"(none)"``: unlabelled).
     eb : EB table with ``id, eb`` (:func:`lib.gallery.eb_scores`); needed to order or filter by EB.
     eb_range : keep images with ``lo <= eb <= hi`` (unscored images are dropped).
@@ -279,7 +281,7 @@ def seed_queue(ds: ds_mod.Dataset, *, store: AnnotationStore | None = None, anno
         lo, hi = eb_range
         df = df[df["eb"].between(lo, hi).to_numpy()]
     if skip_labelled and store is not None and annotator is not None:
-        todo = set(store.unlabelled(ds.name, annotator, df["id"].tolist()))
+        todo = set(store.unlabelled(label_scope or ds.name, annotator, df["id"].tolist()))
         df = df[df["id"].isin(todo).to_numpy()]
     if order == "eb_desc":
         df = df.sort_values(["eb", "row"], ascending=[False, True], na_position="first", kind="stable")
@@ -657,15 +659,19 @@ def score_by_rank_figure(hits: pd.DataFrame, band_width: int = 20):
 
 def pair_agreement(store: AnnotationStore, dataset: str, a: str, b: str) -> dict | None:
     """Agreement of annotators ``a`` and ``b`` on the images both label (:func:`lib.metrics.agreement`
-    over the dataset's label set: ``n, percent_agreement, kappa, ac1, f1_macro, confusion``); None when
-    they share no image."""
+    over the label set: ``n, percent_agreement, kappa, ac1, f1_macro, confusion``); None when
+    they share no image. ``dataset`` is a dataset or a label set's scope
+    (:func:`lib.annotations.scope`): κ and AC1 are multi-class over the set's values."""
     from .metrics import agreement
 
     pairs = store.pairs(dataset, a, b)
     if pairs.empty:
         return None
-    out = agreement(pairs["label_a"].to_numpy(), pairs["label_b"].to_numpy(),
-                    categories=list(store.label_set(dataset)))
+    cats = list(store.label_set(dataset))
+    seen = set(pairs["label_a"]) | set(pairs["label_b"])
+    if not seen <= set(cats):  # a multi-label set: combinations of tags are the categories
+        cats = cats + sorted(seen - set(cats))
+    out = agreement(pairs["label_a"].to_numpy(), pairs["label_b"].to_numpy(), categories=cats)
     out["confusion"] = out["confusion"].rename_axis(index=a, columns=b)
     return out
 

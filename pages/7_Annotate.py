@@ -5,6 +5,7 @@ import streamlit as st
 from lib import detector as det_mod
 from lib import ui
 from lib import workflow as wf
+from lib.annotations import scope
 from lib.errors import WorkbenchError
 
 ctx = ui.setup("Annotate", ":material/edit_note:")
@@ -22,7 +23,17 @@ with ui.guard():
         st.info("**Type your annotator name in the sidebar** (once per session): every label is stored under it, "
                 "so two annotators can label the same images and be compared on the Agreement page.")
         st.stop()
-    labels = list(store.label_set(ctx.name))
+    schemas = {s.name: s for s in store.schemas(ctx.name)}
+    l1, l2 = st.columns([2, 3])
+    set_name = l1.selectbox("Label set", list(schemas), key="an-set", format_func=ui.label_set_name,
+                            help="safety: MedGore's Blur / Maybe / Ok, the safe view's reviews. Other sets (wound "
+                                 "types, tags...) keep their own labels beside it; their values may flag or clear an "
+                                 "image too.")
+    with l2.expander("Add a label set"):
+        ui.label_set_form(ctx.name, store)
+    schema = schemas[set_name]
+    where = scope(ctx.name, schema.name)
+    labels = list(schema.values)
 
     sent = ui.sent_review(ctx.name)
     if sent and ss.get("an-sent") != sent:  # just sent from the Expand page: open it
@@ -57,12 +68,13 @@ with ui.guard():
         skip = c[3].toggle("Skip my labelled", True, key="an-skip")
         if c[4].button("New queue", key="an-new", help="Draw the queue again (leaves out what you labelled)"):
             ss["an-gen"] = ss.get("an-gen", 0) + 1
-        signature = (kind, ctx.name, who, tuple(chosen), order, size, skip, ss.get("an-gen", 0))
+        signature = (kind, ctx.name, where, who, tuple(chosen), order, size, skip, ss.get("an-gen", 0))
         if ss.get("an-sig") != signature:
             eb = ctx.eb() if order.startswith("eb") else None
             ss["an-queue"] = wf.seed_queue(ds, store=store, annotator=who, labels=chosen or None, eb=eb,
                                            order=order, limit=size, skip_labelled=skip, seed=ss.get("an-gen", 0),
-                                           ids=unscreened, task="seed" if unscreened is None else "screen")
+                                           ids=unscreened, task="seed" if unscreened is None else "screen",
+                                           label_scope=where)
             ss["an-sig"], ss["an-pos"] = signature, 0
         queue_name = "seeds" if unscreened is None else "not-yet-screened"
     elif kind == "Suggested by a detector":
@@ -100,7 +112,7 @@ with ui.guard():
             ss["an-queue"] = quality.review_queue(ds)
             ss["an-sig"] = signature
             ss["an-pos"] = wf.next_unlabelled(ss["an-queue"]["id"].tolist(),
-                                              store.current(ctx.name, who)["image_id"]) or 0
+                                              store.current(where, who)["image_id"]) or 0
         queue_name = "quality-review"
     else:
         exps = wf.list_expansions(ctx.name)
@@ -128,7 +140,7 @@ with ui.guard():
             ss["an-queue"] = wf.review_queue(wf.load_review_sample(path), ds)
             ss["an-sig"] = signature
             ss["an-pos"] = wf.next_unlabelled(ss["an-queue"]["id"].tolist(),
-                                              store.current(ctx.name, who)["image_id"]) or 0
+                                              store.current(where, who)["image_id"]) or 0
         queue_name = f"review:{exp_name}/{file_name}"
 
     queue = ss["an-queue"]
@@ -136,17 +148,17 @@ with ui.guard():
         st.success("Nothing left to label here: change the filters, or untick *Skip my labelled*.")
         st.stop()
     ids = queue["id"].tolist()
-    mine = store.current(ctx.name, who)
+    mine = store.current(where, who)
     my_labels = dict(zip(mine["image_id"], mine["label"], strict=True))
-    done, left = store.progress(ctx.name, who, ids)
+    done, left = store.progress(where, who, ids)
     pos = min(max(int(ss.get("an-pos", 0)), 0), len(ids) - 1)
     ss["an-pos"] = pos
     rec = queue.iloc[pos]
     cid = str(rec["id"])
 
-    def give(label: str) -> None:
+    def give(label) -> None:
         try:
-            store.set_label(ctx.name, cid, who, label, task=str(rec["task"]),
+            store.set_label(where, cid, who, label, task=str(rec["task"]),
                             context=wf.label_context(rec.to_dict(), queue_name))
         except WorkbenchError as e:
             ss["an-error"] = str(e)
@@ -155,7 +167,16 @@ with ui.guard():
         ss["an-pos"] = pos if nxt is None else nxt
 
     def clear() -> None:
-        store.clear(ctx.name, cid, who)
+        store.clear(where, cid, who)
+
+    def toggle_tag(tag: str) -> None:
+        tags = ss.setdefault("an-tags", {}).setdefault(cid, set(str(my_labels.get(cid) or "").split("|")) - {""})
+        tags.symmetric_difference_update({tag})
+
+    def save_tags() -> None:
+        tags = ss.get("an-tags", {}).pop(cid, None)
+        if tags:
+            give(sorted(tags))
 
     def move(step: int) -> None:
         ss["an-pos"] = (pos + step) % len(ids)
@@ -194,10 +215,20 @@ with ui.guard():
                           help="Reveal this one image (after a warning naming why it is censored), or re-blur it")
     with right_col:
         current = my_labels.get(cid)
-        st.markdown(f"**{who}**, your label: **{current or '—'}**")
-        for i, lab in enumerate(labels):  # keys 1..9 for the first nine labels
-            st.button(lab, key=f"an-lab-{i}", shortcut=str(i + 1) if i < 9 else None, on_click=give, args=(lab,),
-                      width="stretch", type="primary" if lab == current else "secondary")
+        st.markdown(f"**{who}**, your {'tags' if schema.multi else 'label'} ({schema.name}): "
+                    f"**{(current or '—').replace('|', ', ')}**")
+        keyed = dict(zip(labels, schema.keys, strict=False))
+        if schema.multi:
+            pending = ss.get("an-tags", {}).get(cid, set(str(current or "").split("|")) - {""})
+            for i, lab in enumerate(labels):
+                st.button(lab, key=f"an-lab-{i}", shortcut=keyed.get(lab), on_click=toggle_tag, args=(lab,),
+                          width="stretch", type="primary" if lab in pending else "secondary")
+            st.button("Save tags", key="an-save-tags", shortcut="Enter", on_click=save_tags, disabled=not pending,
+                      icon=":material/check:", width="stretch")
+        else:
+            for i, lab in enumerate(labels):
+                st.button(lab, key=f"an-lab-{i}", shortcut=keyed.get(lab), on_click=give, args=(lab,),
+                          width="stretch", type="primary" if lab == current else "secondary")
         p, n = st.columns(2)
         p.button("Previous", key="an-prev", shortcut="P", on_click=move, args=(-1,), width="stretch",
                  icon=":material/arrow_back:")
@@ -205,9 +236,10 @@ with ui.guard():
                  icon=":material/arrow_forward:")
         if current is not None:
             st.button("Clear my label", key="an-clear", on_click=clear, icon=":material/backspace:")
-        keys = " · ".join(f"**{i + 1}** {lab}" for i, lab in enumerate(labels[:9]))
-        st.caption(f"Keys: {keys} · **N** next · **P** previous · **V** reveal / hide. A label is stored at once "
-                   "and the next unlabelled image follows.")
+        keys = " · ".join(f"**{k.upper()}** {lab}" for lab, k in keyed.items())
+        st.caption(f"Keys: {keys} · **N** next · **P** previous · **V** reveal / hide. "
+                   + ("Tags toggle; **Enter** stores them and the next image follows." if schema.multi else
+                      "A label is stored at once and the next unlabelled image follows."))
         if rec["task"] == "review":
             st.caption("Review: judge the image itself; its seed and rank stay hidden so the review is blind.")
         if rec["task"] == "suggest":

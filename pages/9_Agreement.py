@@ -4,7 +4,7 @@ import streamlit as st
 
 from lib import charts, gallery, ui
 from lib import workflow as wf
-from lib.annotations import CONSENSUS
+from lib.annotations import CONSENSUS, scope
 
 ctx = ui.setup("Agreement", ":material/group:")
 st.title("Annotator agreement")
@@ -14,19 +14,24 @@ with ui.guard():
     ds = ctx.require_dataset()
     store = ui.annotation_store()
     who = ui.annotator_name()
-    names = [a for a in store.annotators(ctx.name) if a != CONSENSUS]
+    schemas = {s.name: s for s in store.schemas(ctx.name)}
+    set_name = st.selectbox("Label set", list(schemas), key="ag-set", format_func=ui.label_set_name,
+                            help="Agreement is computed per label set (Cohen's κ and Gwet's AC1 over all its "
+                                 "values; several tags per image count as one combined label).")
+    where = scope(ctx.name, set_name)
+    names = [a for a in store.annotators(where) if a != CONSENSUS]
     if len(names) < 2:
         st.info(f"**Agreement needs two annotators** on dataset `{ctx.name}` (now: {', '.join(names) or 'none'}). "
                 "Each labels the same review sample on the Annotate page under their own name.")
         ui.nav_link("annotate", "Open Annotate", ctx, icon=":material/edit_note:")
         st.stop()
-    labels = list(store.label_set(ctx.name))
+    labels = list(schemas[set_name].values)
     c1, c2 = st.columns(2)
     a = c1.selectbox("Annotator A", names, index=0, key="ag-a")
     others = [n for n in names if n != a]
     b = c2.selectbox("Annotator B", others, index=0, key="ag-b")
 
-    res = wf.pair_agreement(store, ctx.name, a, b)
+    res = wf.pair_agreement(store, where, a, b)
     if res is None:
         st.info(f"`{a}` and `{b}` have not labelled any image in common yet.")
     else:
@@ -43,8 +48,8 @@ with ui.guard():
     t1, t2 = st.columns(2)
     with_maybe = t1.toggle("Include Maybe cases", True, key="ag-maybe")
     open_only = t2.toggle("Only unresolved", True, key="ag-open")
-    todo = wf.to_resolve(store, ctx.name, a, b, include_maybe=with_maybe, unresolved_only=open_only)
-    n_res = int(store.current(ctx.name, CONSENSUS)["image_id"].isin(store.pairs(ctx.name, a, b)["image_id"]).sum())
+    todo = wf.to_resolve(store, where, a, b, include_maybe=with_maybe, unresolved_only=open_only)
+    n_res = int(store.current(where, CONSENSUS)["image_id"].isin(store.pairs(where, a, b)["image_id"]).sum())
     st.markdown(f"**{len(todo)} image(s)** to look at · {n_res} resolved so far. A resolution is stored as the "
                 f"`{CONSENSUS}` label (with who decided), and the export uses it.")
     if who is None:
@@ -58,10 +63,10 @@ with ui.guard():
         part = part.assign(row=gallery.rows_of_ids(ds.images, part["image_id"]), id=part["image_id"])
 
         def resolve(image_id: str, label: str) -> None:
-            store.resolve(ctx.name, image_id, label, by=who)
+            store.resolve(where, image_id, label, by=who)
 
         def undo(image_id: str) -> None:
-            store.clear(ctx.name, image_id, CONSENSUS, note=f"undone by {who}")
+            store.clear(where, image_id, CONSENSUS, note=f"undone by {who}")
 
         def caption(rec) -> str:
             done = f" → {rec['consensus']}" if isinstance(rec["consensus"], str) else ""
