@@ -664,6 +664,38 @@ class AnnotationStore:
         with self._write() as conn:
             return self._insert(conn, prepared)
 
+    def bulk_label(self, dataset: str, image_ids: Iterable[str], annotator: str, label, *, task: str = "bulk",
+                   context: Mapping[str, Any] | None = None) -> dict[str, str | None]:
+        """Give every image of ``image_ids`` the ``label`` by ``annotator``, in one transaction
+        (all or none). Returns each image's previous current label (None: it had none), which
+        :meth:`restore` puts back: the undo of a bulk action."""
+        ids = list(dict.fromkeys(_check_text("image_id", i) for i in image_ids))
+        if not ids:
+            return {}
+        if _blank(label):
+            raise AnnotationError("label is empty: use clear() to remove a label")
+        rows = [self._prepare(dict(dataset=dataset, image_id=i, annotator=annotator, label=label, task=task,
+                                   context=context), allow_reserved=False) for i in ids]
+        with self._write() as conn:
+            prev = dict(conn.execute(
+                f"SELECT image_id, label FROM current WHERE dataset = ? AND annotator = ? AND image_id IN "
+                f"({','.join('?' * len(ids))})", (rows[0]["dataset"], rows[0]["annotator"], *ids)).fetchall())
+            self._insert(conn, rows)
+        return {i: prev.get(i) for i in ids}
+
+    def restore(self, dataset: str, annotator: str, previous: Mapping[str, str | None], *,
+                task: str = "undo") -> int:
+        """Put back the labels :meth:`bulk_label` returned, in one transaction: a label where
+        there was one, a clear where there was none. Returns the number of events written."""
+        rows = [self._prepare(dict(dataset=dataset, image_id=i, annotator=annotator,
+                                   label=None if _blank(lab) else lab, task=task), allow_reserved=False)
+                for i, lab in previous.items()]
+        if not rows:
+            return 0
+        with self._write() as conn:
+            self._insert(conn, rows)
+        return len(rows)
+
     def clear(
         self, dataset: str, image_id: str, annotator: str, *, note: str | None = None, task: str = "clear"
     ) -> bool:
@@ -760,6 +792,18 @@ class AnnotationStore:
         df["context"] = pd.Series([json.loads(r[-1]) if r[-1] else None for r in rows], index=df.index,
                                   dtype=object)
         return df
+
+    def image_labels(self, dataset: str, image_id: str, *, history: bool = False) -> pd.DataFrame:
+        """One image's current labels (or, with ``history``, every event) in every label set of
+        ``dataset``: the :meth:`current` (or :meth:`history`) columns plus ``label_set``."""
+        dataset = _check_text("dataset", dataset)
+        frames = []
+        for s in self.schemas(dataset):
+            where = scope(dataset, s.name)
+            df = self.history(where, image_id) if history else self.current(where)
+            df = df[df["image_id"] == image_id]
+            frames.append(df.assign(label_set=s.name))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def datasets(self) -> list[str]:
         """Datasets with at least one event, sorted."""

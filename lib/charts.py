@@ -172,7 +172,7 @@ def distinct_colours(fig):
             continue
         if g not in groups:
             groups.append(g)
-        colour = PALETTE[groups.index(g) % len(PALETTE)]
+        colour = palette(groups.index(g) + 1)[-1]
         if tr.type in ("histogram", "scatter", "scattergl", "bar"):
             tr.marker.color = colour
     return fig
@@ -231,4 +231,61 @@ def jaccard_histogram(per_item: pd.DataFrame, k: int):
     fig = px.histogram(long, x="jaccard", color="pair", barmode="overlay", nbins=20,
                        title=f"Jaccard@{k} of each image's neighbour sets")
     fig.update_layout(height=340)
+    return fig
+
+
+def palette(n: int) -> tuple[str, ...]:
+    """``n`` distinguishable colours: :data:`PALETTE` up to 10, then plotly's 26-colour Alphabet
+    and 24-colour Light24 sets, so categories do not share a colour before 60."""
+    import plotly.express as px
+
+    more = [c for c in (*px.colors.qualitative.Alphabet, *px.colors.qualitative.Light24) if c not in PALETTE]
+    colours = (*PALETTE, *more)
+    return tuple(colours[i % len(colours)] for i in range(n))
+
+
+def linked_map(df: pd.DataFrame, color: str | None, *, selected=None, highlight: str | None = None,
+               title: str = "", hover: Sequence[str] = ("label",)):
+    """A 2-D map (columns x, y, id) drawn with WebGL (``scattergl``: fluid at 100k points),
+    ``customdata[0]`` = id, linked to the gallery.
+
+    Parameters
+    ----------
+    color : a column: numbers get a continuous scale, anything else one colour per value.
+    selected : ids of a selection: the other points stay visible, in grey.
+    highlight : an id drawn as a large ringed marker (the image open in the detail view).
+    """
+    import plotly.graph_objects as go
+
+    df = df.reset_index(drop=True)
+    sel = None if selected is None else df["id"].isin(set(map(str, selected))).to_numpy()
+    hov = [c for c in hover if c in df.columns]
+    custom = df[["id", *hov]].astype(str).to_numpy()
+    template = "<br>".join(f"{c} %{{customdata[{i + 1}]}}" for i, c in enumerate(hov)) + "<extra></extra>"
+    fig = go.Figure()
+    base = {"mode": "markers", "hovertemplate": template}
+    if sel is not None and (~sel).any():
+        rest = ~sel
+        fig.add_trace(go.Scattergl(x=df["x"][rest], y=df["y"][rest], customdata=custom[rest], name="not selected",
+                                   marker={"size": 5, "color": "#c7c7c7", "opacity": 0.5}, **base))
+    keep = np.ones(len(df), bool) if sel is None else sel
+    if color is not None and color in df and pd.api.types.is_numeric_dtype(df[color]):
+        fig.add_trace(go.Scattergl(x=df["x"][keep], y=df["y"][keep], customdata=custom[keep], name=color,
+                                   marker={"size": 6, "color": df[color][keep], "colorscale": "Viridis",
+                                           "showscale": True, "colorbar": {"title": color}}, **base))
+    else:
+        values = df[color].astype("string").fillna("(none)") if color in df else pd.Series(["all"] * len(df))
+        cats = sorted(values[keep].unique())
+        for cat, colour in zip(cats, palette(len(cats)), strict=True):
+            m = keep & (values == cat).to_numpy()
+            fig.add_trace(go.Scattergl(x=df["x"][m], y=df["y"][m], customdata=custom[m], name=str(cat),
+                                       marker={"size": 6, "color": colour, "opacity": 0.8}, **base))
+    if highlight is not None and (df["id"] == str(highlight)).any():
+        h = (df["id"] == str(highlight)).to_numpy()
+        fig.add_trace(go.Scattergl(x=df["x"][h], y=df["y"][h], customdata=custom[h], name="this image",
+                                   marker={"size": 18, "color": "rgba(0,0,0,0)", "line": {"width": 3, "color": "#000"}},
+                                   **base))
+    fig.update_layout(title=title, height=520, dragmode="lasso", xaxis={"showticklabels": False, "title": None},
+                      yaxis={"showticklabels": False, "title": None}, legend={"orientation": "h", "y": -0.05},
+                      margin={"t": 40 if title else 10, "b": 10})
     return fig

@@ -125,8 +125,12 @@ def cmd_policy(a) -> int:
 
     if a.known_safe and a.not_known_safe or a.all_sensitive and a.no_all_sensitive:
         raise WorkbenchError("--known-safe/--not-known-safe and --all-sensitive/--no-all-sensitive are opposites")
+    import os
+
+    a.by = a.by or os.environ.get("WORKBENCH_ANNOTATOR")
     if a.known_safe and not (a.by or "").strip():
-        raise WorkbenchError("--known-safe records who marked the dataset: add --by YOUR_NAME")
+        raise WorkbenchError("--known-safe records who marked the dataset: add --by YOUR_NAME "
+                             "(or set WORKBENCH_ANNOTATOR)")
     if not a.show:
         before = sensitivity.load_policy(a.name)
         after = sensitivity.set_policy(
@@ -137,6 +141,60 @@ def cmd_policy(a) -> int:
         for h in after.history[len(before.history):]:
             print(f"changed: {h['change']} ({h['by']}, {h['at']})")
     _print_policy(a.name)
+    return 0
+
+
+def _annotator(a, required: bool = True) -> str | None:
+    """``--annotator``, else ``$WORKBENCH_ANNOTATOR``; a clear error when neither is set."""
+    import os
+
+    from .annotations import check_annotator
+    from .errors import WorkbenchError
+
+    name = getattr(a, "annotator", None) or os.environ.get("WORKBENCH_ANNOTATOR")
+    if not name:
+        if required:
+            raise WorkbenchError("say who you are: --annotator NAME, or set WORKBENCH_ANNOTATOR")
+        return None
+    return check_annotator(name)
+
+
+@verb("label", "label images of a dataset in bulk (one transaction), chosen by --where or an id file")
+@args_for(lambda p: (
+    p.add_argument("name"),
+    p.add_argument("--label", required=True, help="the label (several tags joined by '|' for a multi-label set)"),
+    p.add_argument("--labels", default=None, metavar="SET", help="the label set (default: Blur/Maybe/Ok)"),
+    p.add_argument("--where", action="append", default=[], metavar="COND",
+                   help="COLUMN=VALUE, COLUMN!=VALUE or COLUMN~TEXT; repeatable (as show --where)"),
+    p.add_argument("--ids", default=None, help="a CSV with an 'id' column (content ids or unique prefixes)"),
+    p.add_argument("--annotator", default=None, help="who labels (default: $WORKBENCH_ANNOTATOR)"),
+))
+def cmd_label(a) -> int:
+    import pandas as pd
+
+    from . import dataset
+    from .annotations import AnnotationStore, scope
+    from .errors import WorkbenchError
+    from .gallery import where_rows
+
+    who = _annotator(a)
+    ds = dataset.load(a.name)
+    if not a.where and not a.ids:
+        raise WorkbenchError("choose the images: --where COND (e.g. path~xray) and/or --ids FILE")
+    rows = where_rows(ds.images, a.where)
+    ids = ds.images["id"].astype(str).to_numpy()[rows].tolist()
+    if a.ids:
+        wanted = {ds.resolve_id(str(i)) for i in pd.read_csv(a.ids, dtype=str)["id"].dropna()}
+        ids = [i for i in ids if i in wanted]
+    if not ids:
+        raise WorkbenchError("no image matches: nothing labelled")
+    store = AnnotationStore()
+    schema = store.schema(a.name, a.labels)
+    prev = store.bulk_label(scope(a.name, schema.name), ids, who, a.label.split("|") if schema.multi else a.label,
+                            context={"source": "cli label"})
+    changed = sum(1 for v in prev.values() if v != a.label)
+    print(f"{a.name}: {len(prev)} image(s) labelled {a.label!r} in {schema.name} by {who} "
+          f"({changed} changed, {len(prev) - changed} already so)")
     return 0
 
 
@@ -202,7 +260,13 @@ def cmd_nudity(a) -> int:
 def cmd_datasets(a) -> int:
     from . import dataset
 
-    _print_table(dataset.summary_table())
+    df = dataset.summary_table()
+
+    def short(text: str, n: int = 44) -> str:
+        return text if len(text) <= n else text[: n - 1] + "…"
+
+    _print_table(df.assign(labels=df["labels"].map(short)).drop(columns=["root"]))
+    print("(all labels and the root folder: python -m lib show NAME, python -m lib policy NAME --show)")
     return 0
 
 
@@ -211,18 +275,31 @@ def cmd_datasets(a) -> int:
     p.add_argument("name"),
     p.add_argument("--limit", type=int, default=20),
     p.add_argument("--errors", action="store_true", help="show the error table instead"),
+    p.add_argument("--where", action="append", default=[], metavar="COND",
+                   help="only rows matching COLUMN=VALUE, COLUMN!=VALUE or COLUMN~TEXT (contains; "
+                        "case-insensitive), e.g. --where path~foot --where source=azh; repeatable"),
+    p.add_argument("--safe-view", action="store_true", help="also the safe view's decision and reason per row"),
 ))
 def cmd_show(a) -> int:
     from . import dataset
+    from .gallery import where_rows
 
     ds = dataset.load(a.name)
     if a.errors:
         _print_table(ds.errors.head(a.limit), a.limit)
         return 0
-    df = ds.images[["id", "path", "label", "split"]].head(a.limit).copy()
+    rows = where_rows(ds.images, a.where)
+    df = ds.images.iloc[rows][["id", "path", "label", "split"]].copy()
+    if a.safe_view:
+        from .evidence import decide_dataset
+
+        d = decide_dataset(ds).iloc[rows]
+        df["shown"] = d["censored"].map({True: "censored", False: "raw"}).to_numpy()
+        df["reason"] = d["reason"].to_numpy()
     df["id"] = df["id"].str[:16]
-    _print_table(df, a.limit)
-    print(f"({len(ds.images)} images, {len(ds.errors)} errors)")
+    _print_table(df.head(a.limit), a.limit)
+    match = f"{len(rows)} of " if a.where else ""
+    print(f"({match}{len(ds.images)} images, {len(ds.errors)} errors; root {ds.root})")
     return 0
 
 
@@ -790,10 +867,21 @@ def cmd_censor_eval(a) -> int:
 
 def _export_args(p):
     p.add_argument("name", help="dataset the expansion was run on")
-    p.add_argument("--expansion", required=True,
-                   help="saved expansion: its name (results/NAME/expansion-<name>/), its folder, "
-                        "or a parquet written by the expand verb")
-    p.add_argument("--out", default=None, help="manifest .csv or .parquet (default: inside the expansion's folder)")
+    p.add_argument("--format", default=None, choices=["csv", "jsonl", "imagefolder", "fiftyone", "manifest"],
+                   help="export the dataset's images and annotations in a format other tools read (a folder "
+                        "with a README.md): csv/jsonl of labels and consensus, a Hugging Face imagefolder, a "
+                        "FiftyOne image classification dataset, or a manifest ingest reads back")
+    p.add_argument("--labels", default=None, metavar="SET",
+                   help="with --format: the label set to export (default: Blur/Maybe/Ok)")
+    p.add_argument("--only-reviewed", action="store_true", help="with --format: only images someone labelled")
+    p.add_argument("--relative", action="store_true",
+                   help="with --format: paths relative to the dataset root (default: absolute)")
+    p.add_argument("--expansion", default=None,
+                   help="export an expanded, reviewed label set instead: a saved expansion's name "
+                        "(results/NAME/expansion-<name>/), its folder, or a parquet written by the expand verb")
+    p.add_argument("--out", default=None,
+                   help="with --format: the export folder (default <home>/results/NAME/export-FORMAT-SET/); with "
+                        "--expansion: a manifest .csv or .parquet (default: inside the expansion's folder)")
     band = p.add_mutually_exclusive_group()
     band.add_argument("--first-n", type=int, default=None, help="only images reached at ranks 1..N")
     band.add_argument("--last-n", type=int, default=None, help="only images reached at ranks k-N+1..k")
@@ -816,8 +904,22 @@ def _export_args(p):
 def cmd_export(a) -> int:
     from . import dataset, workflow
     from .annotations import AnnotationStore
+    from .errors import WorkbenchError
 
     ds = dataset.load(a.name)
+    if bool(a.format) == bool(a.expansion):
+        raise WorkbenchError("give --format FORMAT (images and annotations) or --expansion NAME (a reviewed "
+                             "expansion as a manifest)")
+    if a.format:
+        from . import exports
+        from .files import result_path
+
+        out = a.out or result_path(a.name, f"export-{a.format}-{a.labels or 'safety'}")
+        folder = exports.export(ds, AnnotationStore(), out, a.format, label_set=a.labels,
+                                only_reviewed=a.only_reviewed, relative=a.relative)
+        print((folder / "README.md").read_text())
+        print(f"written: {folder}")
+        return 0
     saved = workflow.load_expansion(a.name, a.expansion)
     reviews = None if a.reviews.lower() == "none" else workflow.review_labels(AnnotationStore(), a.name, a.reviews)
     keep = [c.strip() for c in a.keep_columns.split(",") if c.strip()]

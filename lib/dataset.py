@@ -194,10 +194,14 @@ def _manifest_rows(path: Path, root: Path) -> tuple[list[dict], list[dict], list
             continue
         p = str(p).strip()
         try:
-            safe_join(root, p)
+            full = safe_join(root, p)
         except UnsafePath:
             problems.append(f"{where}: path {p!r} is outside the manifest's folder {root}")
             continue
+        if os.path.isabs(p) and full.is_relative_to(root.resolve()):
+            rel = os.path.relpath(os.path.normpath(p), root)
+            if not rel.startswith(".."):
+                p = rel  # stored relative to the root, as folder rows are
         if p in seen:
             problems.append(f"{where}: path {p!r} repeats line/row {seen[p]}")
             continue
@@ -212,6 +216,18 @@ def _manifest_rows(path: Path, root: Path) -> tuple[list[dict], list[dict], list
     if problems:
         raise ManifestError(path, problems)
     return rows, errors, extra
+
+
+def _absolute_root(manifest: Path) -> Path | None:
+    """The deepest folder holding every path of a manifest whose paths are all absolute (an
+    export with absolute paths ingests without ``--root``); None otherwise."""
+    df = _read_manifest(manifest)
+    if "path" not in df.columns:
+        return None
+    paths = [str(p).strip() for p in df["path"].dropna() if str(p).strip()]
+    if not paths or not all(os.path.isabs(p) for p in paths):
+        return None
+    return Path(os.path.commonpath([os.path.dirname(p) for p in paths]))
 
 
 def _value_kind(v) -> str:
@@ -278,7 +294,7 @@ def ingest(
         rows, errors = _walk_folder(base)
         kind = "folder"
     elif source.suffix.lower() in MANIFEST_SUFFIXES:
-        base = Path(root or source.parent).resolve()
+        base = Path(root or _absolute_root(source) or source.parent).resolve()
         rows, errors, extra_cols = _manifest_rows(source, base)
         kind = "manifest"
     else:

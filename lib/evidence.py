@@ -83,3 +83,71 @@ def decide_dataset(ds, *, eb_threshold: float | None = sensitivity.EB_THRESHOLD,
         eb_threshold=sensitivity.EB_THRESHOLD if eb_threshold is None else float(eb_threshold),
         nudity=nud if nud is not None and len(nud) else None,
         screening=None if predictions is None else screening_from_file(predictions, pred_threshold))
+
+
+def image_evidence(image_id: str, *, label, policy: sensitivity.LabelPolicy, eb: pd.DataFrame | None = None,
+                   eb_threshold: float = sensitivity.EB_THRESHOLD, nudity: pd.DataFrame | None = None,
+                   screening: sensitivity.Screening | None = None, labels: pd.DataFrame | None = None,
+                   schemas=None) -> pd.DataFrame:
+    """Every piece of safe-view evidence about one image, for its detail view.
+
+    Parameters
+    ----------
+    eb : the dataset's EB table (``id, eb, blood, skin, error``); ``nudity`` its NudeNet table.
+    labels : the image's current labels in every label set (``label_set, annotator, label,
+        updated_at``); ``schemas`` {name: :class:`lib.annotations.LabelSchema`} says what each means.
+
+    Returns
+    -------
+    DataFrame ``evidence, value, says`` (``flags``, ``clears``, ``nothing``), one row per piece,
+    in the order :func:`lib.sensitivity.decide` weighs them.
+    """
+    rows = []
+    cls = policy.classify(label) if sensitivity.normal_form(label) else sensitivity.UNKNOWN
+    if cls == sensitivity.UNKNOWN and policy.all_sensitive:
+        rows.append(("label policy", f"{label} (dataset marked all-sensitive)", "flags"))
+    else:
+        rows.append(("label policy", f"{label if sensitivity.normal_form(label) else '(no label)'} → {cls} "
+                                     f"({policy.source_of(label)})",
+                     {"sensitive": "flags", "safe": "clears"}.get(cls, "nothing")))
+    for r in (labels.itertuples() if labels is not None else ()):
+        schema = (schemas or {}).get(r.label_set)
+        if schema is None or r.label_set == "safety":
+            m = sensitivity.REVIEW_CLASSES.get(str(r.label).lower()) or policy.classify(r.label)
+        else:
+            m = schema.meaning_of(r.label) or "unknown"
+        rows.append((f"review ({r.label_set})", f"{str(r.label).replace('|', ', ')} by {r.annotator}, "
+                     f"{str(r.updated_at)[:16].replace('T', ' ')}",
+                     {"sensitive": "flags", "safe": "clears"}.get(m, "nothing")))
+    if screening is not None:
+        t = screening.table.set_index(screening.table["id"].astype(str))
+        if image_id in t.index:
+            p = float(t.loc[image_id, "p"])
+            unf = bool(t.loc[image_id, "unfamiliar"]) if "unfamiliar" in t else None
+            unc = bool(t.loc[image_id, "uncertain"]) if "uncertain" in t and t.loc[image_id, "uncertain"] == \
+                t.loc[image_id, "uncertain"] else False
+            says = "flags" if p >= screening.threshold else "clears" if unf is False and not unc else "nothing"
+            extra = "" if unf is None else f", {'unfamiliar' if unf else 'familiar'}" + (", uncertain" if unc else "")
+            rows.append((f"detector {screening.name}", f"p {p:.3f} (threshold {screening.threshold:.2f}){extra}", says))
+        else:
+            rows.append((f"detector {screening.name}", "not screened", "nothing"))
+    if nudity is not None and image_id in set(nudity["id"].astype(str)):
+        n = nudity.set_index(nudity["id"].astype(str)).loc[image_id]
+        rows.append(("NudeNet", f"{n['part'] or 'nothing exposed'} {float(n['nudity']):.2f}",
+                     "flags" if float(n["nudity"]) >= sensitivity.NUDITY_THRESHOLD else "nothing"))
+    else:
+        rows.append(("NudeNet", "not checked", "nothing"))
+    if eb is not None:
+        e = eb[eb["id"].astype(str) == image_id]
+        if len(e):
+            e = e.iloc[0]
+            v = float(e["eb"])
+            if v == v:
+                rows.append(("EB colour score", f"{v:+.2f} (cut {eb_threshold:g}; blood-like {e['blood']:.1%}, "
+                                                f"skin-like {e['skin']:.1%})", "flags" if v > eb_threshold else "nothing"))
+            else:
+                rows.append(("EB colour score", f"unknown ({e.get('error') or 'not scored'})", "flags"))
+    if policy.known_safe:
+        rows.append(("known-safe dataset", f"marked by {policy.known_safe['by']}, {str(policy.known_safe['at'])[:10]}",
+                     "clears"))
+    return pd.DataFrame(rows, columns=["evidence", "value", "says"])

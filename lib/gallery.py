@@ -85,6 +85,7 @@ def filter_rows(
     score_range: tuple[float, float] | None = None,
     ids: Iterable[str] | None = None,
     id_prefix: str | None = None,
+    path_contains: str | None = None,
     decision: pd.DataFrame | None = None,
     evidence: Sequence[str] | None = None,
     censored: bool | None = None,
@@ -101,6 +102,7 @@ def filter_rows(
         predicted classes / score range; rows without a prediction fail these filters.
     ids : keep only these content ids (e.g. a selection made on another page).
     id_prefix : keep ids starting with this (case-insensitive).
+    path_contains : keep rows whose path (folders and file name) contains this, case-insensitive.
     decision, evidence, censored : the safe view's table (:func:`lib.sensitivity.decide`,
         aligned with the rows), the wanted values of its ``evidence`` column (empty: all) and
         of its ``censored`` column (None: both).
@@ -126,11 +128,79 @@ def filter_rows(
         keep &= images["id"].astype(str).isin(set(map(str, ids))).to_numpy(bool)
     if id_prefix:
         keep &= images["id"].astype(str).str.startswith(id_prefix.strip().lower()).to_numpy(bool)
+    if path_contains and path_contains.strip():
+        keep &= images["path"].astype(str).str.lower().str.contains(path_contains.strip().lower(), regex=False) \
+            .to_numpy(bool)
     if decision is not None and evidence:
         keep &= decision["evidence"].isin(list(evidence)).to_numpy(bool)
     if decision is not None and censored is not None:
         keep &= decision["censored"].to_numpy(bool) == bool(censored)
     return np.flatnonzero(keep)
+
+
+def file_name(path: str, limit: int = 40) -> str:
+    """The file name of a dataset path, shortened in the middle past ``limit`` characters
+    (the start and the extension both stay readable)."""
+    name = str(path).replace("\\", "/").rsplit("/", 1)[-1]
+    if len(name) <= limit:
+        return name
+    keep = limit - 1
+    return name[: keep - keep // 3] + "…" + name[-(keep // 3):]
+
+
+def where_rows(images: pd.DataFrame, conditions: Sequence[str]) -> np.ndarray:
+    """Row numbers matching every condition: ``col=value`` (equal, case-insensitive),
+    ``col~text`` (contains, case-insensitive), ``col!=value``; e.g. ``path~foot``, ``source=azh``.
+
+    Raises :class:`lib.errors.DatasetError` naming a malformed condition or an unknown column.
+    """
+    import re
+
+    from .errors import DatasetError
+
+    keep = np.ones(len(images), bool)
+    for cond in conditions:
+        m = re.fullmatch(r"\s*([A-Za-z_][\w.:-]*)\s*(!=|=|~)\s*(.*?)\s*", str(cond))
+        if not m:
+            raise DatasetError(f"--where {cond!r}: write COLUMN=VALUE, COLUMN!=VALUE or COLUMN~TEXT")
+        col, op, value = m.groups()
+        if col not in images.columns:
+            raise DatasetError(f"--where {cond!r}: no column {col!r} (columns: {', '.join(images.columns)})")
+        text = images[col].astype("string").fillna("").str.lower()
+        v = value.lower()
+        hit = text.str.contains(v, regex=False) if op == "~" else (text == v)
+        hit = hit.to_numpy(bool)
+        keep &= ~hit if op == "!=" else hit
+    return np.flatnonzero(keep)
+
+
+def find_image(images: pd.DataFrame, query: str) -> str:
+    """The content id an id prefix or a file-name / path fragment names; a clear error when it
+    names none or several (with a few of them)."""
+    from .errors import DatasetError
+
+    q = str(query).strip().lower()
+    if not q:
+        raise DatasetError("give an id prefix or part of a file name")
+    ids = images["id"].astype(str)
+    hits = ids[ids.str.startswith(q)].unique()
+    if len(hits) == 0:
+        paths = images["path"].astype(str)
+        exact = ids[paths.str.lower().str.rsplit("/", n=1).str[-1] == q].unique()
+        hits = exact if len(exact) else ids[paths.str.lower().str.contains(q, regex=False)].unique()
+    if len(hits) == 1:
+        return str(hits[0])
+    if len(hits) == 0:
+        raise DatasetError(f"no image id starts with, and no path contains, {query!r}")
+    some = images.loc[ids.isin(hits[:5]), "path"].tolist()
+    raise DatasetError(f"{query!r} matches {len(hits)} images (e.g. {', '.join(some)}): say more")
+
+
+def metadata_table(rec) -> pd.DataFrame:
+    """One dataset row as ``field, value`` rows (missing values left out), for a detail view."""
+    items = [(k, v) for k, v in dict(rec).items() if k != "id" and not (v is None or (isinstance(v, float) and v != v)
+                                                                        or v is pd.NA)]
+    return pd.DataFrame({"field": [k for k, _ in items], "value": [str(v) for _, v in items]})
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:

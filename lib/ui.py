@@ -901,6 +901,98 @@ PAGES.update({"annotate": "pages/7_Annotate.py", "expand": "pages/8_Expand.py", 
 REVIEW_QUEUE_KEY = "wb:review-queue"
 
 
+PAGES.update({"image": "pages/12_Image.py", "export": "pages/13_Export.py", "map": "pages/14_Map.py"})
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _states(home: str, where: str, who: str | None, last_event: int) -> dict:
+    from .workflow import annotation_status
+
+    return annotation_status(annotation_store().current(where), who)
+
+
+def annotation_states(name: str, set_name: str | None, who: str | None) -> dict:
+    """:func:`lib.workflow.annotation_status` of a dataset's label set, cached until a label changes."""
+    from .annotations import scope
+
+    return _states(_home(), scope(name, set_name), who, annotation_store().last_event(name))
+
+
+@st.cache_data(show_spinner="Comparing perceptual hashes…", max_entries=32)
+def _near(home: str, name: str, cid: str, token: str) -> pd.DataFrame:
+    from .quality import near_duplicates_of
+
+    ds = load_dataset(name)
+    ids = near_duplicates_of(ds, [cid], ds.unique_ids) - {cid}
+    rows = gallery.rows_of_ids(ds.images, sorted(ids))
+    return pd.DataFrame({"row": rows, "id": ds.images["id"].to_numpy()[rows], "path": ds.images["path"].to_numpy()[rows]})
+
+
+def near_duplicates_of_image(name: str, cid: str) -> pd.DataFrame:
+    """The dataset's near-duplicates of one image by the perceptual hash (``row, id, path``)."""
+    return _near(_home(), name, cid, catalog.dataset_token(name))
+
+
+def picked(name: str) -> set[str]:
+    """The images ticked in the Gallery for bulk actions (this session, this dataset)."""
+    return _ss().setdefault(f"wb:picked:{name}", set())
+
+
+def toggle_pick(name: str, cid: str) -> None:
+    picked(name).symmetric_difference_update({str(cid)})
+
+
+def bulk_bar(ctx: Ctx, store, who: str | None, schemas: dict, filtered_ids, page_ids) -> None:
+    """The Gallery's selection row: select the page or every filtered image, then label them all
+    at once (one transaction, undoable), send them to the Annotate page or export them."""
+    from .annotations import AnnotationError, scope
+
+    sel = picked(ctx.name)
+    filtered = list(dict.fromkeys(map(str, filtered_ids)))
+    c = st.columns([2, 1, 1, 1])
+    c[0].markdown(f"**{len(sel)}** selected for bulk actions" if sel else "Tick images (or select them all) "
+                  "to label, review or export them together.")
+    c[1].button("Select this page", key="bulk-page", on_click=lambda: sel.update(map(str, page_ids)))
+    c[2].button(f"Select all {len(filtered)} filtered", key="bulk-all", on_click=lambda: sel.update(filtered))
+    c[3].button("Clear", key="bulk-clear", on_click=sel.clear, disabled=not sel)
+    undo = _ss().get(f"wb:undo:{ctx.name}")
+    if undo:
+        u1, u2 = st.columns([3, 1])
+        u1.success(f"Labelled {len(undo['previous'])} image(s) **{undo['label']}** ({undo['set']}, {undo['who']}).")
+        if u2.button("Undo", key="bulk-undo", icon=":material/undo:"):
+            store.restore(undo["where"], undo["who"], undo["previous"])
+            _ss().pop(f"wb:undo:{ctx.name}", None)
+            st.rerun()
+    if not sel:
+        return
+    with st.container(border=True):
+        b = st.columns([2, 2, 2, 1, 1])
+        set_name = b[0].selectbox("Label set", list(schemas), key="bulk-set", format_func=label_set_name)
+        schema = schemas[set_name]
+        value = (b[1].multiselect("Tags", list(schema.values), key="bulk-tags") if schema.multi else
+                 b[1].selectbox("Label", list(schema.values), key="bulk-label"))
+        if b[2].button(f"Label {len(sel)} image(s)", key="bulk-apply", type="primary", disabled=who is None or not value,
+                       help="One transaction: all labelled or none; Undo puts the previous labels back." if who else
+                       "Type your annotator name in the sidebar first."):
+            where = scope(ctx.name, set_name)
+            try:
+                prev = store.bulk_label(where, sorted(sel), who, value, context={"source": "gallery bulk"})
+            except AnnotationError as e:
+                st.error(str(e))
+            else:
+                _ss()[f"wb:undo:{ctx.name}"] = {"where": where, "who": who, "previous": prev, "set": set_name,
+                                                 "label": ", ".join(value) if isinstance(value, list) else value}
+                st.rerun()
+        with b[3]:
+            if st.button("Review", key="bulk-review", help="Open them as the Annotate page's queue"):
+                set_selection(ctx.name, sorted(sel), "Gallery")
+                st.switch_page(PAGES["annotate"])
+        with b[4]:
+            if st.button("Export", key="bulk-export", help="Export these images (Export page)"):
+                set_selection(ctx.name, sorted(sel), "Gallery")
+                st.switch_page(PAGES["export"])
+
+
 def label_set_name(name: str) -> str:
     from .annotations import DEFAULT_SET
 

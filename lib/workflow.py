@@ -316,6 +316,39 @@ def review_queue(sample: pd.DataFrame, ds: ds_mod.Dataset) -> pd.DataFrame:
     return _queue(first, "review")
 
 
+#: Annotation states the Gallery filters by (:func:`annotation_status`).
+STATUSES = ("unreviewed", "reviewed", "mine", "not mine", "disputed", "resolved")
+
+
+def annotation_status(current: pd.DataFrame, annotator: str | None = None) -> dict[str, set[str]]:
+    """Image ids by annotation state, from :meth:`AnnotationStore.current` of one dataset or
+    label set: ``reviewed`` (anyone labelled it), ``mine`` / ``not mine`` (``annotator`` did /
+    did not), ``disputed`` (annotators' current labels differ and no consensus),
+    ``resolved`` (a consensus exists). ``unreviewed`` is every other image: it is not listed
+    here (the caller knows the dataset's ids)."""
+    out = {s: set() for s in STATUSES if s != "unreviewed"}
+    if current is None or current.empty:
+        return out
+    votes = current[current["annotator"] != CONSENSUS]
+    out["reviewed"] = set(current["image_id"])
+    out["resolved"] = set(current.loc[current["annotator"] == CONSENSUS, "image_id"])
+    if annotator:
+        out["mine"] = set(votes.loc[votes["annotator"] == annotator, "image_id"])
+    out["not mine"] = out["reviewed"] - out["mine"]
+    n = votes.groupby("image_id")["label"].nunique()
+    out["disputed"] = set(n.index[n > 1]) - out["resolved"]
+    return out
+
+
+def ids_with_status(ids: Sequence[str], states: Mapping[str, set[str]], wanted: Sequence[str]) -> set[str]:
+    """The ids of ``ids`` in any of the ``wanted`` states (:data:`STATUSES`)."""
+    ids = list(map(str, ids))
+    keep: set[str] = set()
+    for w in wanted:
+        keep |= (set(ids) - states["reviewed"]) if w == "unreviewed" else states.get(w, set())
+    return keep & set(ids)
+
+
 def next_unlabelled(ids: Sequence[str], labelled: Iterable[str], start: int = 0) -> int | None:
     """Index of the first id at or after ``start`` not in ``labelled``, wrapping round; None when all are."""
     done = set(labelled)

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from lib import gallery, ui
+from lib import workflow as wf
 from lib.detector import GROUPS, filter_mask
 from lib.sensitivity import EVIDENCE_VALUES
 
@@ -15,6 +16,9 @@ with ui.guard():
     eb = ctx.eb()
     decision = ctx.decision()
     preds = ctx.predictions()
+    store = ui.annotation_store()
+    who = ui.annotator_name()
+    schemas = {s.name: s for s in store.schemas(ctx.name)}
 
     with st.expander("Filters", expanded=True):
         opts = gallery.filter_options(images)
@@ -37,6 +41,13 @@ with ui.guard():
                                   "images not yet screened, check what a detector cleared, …")
         which = c3.radio("Shown", ["all", "censored", "raw"], key="g-sens", horizontal=False)
         prefix = c4.text_input("Id starts with", key="g-prefix")
+        f1, f2, f3 = st.columns([2, 2, 1])
+        find = f1.text_input("Find: file name or path contains", key="g-find", placeholder="e.g. foot-ulcer-0027")
+        status = f2.multiselect("Annotation", list(wf.STATUSES), key="g-status", placeholder="any",
+                                help="unreviewed: nobody labelled it; mine / not mine: by the annotator name in the "
+                                     "sidebar; disputed: annotators disagree and nobody resolved it.")
+        status_set = f3.selectbox("in label set", list(schemas), key="g-status-set", format_func=ui.label_set_name,
+                                  disabled=not status)
         pred_values, score_range, det_keep = None, None, None
         if preds is not None:
             p1, p2 = st.columns(2)
@@ -66,9 +77,16 @@ with ui.guard():
                              key="g-only-sel")
         s2.button("Clear selection", on_click=ui.clear_selection)
 
+    with_status = None
+    if status:
+        states = ui.annotation_states(ctx.name, status_set, who)
+        with_status = wf.ids_with_status(images["id"], states, status)
+    picked_ids = sel["ids"] if only_sel else None
+    if with_status is not None:
+        picked_ids = [i for i in (picked_ids or images["id"]) if i in with_status]
     rows = gallery.filter_rows(
         images, equals=equals, eb=eb, eb_range=eb_range, preds=preds, pred_values=pred_values,
-        score_range=score_range, ids=sel["ids"] if only_sel else None, id_prefix=prefix or None,
+        score_range=score_range, ids=picked_ids, id_prefix=prefix or None, path_contains=find or None,
         decision=decision, evidence=evidence, censored=None if which == "all" else which == "censored")
     if det_keep is not None:
         rows = rows[det_keep[rows]]
@@ -93,13 +111,22 @@ with ui.guard():
     start, stop, n_pages, page = gallery.page_bounds(len(rows), page_size, page)
     ui.set_page_param("page", str(page))
 
-    shown = eb.iloc[rows[start:stop]]
+    shown = eb.iloc[rows[start:stop]].assign(path=images["path"].to_numpy()[rows[start:stop]])
+    picked = ui.picked(ctx.name)
+    ui.bulk_bar(ctx, store, who, schemas, images["id"].to_numpy()[rows], shown["id"].tolist())
+
     def caption(rec) -> str:
         lab = rec["label"] if isinstance(rec["label"], str) else "(no label)"
         score = f" · EB {rec['eb']:+.2f}" if rec["eb"] == rec["eb"] else ""
-        return f"{lab}{score} · {ui.short(rec['id'], 8)}"
+        return f"{lab}{score} · {gallery.file_name(rec['path'])}"
 
     def actions(rec, key) -> None:
-        ui.nav_link("neighbours", "Neighbours", ctx, icon=":material/hub:", id=rec["id"])
+        st.checkbox("Select", value=rec["id"] in picked, key=f"pick-{key}", on_change=ui.toggle_pick,
+                    args=(ctx.name, rec["id"]))
+        a1, a2 = st.columns(2)
+        with a1:
+            ui.nav_link("image", "Details", ctx, icon=":material/info:", id=rec["id"])
+        with a2:
+            ui.nav_link("neighbours", "Neighbours", ctx, icon=":material/hub:", id=rec["id"])
 
     ui.image_grid(ctx, shown, key="g", columns=6, caption=caption, actions=actions)

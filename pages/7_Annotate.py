@@ -41,8 +41,10 @@ with ui.guard():
         ss["an-kind"] = "Review sample"
         ss["an-exp"] = sent["expansion"]
         ss["an-file"] = sent["file"]
-    kind = st.radio("Queue", ["Seeds to pick", "Not yet screened", "Review sample", "Suggested by a detector",
-                              "Quality review"],
+    if ss.pop("an-from-selection", None) or (ui.selection(ctx.name) and ss.get("an-kind") is None):
+        ss["an-kind"] = "Selection"
+    kind = st.radio("Queue", ["Seeds to pick", "Not yet screened", "Selection", "Review sample",
+                              "Suggested by a detector", "Quality review"],
                     horizontal=True, key="an-kind",
                     help="Seeds: images to label by hand (the start of an expansion). Not yet screened: the images "
                          "the safe view has no evidence about; an Ok clears one, Blur or Maybe flags it. Review "
@@ -52,12 +54,21 @@ with ui.guard():
                          "after a batch. Quality review: images sent from the Quality page (likely label "
                          "mistakes).")
 
-    if kind in ("Seeds to pick", "Not yet screened"):
+    if kind in ("Seeds to pick", "Not yet screened", "Selection"):
         decision = ctx.decision()
         unscreened = decision.loc[decision["status"] == "not yet screened", "id"] \
             if kind == "Not yet screened" else None
         if unscreened is not None:
             st.caption(f"{unscreened.nunique()} distinct image(s) not yet screened in `{ctx.name}`.")
+        if kind == "Selection":
+            sel = ui.selection(ctx.name)
+            if not sel:
+                st.info("**No selection yet.** Tick images in the Gallery (or draw a lasso on a map) and press "
+                        "*Review*.")
+                ui.nav_link("gallery", "Open the Gallery", ctx, icon=":material/grid_view:")
+                st.stop()
+            unscreened = sel["ids"]
+            st.caption(f"{len(sel['ids'])} image(s) selected on *{sel['source']}*.")
         c = st.columns([2, 2, 1, 1, 1])
         opts = sorted(ds.images["label"].dropna().astype(str).unique()) + ["(none)"] if ds.has_labels else []
         chosen = c[0].multiselect("Dataset label", opts, key="an-labels", placeholder="all",
@@ -68,15 +79,16 @@ with ui.guard():
         skip = c[3].toggle("Skip my labelled", True, key="an-skip")
         if c[4].button("New queue", key="an-new", help="Draw the queue again (leaves out what you labelled)"):
             ss["an-gen"] = ss.get("an-gen", 0) + 1
-        signature = (kind, ctx.name, where, who, tuple(chosen), order, size, skip, ss.get("an-gen", 0))
+        signature = (kind, ctx.name, where, who, tuple(chosen), order, size, skip, ss.get("an-gen", 0),
+                     tuple(unscreened) if kind == "Selection" else None)
         if ss.get("an-sig") != signature:
             eb = ctx.eb() if order.startswith("eb") else None
             ss["an-queue"] = wf.seed_queue(ds, store=store, annotator=who, labels=chosen or None, eb=eb,
                                            order=order, limit=size, skip_labelled=skip, seed=ss.get("an-gen", 0),
-                                           ids=unscreened, task="seed" if unscreened is None else "screen",
-                                           label_scope=where)
+                                           ids=unscreened, task={"Seeds to pick": "seed", "Selection": "selection"}
+                                           .get(kind, "screen"), label_scope=where)
             ss["an-sig"], ss["an-pos"] = signature, 0
-        queue_name = "seeds" if unscreened is None else "not-yet-screened"
+        queue_name = {"Seeds to pick": "seeds", "Selection": "selection"}.get(kind, "not-yet-screened")
     elif kind == "Suggested by a detector":
         det_names = ui.detector_names()
         if not det_names:

@@ -1,0 +1,53 @@
+"""Map: the dataset's images as points of a 2-D map of one model's embeddings, linked to the
+images: click a point to see it (through the safe view) and open its detail view; a lasso
+selects images for the Gallery and bulk labelling; unselected points stay visible in grey."""
+
+import streamlit as st
+
+from lib import charts, gallery, ui
+
+ctx = ui.setup("Map", ":material/scatter_plot:")
+st.title("Map")
+
+with ui.guard():
+    ds = ctx.require_dataset()
+    ctx.require_space()
+    images = ds.images
+    c1, c2, c3 = st.columns([1, 2, 2])
+    method = c1.radio("Projection", ["PCA", "UMAP"], horizontal=True, key="mp-method").lower()
+    colour = c2.radio("Colour by", ["label", "EB", "safe view"], horizontal=True, key="mp-colour")
+    if method == "umap" and not ui.projection_cached(ctx.name, ctx.model, "umap") \
+            and not c3.button("Compute the UMAP map (seconds to minutes)", key="mp-umap"):
+        st.caption("Showing PCA until the UMAP map is computed.")
+        method = "pca"
+    pts = gallery.map_frame(ui.projection(ctx.name, ctx.model, method), ctx.eb())
+    pts = pts.assign(**{"safe view": ctx.decision()["evidence"].to_numpy(),
+                        "file": [gallery.file_name(p, 32) for p in images["path"]]})
+    sel = ui.selection(ctx.name)
+    current = ui.page_param("id")
+    fig = charts.linked_map(pts, colour, selected=sel["ids"] if sel else None, highlight=current,
+                            title=f"{ctx.model.label} · {method.upper()} · {len(pts)} images",
+                            hover=("label", "EB", "file"))
+    event = st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"), key="mp-map",
+                            width="stretch")
+    chosen = charts.selected_ids(event)
+    if len(chosen) == 1 and chosen[0] != current:  # a click: open that image here
+        ui.set_page_param("id", chosen[0])
+        st.rerun()
+    if len(chosen) > 1:
+        ui.selection_bar(ctx, chosen, "Map", f"**{len(chosen)} image(s) selected** with the lasso: label them in "
+                                             "bulk or review them from the Gallery.")
+    elif sel:
+        s1, s2 = st.columns([3, 1])
+        s1.caption(f"{len(sel['ids'])} image(s) selected on *{sel['source']}* (the coloured points).")
+        s2.button("Clear selection", on_click=ui.clear_selection, key="mp-clear")
+    if current in set(images["id"]):
+        row = gallery.rows_of_ids(images, [current])[0]
+        a, b = st.columns([1, 3])
+        with a:
+            ui.show_image(ctx, row, key="mp-one", caption=gallery.file_name(images["path"].iat[row]))
+        with b:
+            st.markdown(f"`{images['path'].iat[row]}` · label **{images['label'].iat[row]}**")
+            ui.nav_link("image", "Open its detail view", ctx, icon=":material/info:", id=current)
+    else:
+        st.caption("Click a point to see its image here (through the safe view); draw a lasso to select several.")
