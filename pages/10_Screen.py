@@ -128,7 +128,8 @@ with ui.guard():
     cols = st.columns(len(det_mod.GROUPS))
     for col, g in zip(cols, det_mod.GROUPS, strict=True):
         n = int(counts.loc[counts["group"] == g, "images"].iloc[0])
-        col.metric(g, n, f"{n / max(table['id'].nunique(), 1):.0%} of the images", delta_color="off")
+        col.metric(g, n)
+        col.caption(f"{n / max(table['id'].nunique(), 1):.0%} of the distinct images")
     st.dataframe(counts.assign(share=counts["share"].round(4)), hide_index=True)
     for g in det_mod.GROUPS:
         sub = det_mod.screen_examples(table, g, 6)
