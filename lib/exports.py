@@ -9,8 +9,8 @@ exported, when, from what, with which options (the README-style header). Formats
                 ``reviewed_at``, and every annotator's label as ``label:<name>``)
 ``jsonl``       ``annotations.jsonl``: the same rows, one JSON object per line
 ``imagefolder`` Hugging Face ``imagefolder``: ``<label>/<file>`` copies plus ``metadata.csv``
-                (``file_name`` first); read back with ``datasets.load_dataset("imagefolder",
-                data_dir=...)``
+                (``file_name`` first, then ``label``); read back with ``datasets.load_dataset(
+                "imagefolder", data_dir=...)`` (with a metadata file it takes ``label`` from it)
 ``fiftyone``    FiftyOne's image classification dataset (``fiftyone.types.
                 FiftyOneImageClassificationDataset``): ``data/<uuid>.<ext>`` and ``labels.json``
                 ``{"classes": [...], "labels": {"<uuid>": <class index or null>}}``
@@ -154,7 +154,7 @@ def export(ds, store, out: str | Path, fmt: str, *, label_set: str | None = None
             folder = _safe_part(r["label"]) if isinstance(r["label"], str) else "unlabelled"
             name = f"{folder}/{r['id'][:16]}{s.suffix.lower()}"
             _copy(s, out / name)
-            meta.append({"file_name": name, "id": r["id"], "source_path": r["path"], "label_name": r["label"],
+            meta.append({"file_name": name, "id": r["id"], "source_path": r["path"], "label": r["label"],
                          "label_source": r["label_source"]})
         write_table(out / "metadata.csv", pd.DataFrame(meta))
     elif fmt == "fiftyone":
