@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -574,3 +575,44 @@ def test_evaluation_protocol_functions(cut):
     with pytest.raises(D.DetectorError, match="does not record its model"):
         D.save(D.fit_detector(X[:40], np.arange(40) % 2 == 0, ids[:40]), "anonymous")
     assert "anonymous" not in D.known_names()
+
+
+def test_screen_and_annotate_pages(det, cut, screened):
+    """The Screen page trains and screens; Annotate's detector queue, Retrain and learning curve (AppTest)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from app_pages import assert_clean, open_page
+
+    at = open_page("pages/10_Screen.py", dataset="det-screen", model="color")
+    assert_clean(at, "screen")
+    at.radio(key="sc-mode").set_value("Train a new detector").run()
+    at.text_input(key="sc-name").input("page-det")
+    at.multiselect(key="sc-sets").set_value(["det-train"])
+    next(b for b in at.button if b.label == "Train").click().run()
+    assert_clean(at, "screen, trained")
+    assert "page-det" in D.known_names() and at.selectbox(key="sc-det").value == "page-det"
+    assert [m.label for m in at.metric][:2] == ["AUC", "AP"]
+    at.button(key="sc-run").click().run()
+    assert_clean(at, "screen, screened")
+    table = pd.read_parquet(D.prediction_path("det-screen", "page-det"))
+    shown = {m.label: m.value for m in at.metric}
+    counts = D.screen_counts(table).set_index("group")["images"]
+    assert all(str(counts[g]) == str(shown[g]) for g in D.GROUPS)
+
+    at = open_page("pages/7_Annotate.py", dataset="det-screen", model="color")
+    at.text_input(key="w:annotator").input("tess").run()
+    at.radio(key="an-kind").set_value("Suggested by a detector").run()
+    at.selectbox(key="an-det").set_value("page-det").run()
+    assert_clean(at, "annotate, suggested")
+    queue = at.session_state["an-queue"]
+    assert len(queue) == 20 and set(queue["task"]) == {"suggest"} and queue["id"].is_unique
+    before = len(D.learning_curve(D.load("page-det")))
+    at.button(key="an-lab-0").click().run()  # label the first suggestion
+    assert_clean(at, "annotate, labelled")
+    assert not at.button(key="an-retrain").disabled
+    at.button(key="an-retrain").click().run()
+    assert_clean(at, "annotate, retrained")
+    d = D.load("page-det")
+    assert len(D.learning_curve(d)) == before + 1 and "det-screen" in d.meta["recipe"]["datasets"]
+    assert queue["id"].iat[0] in d.labelled_ids()  # the label just given is learnt from
