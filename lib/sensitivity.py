@@ -693,7 +693,7 @@ def decide(
         at = _aligned(nudity, ids, "at", "nudity", dtype=object, fill=None) if "at" in nudity \
             else np.full(n, nudity_at, dtype=object)
         for k in np.flatnonzero(f_nud).tolist():
-            r_nud[k] = f"NudeNet: {part[k] or 'exposed'} {nud[k]:.2f}"
+            r_nud[k] = f"NudeNet: {str(part[k] or 'exposed').replace('_', ' ').lower()} {nud[k]:.2f}"
             t_nud[k] = str(at[k]) if at[k] else ""
 
     # -- EB

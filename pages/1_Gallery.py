@@ -41,7 +41,7 @@ with ui.guard():
                                   "images not yet screened, check what a detector cleared, …")
         which = c3.radio("Shown", ["all", "censored", "raw"], key="g-sens", horizontal=False)
         prefix = c4.text_input("Id starts with", key="g-prefix")
-        f1, f2, f3 = st.columns([2, 2, 1])
+        f1, f2, f3 = st.columns([2, 2, 2])
         find = f1.text_input("Find: file name or path contains", key="g-find", placeholder="e.g. foot-ulcer-0027")
         status = f2.multiselect("Annotation", list(wf.STATUSES), key="g-status", placeholder="any",
                                 help="unreviewed: nobody labelled it; mine / not mine: by the annotator name in the "
@@ -123,10 +123,7 @@ with ui.guard():
     def actions(rec, key) -> None:
         st.checkbox("Select", value=rec["id"] in picked, key=f"pick-{key}", on_change=ui.toggle_pick,
                     args=(ctx.name, rec["id"]))
-        a1, a2 = st.columns(2)
-        with a1:
-            ui.nav_link("image", "Details", ctx, icon=":material/info:", id=rec["id"])
-        with a2:
-            ui.nav_link("neighbours", "Neighbours", ctx, icon=":material/hub:", id=rec["id"])
+        ui.nav_link("image", "Details", ctx, icon=":material/info:", id=rec["id"])
+        ui.nav_link("neighbours", "Neighbours", ctx, icon=":material/hub:", id=rec["id"])
 
     ui.image_grid(ctx, shown, key="g", columns=6, caption=caption, actions=actions)

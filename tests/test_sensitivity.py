@@ -127,7 +127,7 @@ def test_a_flag_beats_a_clearance_unless_a_newer_ok_review():
     rev2 = rev.assign(reviewed_at=[T1, T1])
     d = sv.decide(imgs, reviews=rev2, nudity=nud)
     assert d["censored"].tolist() == [False, True]
-    assert d.loc[1, "reason"] == "NudeNet: BUTTOCKS_EXPOSED 0.80"
+    assert d.loc[1, "reason"] == "NudeNet: buttocks exposed 0.80"
 
 
 def test_detector_clears_only_confident_familiar_certain_images():
