@@ -611,6 +611,8 @@ def eb_histograms(
     nbins: int = 40,
     histnorm: str | None = "percent",
     facet_wrap: int = 3,
+    cut: float | None = None,
+    title: str | None = None,
 ):
     """EB histograms, overlaid per ``by`` value, one panel per ``facet`` value (MedGore Fig. 3).
 
@@ -623,6 +625,8 @@ def eb_histograms(
         bins, so overlaid bars line up.
     histnorm : plotly normalisation per trace ("percent" compares unbalanced labels;
         None for counts).
+    cut : draw this EB cut as a dashed line (the safe view's threshold).
+    title : the figure's title (default: what is plotted, and how many images).
 
     Returns
     -------
@@ -643,8 +647,17 @@ def eb_histograms(
         lo, hi = float(values.min()), float(values.max())
         size = (hi - lo) / nbins if hi > lo else 1.0
         fig.update_traces(xbins={"start": lo, "end": hi + size * 1e-6, "size": size})
+        top = max(hi, cut if cut is not None else hi)
+        bottom = min(lo, cut if cut is not None else lo)
+        fig.update_xaxes(range=[bottom - size, top + size])  # the highest EB (and the cut) stay in view
+    if cut is not None:
+        fig.add_vline(x=float(cut), line_dash="dash", line_color="#444",
+                      annotation_text=f"cut {cut:g}", annotation_position="top right")
     fig.for_each_annotation(_facet_title)
     fig.update_xaxes(title_text="EB = max(z_blood, z_skin)" if x == "eb" else x)
+    n = int(np.isfinite(df[x].to_numpy(dtype=np.float64)).sum())
+    fig.update_layout(title=title or f"{'EB' if x == 'eb' else x} of {n} image{'s' if n != 1 else ''}"
+                                     + (f" by {color}" if color else ""))
     return fig
 
 

@@ -23,8 +23,8 @@ with ui.guard():
     n_bad = int(eb["eb"].isna().sum())
     if n_bad:
         st.warning(f"{n_bad} image(s) could not be scored (they are censored).")
-    st.plotly_chart(charts.distinct_colours(colorscore.eb_histograms(eb, by="label", facet="split" if has_split
-                                                                      else None)), width="stretch")
+    st.plotly_chart(charts.distinct_colours(colorscore.eb_histograms(
+        eb, by="label", facet="split" if has_split else None, cut=ctx.eb_threshold)), width="stretch")
 
     st.subheader("Blood-like vs skin-like fraction")
     st.caption("Click a point (or draw a box / lasso) to inspect the image; a selection can be opened in the gallery.")
