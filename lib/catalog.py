@@ -37,6 +37,14 @@ class ModelChoice:
         return f"{self.spec} [random weights]" if self.random_weights else self.spec
 
     @property
+    def short(self) -> str:
+        """A label that fits a chip or a narrow select: the kind prefix and hub organisation
+        dropped (``WB-Tiny-ViT · random``, ``BiomedCLIP-PubMedBERT_256-vit_base_patch16_224``)."""
+        name = self.spec.split(":", 1)[-1] if self.spec.startswith(("open_clip:", "hf:", "timm:")) else self.spec
+        name = name.removeprefix("hf-hub:").rsplit("/", 1)[-1]
+        return f"{name} · random" if self.random_weights else name
+
+    @property
     def has_text(self) -> bool:
         """Whether the spec's kind has a text tower (``color`` has none)."""
         from .models import parse_spec
@@ -159,6 +167,19 @@ def usable_models(name: str, *, random_weights: bool = False, status: pd.DataFra
         if c not in out:
             out.append(c)
     return out
+
+
+def ready_offline(choice: ModelChoice) -> bool:
+    """Whether ``choice`` can run here without a download: random weights, or its weights
+    already in a local file or the Hugging Face cache (checked on disk, no network)."""
+    if choice.random_weights or choice.spec in OFFLINE_SPECS:
+        return True
+    from .models import resolve_fingerprint
+
+    try:
+        return resolve_fingerprint(choice.spec) is not None
+    except Exception:  # a spec that cannot be resolved is not ready
+        return False
 
 
 def text_models(name: str, *, random_weights: bool = False, status: pd.DataFrame | None = None) -> list[ModelChoice]:

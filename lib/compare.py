@@ -73,6 +73,20 @@ def metrics_table(predictions: Mapping[str, pd.DataFrame], *, positive=None, pol
     return pd.DataFrame(rows)
 
 
+def for_display(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """A metrics table as people read it: columns that are empty for every model dropped,
+    numbers rounded to ``digits``, a metric undefined for one model shown as ``—``."""
+    t = table.dropna(axis=1, how="all")
+    out = pd.DataFrame(index=t.index)
+    for c in t.columns:
+        col = t[c]
+        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            out[c] = [("—" if v != v else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))) for v in col]
+        else:
+            out[c] = ["—" if v is None or (isinstance(v, float) and v != v) else str(v) for v in col]
+    return out
+
+
 def agreement_table(predictions: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """Per image: truth, each model's prediction and correctness, how many models are right.
 

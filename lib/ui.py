@@ -196,6 +196,23 @@ def _model_status(home: str, name: str, token: str) -> pd.DataFrame:
     return catalog.model_status(name)
 
 
+@st.cache_data(show_spinner=False, max_entries=64, ttl=60)
+def _ready(home: str, key: str) -> bool:
+    return catalog.ready_offline(ModelChoice.from_key(key))
+
+
+def ready_offline(choice: ModelChoice) -> bool:
+    """:func:`lib.catalog.ready_offline`, cached for a minute (weights appear when downloaded)."""
+    return _ready(_home(), choice.key)
+
+
+def embedded_models(name: str) -> list[ModelChoice]:
+    """Every model whose current cache holds the whole dataset, random-weight ones included."""
+    st_ = model_status(name)
+    ok = st_[(st_["status"] == "full") & st_["current"]]
+    return [ModelChoice(s, bool(r)) for s, r in zip(ok["spec"], ok["random_weights"], strict=True)]
+
+
 def model_status(name: str) -> pd.DataFrame:
     return _model_status(_home(), name, _token(name))
 
@@ -667,7 +684,7 @@ def setup(title: str, icon: str | None = None) -> Ctx:
             ss["wb:model"] = keys[0]
         model_key = _persistent(
             "model", keys[0], lambda **kw: st.selectbox(
-                "Model", keys, format_func=lambda k: ModelChoice.from_key(k).label,
+                "Model", keys, format_func=lambda k: ModelChoice.from_key(k).short,
                 help="Models whose embedding cache holds every image of this dataset (and `color`, "
                      "which needs no weights).", **kw),
             on_change=lambda: st.query_params.update(model=_ss()["wb:model"]))

@@ -17,11 +17,20 @@ with ui.guard():
     ds = ctx.require_dataset()
     options = ctx.text_models()
     keys = [c.key for c in options]
-    default = ctx.model.key if ctx.model is not None and ctx.model.key in keys else keys[0] if keys else None
+    ready = {c.key for c in options if ui.ready_offline(c)}
+    default = ctx.model.key if ctx.model is not None and ctx.model.key in ready else \
+        next((k for k in keys if k in ready), None)
+    if default is None:
+        st.info("**No model with a text tower has its weights on this machine.** Put them in the Hugging Face "
+                "cache (run once on a connected machine), or pass a local checkpoint "
+                f"(`{ui.CLI} zeroshot {ctx.name} --model open_clip:ViT-B-32@/path/weights.safetensors`). To try "
+                "the pipeline offline, tick *Use random weights (testing only)* in the sidebar (meaningless outputs).")
+        default = keys[0] if keys else None
     if st.session_state.get("zs-model") not in keys:
         st.session_state["zs-model"] = default
     model_key = st.selectbox("Model (with a text tower)", keys, key="zs-model",
-                             format_func=lambda k: ModelChoice.from_key(k).label,
+                             format_func=lambda k: ModelChoice.from_key(k).label + ("" if k in ready else
+                                                                                    " (weights not here)"),
                              help="Models cached for this dataset, the known aliases (need their weights), and — "
                                   "with *Use random weights (testing only)* ticked in the sidebar — the tiny "
                                   "random-weight test model.")

@@ -13,17 +13,21 @@ with ui.guard():
     ds = ctx.require_dataset()
     images = ds.images
     embedded = [c for c in ctx.models() if ctx.is_embedded(c)]
+    hidden = [c for c in ui.embedded_models(ctx.name) if c not in embedded]
     if len(embedded) < 2:
+        more = (f" {', '.join(c.label for c in hidden)} {'is' if len(hidden) == 1 else 'are'} embedded too: tick "
+                "*Use random weights (testing only)* in the sidebar to compare with "
+                f"{'it' if len(hidden) == 1 else 'them'}." if hidden else "")
         st.info(
             f"**Comparing needs the dataset embedded with at least two models** (now: "
-            f"{', '.join(c.label for c in embedded) or 'none'}). Embed it on the Home page, or run e.g.:\n\n"
+            f"{', '.join(c.label for c in embedded) or 'none'}).{more} Embed it on the Home page, or run e.g.:\n\n"
             f"```bash\n{ui.CLI} embed {ctx.name} --model color\n{ui.CLI} embed {ctx.name} --model clip-b32\n```\n"
             "Offline, the tiny test model works with random weights (tick *Use random weights* in the sidebar): "
             f"`{ui.CLI} embed {ctx.name} --model open_clip:WB-Tiny-ViT --random-weights`.")
         st.stop()
     keys = [c.key for c in embedded]
     chosen_keys = st.multiselect("Models", keys, default=keys[:2], key="cm-models",
-                                 format_func=lambda k: ModelChoice.from_key(k).label)
+                                 format_func=lambda k: ModelChoice.from_key(k).short)
     chosen = [ModelChoice.from_key(k) for k in chosen_keys]
     if len(chosen) < 2:
         st.info("Choose at least two models.")
@@ -53,7 +57,7 @@ with ui.guard():
         if preds:
             st.subheader("Metrics")
             table = compare.metrics_table(preds)
-            st.dataframe(table, hide_index=True, width="stretch")
+            st.dataframe(compare.for_display(table), hide_index=True, width="stretch")
             a, b = st.columns(2)
             a.plotly_chart(charts.matrix_heatmap(gallery.agreement_matrix(preds, "kappa"), "Cohen's kappa"),
                            width="stretch")

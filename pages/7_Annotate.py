@@ -69,7 +69,7 @@ with ui.guard():
                 st.stop()
             unscreened = sel["ids"]
             st.caption(f"{len(sel['ids'])} image(s) selected on *{sel['source']}*.")
-        c = st.columns([2, 2, 1, 1, 1])
+        c = st.columns([3, 2, 1, 2, 2])
         opts = sorted(ds.images["label"].dropna().astype(str).unique()) + ["(none)"] if ds.has_labels else []
         chosen = c[0].multiselect("Dataset label", opts, key="an-labels", placeholder="all",
                                   disabled=not opts, help="Only images with these dataset labels.")

@@ -73,10 +73,10 @@ with ui.guard():
             return f"{a}: {rec['label_a']} · {b}: {rec['label_b']}{done}"
 
         def actions(rec, key) -> None:
-            cols = st.columns(len(labels))
-            for col, lab in zip(cols, labels, strict=True):
-                col.button(lab, key=f"{key}-res-{lab}", on_click=resolve, args=(rec["image_id"], lab),
-                           disabled=who is None, type="primary" if rec["consensus"] == lab else "secondary")
+            with st.container(horizontal=True):  # buttons wrap rather than cut their label
+                for lab in labels:
+                    st.button(lab, key=f"{key}-res-{lab}", on_click=resolve, args=(rec["image_id"], lab),
+                              disabled=who is None, type="primary" if rec["consensus"] == lab else "secondary")
             if isinstance(rec["consensus"], str):
                 st.button("Undo", key=f"{key}-undo", on_click=undo, args=(rec["image_id"],), disabled=who is None)
 

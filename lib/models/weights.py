@@ -53,7 +53,8 @@ def missing_weights(what: str, repo: str | None, local_hint: str) -> WeightsMiss
         "  - on a connected machine, run the same command once to download them (or set HF_HOME "
         "to a cache copied from such a machine);\n"
         f"  - or supply a local file: {local_hint}\n"
-        "  - the offline `color` backend needs no weights: --model color"
+        "  - for images only (embed, neighbours, probes, detectors, maps) the offline `color` backend needs no "
+        "weights: --model color (zero-shot and text search need a model with a text tower)"
     )
 
 
