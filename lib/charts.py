@@ -244,9 +244,13 @@ def palette(n: int) -> tuple[str, ...]:
     return tuple(colours[i % len(colours)] for i in range(n))
 
 
+#: Maps with more points than this are drawn with WebGL.
+GL_ABOVE = 20_000
+
+
 def linked_map(df: pd.DataFrame, color: str | None, *, selected=None, highlight: str | None = None,
                title: str = "", hover: Sequence[str] = ("label",)):
-    """A 2-D map (columns x, y, id) drawn with WebGL (``scattergl``: fluid at 100k points),
+    """A 2-D map (columns x, y, id), WebGL (``scattergl``) above :data:`GL_ABOVE` points,
     ``customdata[0]`` = id, linked to the gallery.
 
     Parameters
@@ -258,6 +262,9 @@ def linked_map(df: pd.DataFrame, color: str | None, *, selected=None, highlight:
     import plotly.graph_objects as go
 
     df = df.reset_index(drop=True)
+    # SVG up to GL_ABOVE points, WebGL above (fluid at 100k+). No dragmode: with one set,
+    # Streamlit turns click selection off; the modebar offers box and lasso.
+    Scatter = go.Scattergl if len(df) > GL_ABOVE else go.Scatter
     sel = None if selected is None else df["id"].isin(set(map(str, selected))).to_numpy()
     hov = [c for c in hover if c in df.columns]
     custom = df[["id", *hov]].astype(str).to_numpy()
@@ -266,11 +273,11 @@ def linked_map(df: pd.DataFrame, color: str | None, *, selected=None, highlight:
     base = {"mode": "markers", "hovertemplate": template}
     if sel is not None and (~sel).any():
         rest = ~sel
-        fig.add_trace(go.Scattergl(x=df["x"][rest], y=df["y"][rest], customdata=custom[rest], name="not selected",
+        fig.add_trace(Scatter(x=df["x"][rest], y=df["y"][rest], customdata=custom[rest], name="not selected",
                                    marker={"size": 5, "color": "#c7c7c7", "opacity": 0.5}, **base))
     keep = np.ones(len(df), bool) if sel is None else sel
     if color is not None and color in df and pd.api.types.is_numeric_dtype(df[color]):
-        fig.add_trace(go.Scattergl(x=df["x"][keep], y=df["y"][keep], customdata=custom[keep], name=color,
+        fig.add_trace(Scatter(x=df["x"][keep], y=df["y"][keep], customdata=custom[keep], name=color,
                                    marker={"size": 6, "color": df[color][keep], "colorscale": "Viridis",
                                            "showscale": True, "colorbar": {"title": color}}, **base))
     else:
@@ -278,14 +285,14 @@ def linked_map(df: pd.DataFrame, color: str | None, *, selected=None, highlight:
         cats = sorted(values[keep].unique())
         for cat, colour in zip(cats, palette(len(cats)), strict=True):
             m = keep & (values == cat).to_numpy()
-            fig.add_trace(go.Scattergl(x=df["x"][m], y=df["y"][m], customdata=custom[m], name=str(cat),
+            fig.add_trace(Scatter(x=df["x"][m], y=df["y"][m], customdata=custom[m], name=str(cat),
                                        marker={"size": 6, "color": colour, "opacity": 0.8}, **base))
     if highlight is not None and (df["id"] == str(highlight)).any():
         h = (df["id"] == str(highlight)).to_numpy()
-        fig.add_trace(go.Scattergl(x=df["x"][h], y=df["y"][h], customdata=custom[h], name="this image",
+        fig.add_trace(Scatter(x=df["x"][h], y=df["y"][h], customdata=custom[h], name="this image",
                                    marker={"size": 18, "color": "rgba(0,0,0,0)", "line": {"width": 3, "color": "#000"}},
                                    **base))
-    fig.update_layout(title=title, height=520, dragmode="lasso", xaxis={"showticklabels": False, "title": None},
+    fig.update_layout(title=title, height=520, xaxis={"showticklabels": False, "title": None},
                       yaxis={"showticklabels": False, "title": None}, legend={"orientation": "h", "y": -0.05},
                       margin={"t": 40 if title else 10, "b": 10})
     return fig

@@ -24,16 +24,16 @@ with ui.guard():
     pts = pts.assign(**{"safe view": ctx.decision()["evidence"].to_numpy(),
                         "file": [gallery.file_name(p, 32) for p in images["path"]]})
     sel = ui.selection(ctx.name)
+    chosen = charts.selected_ids(st.session_state.get("mp-map"))  # this run's click or lasso, before drawing
+    if len(chosen) == 1 and chosen[0] != st.session_state.get("mp-clicked"):  # a click: open that image here
+        st.session_state["mp-clicked"] = chosen[0]
+        ui.set_page_param("id", chosen[0])
     current = ui.page_param("id")
     fig = charts.linked_map(pts, colour, selected=sel["ids"] if sel else None, highlight=current,
                             title=f"{ctx.model.label} · {method.upper()} · {len(pts)} images",
                             hover=("label", "EB", "file"))
-    event = st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"), key="mp-map",
-                            width="stretch")
-    chosen = charts.selected_ids(event)
-    if len(chosen) == 1 and chosen[0] != current:  # a click: open that image here
-        ui.set_page_param("id", chosen[0])
-        st.rerun()
+    st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"), key="mp-map",
+                    width="stretch")
     if len(chosen) > 1:
         ui.selection_bar(ctx, chosen, "Map", f"**{len(chosen)} image(s) selected** with the lasso: label them in "
                                              "bulk or review them from the Gallery.")

@@ -60,6 +60,7 @@ with ui.guard():
             ui.show_image(ctx, qrow, key="query",
                           caption=f"{rec['label'] if isinstance(rec['label'], str) else '(no label)'} · {ui.short(qid)}")
             st.caption(f"`{rec['path']}`")
+            ui.nav_link("image", "Details", ctx, icon=":material/info:", id=qid)
             ui.nav_link("gallery", "Gallery", ctx, icon=":material/grid_view:")
 
     def results(choice: ModelChoice, sp):
@@ -69,11 +70,12 @@ with ui.guard():
 
     def caption(rec) -> str:
         lab = rec["label"] if isinstance(rec["label"], str) else "(no label)"
-        return f"#{rec['rank']} · {rec['score']:.3f} · {lab}"
+        return f"#{rec['rank']} · {rec['score']:.3f} · {lab} · {gallery.file_name(rec['path'], 28)}"
 
     def actions(rec, key) -> None:
         st.button("Open", key=f"open-{key}", on_click=recentre, args=(rec["id"],), icon=":material/center_focus_strong:",
                   help="Recentre on this image")
+        ui.nav_link("image", "Details", ctx, icon=":material/info:", id=rec["id"])
 
     with right:
         first = results(ctx.model, space)

@@ -1,0 +1,252 @@
+"""The curator's day, in Chromium: a label set labelled with its keys, a lasso on the map
+labelled in bulk (and undone), the detail view opened from the Gallery and Neighbours, an image
+found by name, an export read back, a map point clicked open, the annotator remembered by the
+browser, and no label the user needs cut by an ellipsis. Every image these pages serve is
+checked against the fail-closed rule (``test_exposure_browser.check_images``)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_app_browser import (  # noqa: F401  (browser, chromium, page are fixtures)
+    browser,
+    chromium,
+    page,
+    settle,
+    shot,
+)
+from test_exposure_browser import _truth, assert_no_exception, check_images, point_xy, visit, wait_images
+
+from lib import dataset
+from lib.annotations import AnnotationStore, scope
+
+pytestmark = pytest.mark.browser
+CUR = {"dataset": "cur", "model": "color"}
+
+#: Leaf texts cut by their own or an ancestor's overflow (an ellipsis hides part of them).
+CUT_TEXT = """() => {
+  const out = [];
+  for (const el of document.querySelectorAll('[data-testid="stMain"] *, [data-testid="stSidebar"] *')) {
+    if (el.childElementCount || !el.textContent.trim() || el.offsetParent === null) continue;
+    if (el.closest('[data-testid="stFileUploaderDropzoneInstructions"], .js-plotly-plot, [data-testid="stDataFrame"]'))
+      continue;  // the uploader's fixed hint; charts and grids scroll or have tooltips
+    let a = el;
+    for (let i = 0; i < 5 && a; i++, a = a.parentElement) {
+      const cs = getComputedStyle(a);
+      if ((cs.textOverflow === 'ellipsis' || cs.overflowX === 'hidden') && a.clientWidth > 0
+          && el.scrollWidth > a.clientWidth + 2) { out.push(el.textContent.trim().slice(0, 80)); break; }
+    }
+  }
+  return out; }"""
+
+
+@pytest.fixture(scope="module")
+def cur(corpus_dir, tmp_path_factory):
+    m = pd.read_csv(corpus_dir / "manifest.csv")
+    root = tmp_path_factory.mktemp("cur")
+    for folder, rows in (("wounds", m[m.label == "sensitive"].iloc[60:72]),
+                         ("non-sensitive", m[m.label == "non_sensitive"].iloc[60:72])):
+        (root / folder).mkdir()
+        for p in rows.path:
+            shutil.copy(corpus_dir / p, root / folder / p.replace("/", "_"))
+    dataset.ingest(root, "cur")
+    from lib.embeddings import embed
+
+    embed("cur", "color", workers=0)
+    return _truth(dataset.load("cur"), safe={"non-sensitive"}, sensitive={"wounds"})
+
+
+@pytest.fixture(scope="module")
+def server(cur, chromium):  # noqa: F811
+    from bench.server import Server
+
+    home = Path(os.environ["WORKBENCH_HOME"])
+    with Server(home / "curator-streamlit.log", home) as srv:
+        yield srv
+
+
+def sign_in(page, name: str) -> None:  # noqa: F811
+    box = page.locator('[data-testid="stSidebar"]').get_by_label("Annotator name", exact=True)
+    box.fill(name)
+    box.press("Enter")
+    settle(page)
+
+
+def test_define_a_label_set_and_label_five_images_with_its_keys(page, server, cur):  # noqa: F811
+    visit(page, server.base, "Annotate", "Annotate", **CUR)
+    sign_in(page, "eve")
+    store = AnnotationStore()
+    for expect in ("tags", "wound-type"):  # the examples, in the order offered
+        add = page.get_by_role("button", name="Add", exact=True)
+        if not add.is_visible():
+            page.get_by_text("Add a label set").click()
+        add.click()
+        settle(page)
+        assert expect in {s.name for s in store.schemas("cur")}
+    assert {"tags", "wound-type"} <= {s.name for s in store.schemas("cur")}
+    page.get_by_role("combobox", name="Label set").click()
+    page.get_by_role("option", name="wound-type").click()
+    settle(page)
+    page.get_by_role("heading", name="Annotate").click()  # keys go to the page
+    values = store.schema("cur", "wound-type").values
+    for key in "13215":
+        before = len(store.current(scope("cur", "wound-type"), "eve"))
+        page.keyboard.press(key)
+        page.wait_for_function("() => true")
+        settle(page)
+        for _ in range(50):
+            if len(store.current(scope("cur", "wound-type"), "eve")) > before:
+                break
+            page.wait_for_timeout(100)
+    got = store.history(scope("cur", "wound-type"), annotator="eve")["label"].tolist()
+    assert got == [values[int(k) - 1] for k in "13215"]
+    assert store.current("cur", "eve").empty  # the Blur/Ok set is untouched
+    check_images(page, server.base, cur, where="annotate, wound-type")
+    shot(page, "curator-annotate-label-set")
+
+
+def test_lasso_on_the_map_then_bulk_label_and_undo(page, server, cur):  # noqa: F811
+    visit(page, server.base, "Map", "Map", **CUR)
+    page.locator(".js-plotly-plot").first.wait_for()
+    settle(page)
+    box = page.evaluate("""() => { const gd = document.querySelector('.js-plotly-plot');
+        const r = gd.getBoundingClientRect(), xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+        return {x0: r.left + xa._offset + 2, y0: r.top + ya._offset + 2,
+                x1: r.left + xa._offset + xa._length - 2, y1: r.top + ya._offset + ya._length - 2}; }""")
+    page.mouse.move((box["x0"] + box["x1"]) / 2, (box["y0"] + box["y1"]) / 2)  # the modebar shows on hover
+    page.locator('.modebar-btn[data-title="Lasso Select"]').first.click()
+    page.mouse.move(box["x0"], box["y0"])
+    page.mouse.down()
+    for x, y in ((box["x1"], box["y0"]), (box["x1"], box["y1"]), (box["x0"], box["y1"]), (box["x0"], box["y0"] + 1)):
+        page.mouse.move(x, y, steps=8)
+    page.mouse.up()
+    page.get_by_text("selected** with the lasso", exact=False).or_(page.get_by_text("selected with the lasso")) \
+        .first.wait_for()
+    n = int(re.search(r"(\d+) image\(s\) selected", page.locator('[data-testid="stMain"]').inner_text()).group(1))
+    assert n >= 20
+    page.get_by_role("link", name="Open selection in Gallery").click()
+    page.get_by_role("heading", name="Gallery").first.wait_for()
+    settle(page)
+    sign_in(page, "fay")
+    page.get_by_role("button", name=re.compile(r"Select all \d+ filtered")).click()
+    settle(page)
+    page.get_by_text(f"{n} selected").first.wait_for()
+    page.get_by_role("button", name=f"Label {n} image(s)").click()
+    page.get_by_text(f"Labelled {n} image(s)").wait_for()
+    settle(page)
+    store = AnnotationStore()
+    mine = store.current("cur", "fay")
+    assert len(mine) == n and set(mine["label"]) == {"Blur"}
+    check_images(page, server.base, cur | {k: {**v, "censored": True} for k, v in cur.items()
+                                           if v["id"] in set(mine["image_id"])}, where="gallery after bulk Blur")
+    shot(page, "curator-gallery-bulk")
+    page.get_by_role("button", name="Undo").click()
+    settle(page)
+    assert store.current("cur", "fay").empty
+
+
+def test_detail_view_from_gallery_and_neighbours_and_find_by_name(page, server, cur):  # noqa: F811
+    ds = dataset.load("cur")
+    visit(page, server.base, "Gallery", "Gallery", **CUR)
+    wait_images(page, 24)
+    first = page.locator('[data-testid="stMain"] img[alt^="image "]').first.get_attribute("alt")[6:]
+    page.locator('[data-testid="stMain"]').get_by_role("link", name="Details").first.click()
+    page.get_by_role("heading", name="Image").first.wait_for()
+    settle(page)
+    assert_no_exception(page)
+    assert page.locator('[data-testid="stMain"] img[alt^="image "]').first.get_attribute("alt") == f"image {first}"
+    page.get_by_text("label policy").first.wait_for(state="attached")  # the evidence table (a canvas grid)
+    check_images(page, server.base, cur, where="detail from gallery")
+    shot(page, "curator-detail")
+    # from Neighbours
+    visit(page, server.base, "Neighbours", "Neighbours", **CUR, id=cur[first]["id"])
+    wait_images(page, 13)
+    second = page.locator('[data-testid="stMain"] img[alt^="image "]').nth(1).get_attribute("alt")[6:]
+    cell = page.locator('[data-testid="stColumn"]').filter(has=page.locator(f'img[alt="image {second}"]')).last
+    cell.get_by_role("link", name="Details").click()
+    page.wait_for_url(lambda url: "/Image" in url and f"id={cur[second]['id']}" in url)
+    settle(page)
+    assert page.locator('[data-testid="stMain"] img[alt^="image "]').first.get_attribute("alt") == f"image {second}"
+    # find by name, on the Image page and in the Gallery
+    target = ds.images.iloc[17]
+    name = target["path"].rsplit("/", 1)[-1]
+    page.get_by_label("Image id prefix, or part of its file name or path").fill(name)
+    page.get_by_test_id("stBaseButton-secondaryFormSubmit").filter(has_text="Open").click()
+    settle(page)
+    assert_no_exception(page)
+    page.locator(f'[data-testid="stMain"] img[alt="image {target["id"][:16]}"]').wait_for(timeout=30_000)
+    assert f"id={target['id']}" in page.url
+    visit(page, server.base, "Gallery", "Gallery", **CUR)
+    page.get_by_label("Find: file name or path contains").fill(name[:-4])
+    page.keyboard.press("Enter")
+    settle(page)
+    page.get_by_text("**1** of 24").or_(page.get_by_text("1 of 24 images")).first.wait_for()
+    imgs = page.locator('[data-testid="stMain"] img[alt^="image "]')
+    assert imgs.count() == 1 and imgs.first.get_attribute("alt") == f"image {target['id'][:16]}"
+
+
+def test_click_a_map_point_to_open_its_image(page, server, cur):  # noqa: F811
+    visit(page, server.base, "Map", "Map", **CUR)
+    page.locator(".js-plotly-plot").first.wait_for()
+    settle(page)
+    xy = point_xy(page)
+    page.mouse.click(xy["x"], xy["y"])
+    picked = xy["id"]
+    page.locator(f'[data-testid="stMain"] img[alt="image {picked[:16]}"]').wait_for()
+    settle(page)
+    check_images(page, server.base, cur, where="map, clicked")
+    page.get_by_role("link", name="Open its detail view").click()
+    page.get_by_role("heading", name="Image").first.wait_for()
+    shot(page, "curator-map")
+
+
+def test_export_from_the_page_reads_back(page, server, cur):  # noqa: F811
+    visit(page, server.base, "Export", "Export", **CUR)
+    folder = Path(os.environ["WORKBENCH_HOME"]) / "results" / "cur" / "export-from-page"
+    page.get_by_role("textbox", name="Folder").fill(str(folder))
+    page.get_by_role("button", name="Export").click()
+    page.get_by_text("Written to").wait_for()
+    back = pd.read_csv(folder / "annotations.csv")
+    assert len(back) == 24 and set(back["label"]) == {"wounds", "non-sensitive"}
+    assert (folder / "README.md").read_text().startswith("# Export of dataset `cur` (csv)")
+    assert not page.locator('[data-testid="stMain"] img').count()  # nothing is displayed
+
+
+def test_the_browser_remembers_the_annotator(browser, server, cur):  # noqa: F811
+    context = browser.new_context(viewport={"width": 1440, "height": 1600})
+    try:
+        p1 = context.new_page()
+        p1.set_default_timeout(120_000)
+        visit(p1, server.base, "Annotate", "Annotate", **CUR)
+        sign_in(p1, "gus")
+        p1.wait_for_timeout(500)
+        assert any(c["name"] == "wb_annotator" and c["value"] == "gus" for c in context.cookies())
+        p2 = context.new_page()  # a new session of the same browser
+        p2.set_default_timeout(120_000)
+        visit(p2, server.base, "Agreement", "Annotator agreement", **CUR)
+        box = p2.locator('[data-testid="stSidebar"]').get_by_label("Annotator name", exact=True)
+        assert box.input_value() == "gus"
+        # the cookie holds the name only: safe view stays on
+        assert p2.locator('[data-testid="stSidebar"]').get_by_role("switch").first.is_checked()
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("path,title", [
+    ("", "Sensitive image workbench"), ("Gallery", "Gallery"), ("Neighbours", "Neighbours"),
+    ("Blur_scores", "Blur scores (EB)"), ("Annotate", "Annotate"), ("Agreement", "Annotator agreement"),
+    ("Compare_models", "Compare models"), ("Image", "Image"), ("Map", "Map"), ("Export", "Export"),
+    ("Quality", "Data quality"), ("Screen", "Screen a collection"),
+])
+def test_no_text_the_user_needs_is_cut(page, server, cur, path, title):  # noqa: F811
+    visit(page, server.base, path, title, **CUR, id=next(iter(cur.values()))["id"])
+    if path == "Annotate":
+        sign_in(page, "hal")
+    page.wait_for_timeout(800)
+    cut = page.evaluate(CUT_TEXT)
+    assert not cut, (path, cut)
