@@ -121,7 +121,8 @@ with ui.guard():
         return f"{lab}{score} · {gallery.file_name(rec['path'])}"
 
     def actions(rec, key) -> None:
-        st.checkbox("Select", value=rec["id"] in picked, key=f"pick-{key}", on_change=ui.toggle_pick,
+        on = rec["id"] in picked  # in the key: "select all" and "clear" redraw the box ticked or not
+        st.checkbox("Select", value=on, key=f"pick-{key}-{int(on)}", on_change=ui.toggle_pick,
                     args=(ctx.name, rec["id"]))
         ui.nav_link("image", "Details", ctx, icon=":material/info:", id=rec["id"])
         ui.nav_link("neighbours", "Neighbours", ctx, icon=":material/hub:", id=rec["id"])
