@@ -961,10 +961,27 @@ def _detector_train_args(p) -> None:
 
 
 def _print_thresholds(det) -> None:
+    from .detector import RECALL_RULES
+
     t = det.thresholds()
     t = t.assign(rule=[("* " if s else "  ") + r for r, s in zip(t["rule"], t["screening"], strict=True)])
-    print("\nthresholds on validation (* screening):")
+    print("\nthresholds on the whole validation split (* the screening rule):")
     _print_table(t[["rule", "threshold", "precision", "recall", "specificity", "f1", "double_f1", "flagged"]].round(4))
+    scr = det.meta["screening"]
+    rule = scr["rule"]
+    k = scr.get("min_group_positives")
+    if rule in RECALL_RULES:
+        by = f"group {scr['set_by']}" if scr.get("set_by") else "the whole validation split (no group needs lower)"
+        print(f"\nscreening threshold: min over groups of {rule} = {det.threshold:.4f}, set by {by}; "
+              f"overall {rule} {scr.get('overall_threshold', det.threshold):.4f}, a group counts with >= {k} "
+              "sensitive validation images")
+    else:
+        print(f"\nscreening threshold: {rule} over the whole validation split = {det.threshold:.4f} "
+              "(not a recall target of its own: no group lowers it)")
+    g = det.group_metrics().rename(columns={"rule_threshold": f"own {rule}", "recall_overall": f"recall at overall {rule}"})
+    print("worst-group table, validation at the screening threshold (group: dataset, refined by its source column; "
+          f"counts: holds its own {rule}):")
+    _print_table(g.round(4))
 
 
 @verb("train", "train a detector (calibrated logistic regression) on labelled embeddings of one or more datasets")

@@ -13,8 +13,12 @@ Training (:func:`train`, :func:`fit_detector`)
     from the annotation store's reviews (Ok safe, Blur sensitive, Maybe unjudged). Precedence
     per image: the file, then reviews, then dataset labels; within one source a disagreement
     counts as sensitive. Each content id is used once, so byte-identical copies never
-    straddle training and validation. A stratified, seeded validation split (default 20%,
-    at least one image of each class on each side) is held out. The classifier is
+    straddle training and validation. Each image has a **group**: its dataset's name, refined
+    by the dataset's ``source`` metadata column when it has one (``corpus/azh``; an image with
+    an empty source is in the dataset's own group). A seeded validation split (default 20%,
+    at least one image of each class on each side) stratified by (group, class) is held out
+    (:func:`stratified_split`: every group of at least 1 / val_frac images of a class has one
+    in validation). The classifier is
     :func:`lib.probe.make_probe` (standardised L2 logistic regression) inside scikit-learn's
     ``CalibratedClassifierCV`` (sigmoid, stratified 5-fold, ``ensemble=False``: one
     classifier refitted on the whole training split and one calibrator fitted on its
@@ -25,9 +29,16 @@ Training (:func:`train`, :func:`fit_detector`)
 Thresholds, chosen on validation (:data:`RULES`)
     ``max_f1``, ``R90`` and ``R95`` (the highest thresholds whose validation recall reaches
     90% / 95%: the gore thesis's three operating points) and ``thesis`` (the lower of max-F1
-    and R90). The **screening threshold**, the one that clears images, is R95 by default:
-    safety wants recall. AUC, AP, Double F1 and precision / recall / specificity / F1 at
-    each threshold are stored with the detector.
+    and R90), all on the whole validation split. The **screening threshold**, the one that
+    clears images, is the **worst-group R95** by default: safety wants recall, in every group.
+    It is the minimum of the overall R95 and the R95 of every group with at least
+    :data:`MIN_GROUP_POSITIVES` sensitive validation images (:func:`screening_threshold`), so a
+    small group the features separate badly is not cleared on the promise the big groups
+    made. (With ``--screening R90`` the same holds at 90%; max-F1 and thesis, rules that are
+    no recall target of their own, stay as they are over the whole split.) AUC, AP, Double F1 and precision / recall / specificity /
+    F1 at each threshold, and each group's recall and specificity at the screening
+    threshold, are stored with the detector; the validation rows' groups are stored too (a
+    detector saved before groups existed is one group, ``all``, and keeps its threshold).
 
 Familiarity (``unfamiliar``)
     The cosine distance from an image to its nearest training image (:class:`Familiarity`:
@@ -51,7 +62,7 @@ Saved without pickle
     ``<home>/detectors/<DET>/detector.json`` (format, model spec and fingerprint, training
     datasets, label sources and counts, recipe, thresholds, validation metrics, learning
     history, creation time) and ``arrays-<sha>.npz`` (scaler, coefficients, calibration,
-    training ids and vectors (float16, for familiarity), validation scores). The JSON names
+    training ids and vectors (float16, for familiarity), validation scores and groups). The JSON names
     the npz and its sha256; a file that is missing, damaged, foreign, of another shape or
     holding objects (``np.load(allow_pickle=False)``) is refused with the reason, and a
     detector is only ever built from a fully checked pair.
@@ -88,6 +99,16 @@ RULES = ("max_f1", "R90", "R95", "thesis")
 RULE_NAMES = {"max_f1": "max-F1", "R90": "90% recall", "R95": "95% recall", "thesis": "lower of max-F1 and R90"}
 #: The rule whose threshold clears images: recall first.
 SCREENING_RULE = "R95"
+#: The recall each recall rule promises; the screening threshold of these rules is the worst group's.
+RECALL_RULES = {"R90": 0.90, "R95": 0.95}
+#: A group holds its own recall promise once its validation split has this many sensitive
+#: images: below that, one image moves its recall by more than 10 points, too coarse to set
+#: a threshold on (its images still count in the overall one). Generic, not fitted to any data.
+MIN_GROUP_POSITIVES = 10
+#: The metadata column that refines a dataset's images into groups.
+GROUP_COLUMN = "source"
+#: The one group of a detector trained without groups (or saved before groups existed).
+ONE_GROUP = "all"
 #: An image is unfamiliar beyond this percentile of the training images' leave-one-out
 #: nearest-neighbour cosine distances (about 1% of images like the training ones are flagged).
 UNFAMILIAR_PERCENTILE = 99.0
@@ -184,8 +205,10 @@ class Labels:
 
     Attributes
     ----------
-    table : DataFrame ``id, sensitive (bool), source, dataset``; ``source`` is ``file``,
-        ``reviews:<dataset>`` or ``labels:<dataset>`` (the one that decided, by precedence).
+    table : DataFrame ``id, sensitive (bool), source, dataset, group``; ``source`` is ``file``,
+        ``reviews:<dataset>`` or ``labels:<dataset>`` (the one that decided, by precedence);
+        ``group`` is the dataset's name, refined by its :data:`GROUP_COLUMN` metadata column
+        when it has one (``dataset/source``; :func:`image_groups`).
     counts : DataFrame ``source, sensitive, safe, total``, one row per source used, then ``all``.
     unmatched, ambiguous : label-file ids / paths that match no image, or several.
     unknown : ``{label value: rows}`` of file or review labels that are neither sensitive
@@ -321,6 +344,26 @@ def _match_file(rows: pd.DataFrame, datasets: Sequence) -> tuple[list, list, lis
     return matched, unmatched, ambiguous
 
 
+def image_groups(ids: Iterable[str], dataset_names: Iterable[str], datasets: Sequence) -> list[str]:
+    """The group of each (content id, dataset name): the dataset's name, refined by its
+    :data:`GROUP_COLUMN` metadata column when it has one (``dataset/source``, the source of
+    the id's first row there); an id whose source is empty is in the dataset's own group."""
+    source_of: dict[str, dict[str, str]] = {}
+    for ds in datasets:
+        if GROUP_COLUMN not in ds.images.columns:
+            source_of[ds.name] = {}
+            continue
+        col = ds.images[GROUP_COLUMN]
+        col = col.astype(object).where(col.notna(), "").astype(str).str.strip()
+        first = ~ds.images["id"].duplicated()
+        source_of[ds.name] = {i: v for i, v in zip(ds.images["id"].astype(str)[first], col[first], strict=True) if v}
+    out = []
+    for cid, dsn in zip(ids, dataset_names, strict=True):
+        src = source_of.get(str(dsn), {}).get(str(cid))
+        out.append(f"{dsn}/{src}" if src else str(dsn))
+    return out
+
+
 def gather_labels(names: Sequence[str], *, dataset_labels: bool = True, labels_file: str | Path | pd.DataFrame | None = None,
                   from_annotations: bool = False, store=None) -> Labels:
     """The labels of datasets ``names`` from the chosen sources (see the module docstring).
@@ -385,7 +428,7 @@ def gather_labels(names: Sequence[str], *, dataset_labels: bool = True, labels_f
                 rows.append((cid, c, "file", dsn))
     cols = ["id", "sensitive", "source", "dataset"]
     if not rows:
-        table = pd.DataFrame({c: pd.Series(dtype=bool if c == "sensitive" else object) for c in cols})
+        table = pd.DataFrame({c: pd.Series(dtype=bool if c == "sensitive" else object) for c in [*cols, "group"]})
         conflicts = 0
     else:
         df = pd.DataFrame(rows, columns=["id", "cls", "source", "dataset"])
@@ -398,6 +441,7 @@ def gather_labels(names: Sequence[str], *, dataset_labels: bool = True, labels_f
         conflicts = int(agg["both"].sum())
         table = agg.reset_index()[cols]
         table["sensitive"] = table["sensitive"].astype(bool)
+        table["group"] = image_groups(table["id"], table["dataset"], datasets)
     counts = table.groupby("source", sort=True)["sensitive"].agg(sensitive="sum", total="size").reset_index()
     counts["safe"] = counts["total"] - counts["sensitive"]
     counts = counts[["source", "sensitive", "safe", "total"]]
@@ -418,7 +462,9 @@ class Detector:
     ``calib_a, calib_b`` (1,) (sigmoid) or ``calib_x, calib_y`` (k,) (isotonic), ``train_ids``
     (n_train,) S64, ``train_vectors`` (n_train, dim) float16 (familiarity reference),
     ``loo_distance`` (n_train,) float32, ``val_ids`` (n_val,) S64, ``val_p`` (n_val,) float64,
-    ``val_y`` (n_val,) bool, and with IVF familiarity ``ivf_centroids`` (nlist, dim) float32.
+    ``val_y`` (n_val,) bool, ``val_groups`` (n_val,) unicode (absent from detectors saved
+    before groups: one group, :data:`ONE_GROUP`), and with IVF familiarity ``ivf_centroids``
+    (nlist, dim) float32.
     """
 
     meta: dict
@@ -468,6 +514,30 @@ class Detector:
         rows = [{"rule": r, **self.meta["thresholds"][r], "screening": r == self.meta["screening"]["rule"]}
                 for r in RULES]
         return pd.DataFrame(rows)
+
+    @property
+    def val_groups(self) -> np.ndarray:
+        """The group of each validation row (n_val,) str; :data:`ONE_GROUP` for every row of
+        a detector saved without groups."""
+        g = self.arrays.get("val_groups")
+        return np.full(len(self.arrays["val_y"]), ONE_GROUP) if g is None else np.asarray(g, dtype=str)
+
+    def group_metrics(self) -> pd.DataFrame:
+        """Each validation group at the screening threshold, the whole split first (``all``):
+        ``group, train, train_sensitive, val, val_sensitive, val_safe, counts`` (whether the group
+        holds its own recall promise: at least ``min_group_positives`` sensitive validation
+        images), ``rule_threshold`` (the group's own threshold of the screening rule, where it
+        has sensitive images), ``recall, specificity`` (at the screening threshold) and
+        ``recall_overall`` (at the rule's threshold over the whole split). A detector saved
+        without groups is one group, computed from its validation scores."""
+        rows = self.meta.get("validation", {}).get("groups")
+        if rows is None:
+            y, p = self.arrays["val_y"].astype(bool), self.arrays["val_p"]
+            rule = self.meta["screening"]["rule"]
+            rows = _group_rows(y, p, np.full(len(y), ONE_GROUP), self.threshold,
+                               float(self.meta["thresholds"][rule]["threshold"]), rule, MIN_GROUP_POSITIVES,
+                               train_counts=None)
+        return pd.DataFrame(rows, columns=list(_GROUP_ROW_KEYS))
 
     def labelled_ids(self) -> set[str]:
         """Content ids the detector was trained or validated on."""
@@ -642,20 +712,133 @@ def _ivf_centroids(ref: np.ndarray, seed: int) -> tuple[np.ndarray, int]:
     return index.quantizer.reconstruct_n(0, nlist), nprobe
 
 
-def stratified_split(y: np.ndarray, val_frac: float = VAL_FRAC, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(y: np.ndarray, val_frac: float = VAL_FRAC, seed: int = 0,
+                     groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(train rows, validation rows) of bool labels y (n,): per class, round(val_frac * n_c)
-    rows drawn with ``seed``, at least one and at most n_c - 1 (so both sides hold both classes)."""
+    rows drawn with ``seed``, at least one and at most n_c - 1 (so both sides hold both classes).
+
+    With ``groups`` (n,), stratified by (group, class): each class's validation rows are
+    shared among its groups in proportion to their sizes (largest remainder, ties to the
+    bigger group, then group order), so a (group, class) stratum of m images gets
+    floor or ceil of about val_frac * m, and one of at least 1 / val_frac images has some in
+    validation. A stratum of 2 or more keeps one in training where the class's count allows.
+    One group (or None) draws exactly the rows the ungrouped split draws.
+    """
     if not 0 < val_frac < 1:
         raise DetectorError(f"--val-frac must lie strictly between 0 and 1, got {val_frac}")
+    y = np.asarray(y, dtype=bool)
+    if groups is None:
+        g = np.zeros(len(y), np.int64)
+    else:
+        _, g = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+        if len(g) != len(y):
+            raise DetectorError(f"groups ({len(g)},) and labels ({len(y)},) do not line up")
     rng = np.random.default_rng(seed)
     val = []
     for c in (True, False):
         rows = np.flatnonzero(y == c)
         k = min(max(1, int(round(val_frac * len(rows)))), len(rows) - 1)
-        val.append(rng.choice(rows, size=k, replace=False))
+        strata = [rows[g[rows] == s] for s in np.unique(g[rows])]
+        if len(strata) <= 1:
+            val.append(rng.choice(rows, size=k, replace=False))
+            continue
+        for part, kk in zip(strata, _allocate([len(x) for x in strata], k), strict=True):
+            if kk:
+                val.append(rng.choice(part, size=kk, replace=False))
     val = np.sort(np.concatenate(val))
     train = np.setdiff1d(np.arange(len(y)), val)
     return train, val
+
+
+def _allocate(sizes: Sequence[int], k: int) -> list[int]:
+    """k items shared among strata of ``sizes`` in proportion (largest remainder); a stratum
+    of 2 or more is filled up to all its items only when nothing else is left."""
+    sizes = np.asarray(sizes, np.int64)
+    quota = k * sizes / max(int(sizes.sum()), 1)
+    take = np.floor(quota).astype(np.int64)
+    for _ in range(int(k - take.sum())):
+        room = take < sizes
+        full = (take + 1 >= sizes) & (sizes >= 2)  # the stratum would lose its last training image
+        order = sorted(np.flatnonzero(room), key=lambda i: (bool(full[i]), -(quota[i] - take[i]), -sizes[i], i))
+        if not order:
+            break
+        take[order[0]] += 1
+    return take.tolist()
+
+
+def _recall_threshold(p_pos: np.ndarray, target: float) -> float:
+    """The highest threshold whose recall over positive scores ``p_pos`` reaches ``target``
+    (as :func:`lib.metrics.select_thresholds` picks it, with its tolerance)."""
+    s = np.sort(np.asarray(p_pos, np.float64))[::-1]
+    k = min(max(int(math.ceil((target - 1e-12) * len(s))), 1), len(s))
+    return float(s[k - 1])
+
+
+def screening_threshold(y: np.ndarray, p: np.ndarray, groups: np.ndarray, rule: str, overall: float,
+                        min_positives: int = MIN_GROUP_POSITIVES) -> tuple[float, str | None, dict[str, float]]:
+    """The screening threshold of a rule on validation labels y (n,) bool, scores p (n,) and
+    groups (n,): for a recall rule (:data:`RECALL_RULES`), the minimum of ``overall`` (the
+    rule's threshold over the whole split) and the rule's threshold within every group with
+    at least ``min_positives`` sensitive images; any other rule's is ``overall``.
+
+    Returns
+    -------
+    (threshold, the group that set it or None when the whole split did, {group: its own
+    threshold} for every group with a sensitive image)
+    """
+    y = np.asarray(y, bool)
+    p = np.asarray(p, np.float64)
+    groups = np.asarray(groups).astype(str)
+    own: dict[str, float] = {}
+    if rule not in RECALL_RULES:
+        return float(overall), None, own
+    best, by = float(overall), None
+    for grp in sorted(set(groups.tolist())):
+        pos = p[(groups == grp) & y]
+        if not len(pos):
+            continue
+        own[grp] = _recall_threshold(pos, RECALL_RULES[rule])
+        if len(pos) >= max(int(min_positives), 1) and own[grp] < best:
+            best, by = own[grp], grp
+    return best, by, own
+
+
+_GROUP_ROW_KEYS = ("group", "train", "train_sensitive", "val", "val_sensitive", "val_safe", "counts",
+                   "rule_threshold", "recall", "specificity", "recall_overall")
+
+
+def _group_rows(y: np.ndarray, p: np.ndarray, groups: np.ndarray, threshold: float, overall: float, rule: str,
+                min_positives: int, train_counts: dict[str, tuple[int, int]] | None,
+                own: dict[str, float] | None = None) -> list[dict]:
+    """The rows of :meth:`Detector.group_metrics`: the whole split (``all``), then each group
+    by name (none more when there is only the one group :data:`ONE_GROUP`)."""
+    y = np.asarray(y, bool)
+    p = np.asarray(p, np.float64)
+    groups = np.asarray(groups).astype(str)
+    names = sorted(set(groups.tolist()))
+    if own is None:
+        _, _, own = screening_threshold(y, p, groups, rule, overall, min_positives)
+
+    def share(mask, of):
+        return float(mask[of].mean()) if of.any() else None
+
+    tc_all = (None, None) if train_counts is None else (sum(v[0] for v in train_counts.values()),
+                                                        sum(v[1] for v in train_counts.values()))
+
+    def row(name, sel, counts, thr):
+        tc = tc_all if name == ONE_GROUP and sel.all() else (train_counts or {}).get(name, (None, None))
+        return {"group": name, "train": tc[0], "train_sensitive": tc[1], "val": int(sel.sum()),
+                "val_sensitive": int((sel & y).sum()), "val_safe": int((sel & ~y).sum()), "counts": bool(counts),
+                "rule_threshold": thr, "recall": share(p >= threshold, sel & y),
+                "specificity": share(p < threshold, sel & ~y), "recall_overall": share(p >= overall, sel & y)}
+
+    out = [row(ONE_GROUP, np.ones(len(y), bool), True, float(overall))]
+    if names != [ONE_GROUP]:
+        for name in names:
+            sel = groups == name
+            out.append(row(name, sel, rule in RECALL_RULES and int((sel & y).sum()) >= max(int(min_positives), 1),
+                           own.get(name)))
+    return out
 
 
 def check_counts(n_sensitive: int, n_safe: int, where: str = "") -> None:
@@ -669,19 +852,23 @@ def check_counts(n_sensitive: int, n_safe: int, where: str = "") -> None:
 
 
 def _threshold_rows(y: np.ndarray, p: np.ndarray) -> dict[str, dict]:
-    from .metrics import metrics_at_threshold, select_thresholds
+    """Each of :data:`RULES` over the whole validation split: threshold and its metrics."""
+    from .metrics import select_thresholds
 
     sel = select_thresholds(y, p, y, p, recalls=(0.90, 0.95), positive=True)
     thr = {"max_f1": float(sel["threshold"].iat[0]), "R90": float(sel["threshold"].iat[1]),
            "R95": float(sel["threshold"].iat[2])}
     thr["thesis"] = min(thr["max_f1"], thr["R90"])
-    out = {}
-    for rule in RULES:
-        m = metrics_at_threshold(y, p, thr[rule], positive=True)
-        spec = m["tn"] / (m["tn"] + m["fp"]) if m["tn"] + m["fp"] else float("nan")
-        out[rule] = {"threshold": thr[rule], "precision": m["precision"], "recall": m["recall"],
-                     "specificity": float(spec), "f1": m["f1"], "double_f1": m["double_f1"], "flagged": m["flagged"]}
-    return out
+    return {rule: _metrics_row(y, p, thr[rule]) for rule in RULES}
+
+
+def _metrics_row(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
+    from .metrics import metrics_at_threshold
+
+    m = metrics_at_threshold(y, p, threshold, positive=True)
+    spec = m["tn"] / (m["tn"] + m["fp"]) if m["tn"] + m["fp"] else float("nan")
+    return {"threshold": float(threshold), "precision": m["precision"], "recall": m["recall"],
+            "specificity": float(spec), "f1": m["f1"], "double_f1": m["double_f1"], "flagged": m["flagged"]}
 
 
 def _jsonable(v):
@@ -690,11 +877,16 @@ def _jsonable(v):
     return v
 
 
-def fit_detector(X: np.ndarray, y: np.ndarray, ids: Sequence[str], *, val_frac: float = VAL_FRAC, seed: int = 0,
-                 C: float = 1.0, calibration: str = "sigmoid", screening: str = SCREENING_RULE,
+def fit_detector(X: np.ndarray, y: np.ndarray, ids: Sequence[str], *, groups: Sequence[str] | None = None,
+                 val_frac: float = VAL_FRAC, seed: int = 0, C: float = 1.0, calibration: str = "sigmoid",
+                 screening: str = SCREENING_RULE, min_group_positives: int = MIN_GROUP_POSITIVES,
                  progress: Progress = None) -> Detector:
     """Fit a detector on vectors X (n, dim) (unit norm), labels y (n,) bool (True: sensitive)
     and their content ids (n,), each once. Nothing is written; :func:`save` does that.
+
+    ``groups`` (n,): each image's group (:func:`image_groups`; None: one group,
+    :data:`ONE_GROUP`). The validation split is stratified by (group, class) and the
+    screening threshold is the worst group's (:func:`screening_threshold`).
 
     Raises :class:`LabelError` with fewer than 2 images of a class.
     """
@@ -715,9 +907,13 @@ def fit_detector(X: np.ndarray, y: np.ndarray, ids: Sequence[str], *, val_frac: 
         raise DetectorError(f"calibration {calibration!r}: choose {' or '.join(CALIBRATIONS)}")
     if screening not in RULES:
         raise DetectorError(f"screening rule {screening!r}: choose one of {', '.join(RULES)}")
+    grouped = groups is not None
+    groups = np.full(len(y), ONE_GROUP) if groups is None else np.asarray([str(g) for g in groups])
+    if len(groups) != len(y):
+        raise DetectorError(f"groups ({len(groups)},) and labels ({len(y)},) do not line up")
     check_counts(int(y.sum()), int((~y).sum()))
     step = (lambda k: progress(k, 5)) if progress else (lambda k: None)
-    tr, va = stratified_split(y, val_frac, seed)
+    tr, va = stratified_split(y, val_frac, seed, groups if grouped else None)
     step(1)
 
     folds = min(CALIBRATION_FOLDS, int(y[tr].sum()), int((~y[tr]).sum()))
@@ -747,8 +943,14 @@ def fit_detector(X: np.ndarray, y: np.ndarray, ids: Sequence[str], *, val_frac: 
     det = Detector(meta, arrays)
 
     p_val = det.predict_p(X[va])
-    y_val = y[va]
+    y_val, g_val = y[va], groups[va]
     thresholds = _threshold_rows(y_val, p_val)
+    overall = float(thresholds[screening]["threshold"])
+    chosen, set_by, own = screening_threshold(y_val, p_val, g_val, screening, overall, min_group_positives)
+    at = _metrics_row(y_val, p_val, chosen)
+    train_counts = {k: (int((groups[tr] == k).sum()), int((y[tr] & (groups[tr] == k)).sum()))
+                    for k in sorted(set(groups[tr].tolist()))}
+    group_rows = _group_rows(y_val, p_val, g_val, chosen, overall, screening, min_group_positives, train_counts, own)
     step(3)
     ref16 = X[tr].astype(np.float16)
     ref = _reference(ref16)
@@ -761,20 +963,27 @@ def fit_detector(X: np.ndarray, y: np.ndarray, ids: Sequence[str], *, val_frac: 
     arrays.update({"train_ids": np.asarray([ids[i] for i in tr], dtype="S64"), "train_vectors": ref16,
                    "loo_distance": loo, "val_ids": np.asarray([ids[i] for i in va], dtype="S64"),
                    "val_p": p_val.astype(np.float64), "val_y": y_val.astype(bool)})
+    if grouped:
+        arrays["val_groups"] = np.asarray(g_val, dtype=str)
     if centroids is not None:
         arrays["ivf_centroids"] = np.asarray(centroids, np.float32)
     det._index = index
     val_d = det.distances(X[va])
-    sens = thresholds[screening]
+    n_groups = len(set(groups.tolist()))
     meta.update({
         "split": {"val_frac": float(val_frac), "seed": int(seed), "n_train": len(tr), "n_val": len(va),
-                  "train_sensitive": int(y[tr].sum()), "val_sensitive": int(y_val.sum())},
+                  "train_sensitive": int(y[tr].sum()), "val_sensitive": int(y_val.sum()),
+                  "stratified_by": "group and class" if grouped and n_groups > 1 else "class", "groups": n_groups},
         "thresholds": {r: {k: _jsonable(v) for k, v in t.items()} for r, t in thresholds.items()},
-        "screening": {"rule": screening, "threshold": float(sens["threshold"])},
+        "screening": {"rule": screening, "threshold": float(chosen), "overall_threshold": overall,
+                      "worst_group": screening in RECALL_RULES, "set_by": set_by,
+                      "min_group_positives": int(min_group_positives),
+                      "metrics": {k: _jsonable(v) for k, v in at.items()}},
         "validation": {"n": len(va), "positives": int(y_val.sum()), "auc": float(roc_auc_score(y_val, p_val)),
-                       "ap": float(average_precision_score(y_val, p_val)), "double_f1": _jsonable(sens["double_f1"]),
-                       "recall": _jsonable(sens["recall"]), "specificity": _jsonable(sens["specificity"]),
-                       "unfamiliar_rate": float((val_d > cut).mean())},
+                       "ap": float(average_precision_score(y_val, p_val)), "double_f1": _jsonable(at["double_f1"]),
+                       "recall": _jsonable(at["recall"]), "specificity": _jsonable(at["specificity"]),
+                       "unfamiliar_rate": float((val_d > cut).mean()),
+                       "groups": [{k: _jsonable(v) for k, v in r.items()} for r in group_rows]},
         "familiarity": {"percentile": UNFAMILIAR_PERCENTILE, "cut": cut,
                         "index": "flat" if centroids is None else "ivf",
                         "nlist": None if centroids is None else len(centroids), "nprobe": nprobe},
@@ -831,6 +1040,8 @@ def known_names() -> list[str]:
 
 _REQUIRED = {"scaler_mean", "scaler_scale", "coef", "intercept", "train_ids", "train_vectors", "loo_distance",
              "val_ids", "val_p", "val_y"}
+#: Arrays a detector may hold: IVF familiarity; the validation rows' groups (none before groups).
+_OPTIONAL = {"ivf_centroids", "val_groups"}
 _CALIB_ARRAYS = {"sigmoid": {"calib_a", "calib_b"}, "isotonic": {"calib_x", "calib_y"}, "none": set()}
 
 
@@ -890,7 +1101,7 @@ def load(name: str) -> Detector:
     need = _REQUIRED | _CALIB_ARRAYS.get(method, {"?"})
     if method not in _CALIB_ARRAYS:
         raise bad(f"names an unknown calibration {method!r}")
-    missing, extra = need - set(arrays), set(arrays) - need - {"ivf_centroids"}
+    missing, extra = need - set(arrays), set(arrays) - need - _OPTIONAL
     if missing or extra:
         raise bad(f"holds arrays {sorted(arrays)}; expected {sorted(need)}", npz)
     for k, a in arrays.items():
@@ -905,7 +1116,9 @@ def load(name: str) -> Detector:
                   and arrays["train_vectors"].shape == (n_train, dim[0]) and arrays["loo_distance"].shape == (n_train,)
                   and arrays["val_p"].shape == (n_val,) and arrays["val_y"].shape == (n_val,) and n_train >= 1
                   and arrays["intercept"].shape == (1,) and int(meta["model"].get("dim", dim[0])) == dim[0]
-                  and ("ivf_centroids" not in arrays or arrays["ivf_centroids"].shape[1:] == dim))
+                  and ("ivf_centroids" not in arrays or arrays["ivf_centroids"].shape[1:] == dim)
+                  and ("val_groups" not in arrays or (arrays["val_groups"].shape == (n_val,)
+                                                      and arrays["val_groups"].dtype.kind == "U")))
     if not consistent:
         raise bad("has arrays whose shapes do not fit together", npz)
     floats = [a for a in arrays.values() if a.dtype.kind == "f"]
@@ -1119,10 +1332,14 @@ def view_uncertainty(p: np.ndarray, views: np.ndarray, threshold: float) -> tupl
 def train(names: Sequence[str], spec: str, det_name: str, *, random_weights: bool = False,
           labels_file: str | Path | pd.DataFrame | None = None, from_annotations: bool = False,
           dataset_labels: bool = True, val_frac: float = VAL_FRAC, seed: int = 0, C: float = 1.0,
-          calibration: str = "sigmoid", screening: str = SCREENING_RULE, store=None, backend=None,
+          calibration: str = "sigmoid", screening: str = SCREENING_RULE,
+          min_group_positives: int = MIN_GROUP_POSITIVES, store=None, backend=None,
           progress: Progress = None) -> tuple[Detector, Labels]:
     """Gather the labels of datasets ``names``, fit on their cached ``spec`` embeddings,
     save as ``det_name``; returns the detector and the labels used.
+
+    Each image's group (for the split and the worst-group screening threshold) is its
+    dataset, refined by the dataset's ``source`` column when it has one (``Labels.table["group"]``).
 
     The label file is copied into the detector's folder (``labels.csv``) so :func:`retrain`
     finds it. A detector of the same name is replaced; its learning history is kept (same
@@ -1150,7 +1367,8 @@ def train(names: Sequence[str], spec: str, det_name: str, *, random_weights: boo
     X = store_.open(ids).matrix()
     y = labels.table["sensitive"].to_numpy(bool)
     sub = (lambda k, n: progress(k, n + 1)) if progress else None
-    det = fit_detector(X, y, ids, val_frac=val_frac, seed=seed, C=C, calibration=calibration, screening=screening,
+    det = fit_detector(X, y, ids, groups=labels.table["group"].astype(str).tolist(), val_frac=val_frac, seed=seed,
+                       C=C, calibration=calibration, screening=screening, min_group_positives=min_group_positives,
                        progress=sub)
     d = config.ensure(detector_dir(det_name))
     label_file = None
@@ -1176,7 +1394,8 @@ def train(names: Sequence[str], spec: str, det_name: str, *, random_weights: boo
                    "unmatched": len(labels.unmatched), "ambiguous": len(labels.ambiguous), "unknown": labels.unknown},
         "recipe": {"datasets": names, "dataset_labels": bool(dataset_labels), "labels_file": label_file,
                    "from_annotations": bool(from_annotations), "val_frac": float(val_frac), "seed": int(seed),
-                   "C": float(C), "calibration": calibration, "screening": screening},
+                   "C": float(C), "calibration": calibration, "screening": screening,
+                   "min_group_positives": int(min_group_positives)},
         "history": previous + [{"at": _now(), "labels": len(ids), "sensitive": labels.n_sensitive,
                                 "safe": labels.n_safe, "auc": v["auc"], "ap": v["ap"], "recall": v["recall"],
                                 "specificity": v["specificity"], "threshold": det.threshold}],
@@ -1201,7 +1420,9 @@ def retrain(det_name: str, *, add_datasets: Iterable[str] = (), from_annotations
                  from_annotations=bool(from_annotations or r.get("from_annotations")),
                  dataset_labels=bool(r.get("dataset_labels", True)), val_frac=float(r.get("val_frac", VAL_FRAC)),
                  seed=int(r.get("seed", 0)), C=float(r.get("C", 1.0)), calibration=r.get("calibration", "sigmoid"),
-                 screening=r.get("screening", SCREENING_RULE), store=store, backend=backend, progress=progress)
+                 screening=r.get("screening", SCREENING_RULE),
+                 min_group_positives=int(r.get("min_group_positives", MIN_GROUP_POSITIVES)), store=store,
+                 backend=backend, progress=progress)
 
 
 def predict(name: str, det: Detector | str, *, tta: bool | None = None, backend=None, progress: Progress = None,
@@ -1515,17 +1736,24 @@ def leave_one_source_out(X: np.ndarray, y: np.ndarray, ids: Sequence[str], group
     X : (n, dim) vectors, each distinct image once; y (n,) bool; ids (n,); groups (n,) source names
     views : (7, n, dim) vectors of the flips / rotations, or None (``uncertain`` not computed)
 
+    The training sources are the detector's groups: its screening threshold is the worst of
+    theirs (:func:`screening_threshold`).
+
     Returns
     -------
-    DataFrame, one row per source: ``source`` and :func:`evaluate`'s keys, ``threshold``, ``cut``.
+    DataFrame, one row per source: ``source`` and :func:`evaluate`'s keys, ``threshold``,
+    ``overall_threshold`` (the rule's over the whole validation split), ``set_by`` (the
+    training source that set the threshold, or None), ``cut``.
     """
     groups = np.asarray(groups)
     rows = []
     for src in pd.unique(groups):
         test = groups == src
-        det = fit_detector(X[~test], y[~test], [i for i, t in zip(ids, test, strict=True) if not t], seed=seed, **fit)
+        det = fit_detector(X[~test], y[~test], [i for i, t in zip(ids, test, strict=True) if not t],
+                           groups=groups[~test].astype(str), seed=seed, **fit)
         rows.append({"source": src, **_screen(det, X[test], y[test], None if views is None else views[:, test]),
-                     "threshold": det.threshold, "cut": det.cut})
+                     "threshold": det.threshold, "overall_threshold": det.meta["screening"]["overall_threshold"],
+                     "set_by": det.meta["screening"]["set_by"], "cut": det.cut})
     return pd.DataFrame(rows)
 
 
@@ -1540,32 +1768,42 @@ def _screen(det: Detector, X: np.ndarray, y: np.ndarray, views: np.ndarray | Non
 def simulate_review_loop(X_base: np.ndarray, y_base: np.ndarray, ids_base: Sequence[str], X_pool: np.ndarray,
                          y_pool: np.ndarray, ids_pool: Sequence[str], *, strategy: str = "suggest", rounds: int = 5,
                          per_round: int = 10, views_pool: np.ndarray | None = None, seed: int = 0,
+                         groups_base: np.ndarray | None = None, groups_pool: np.ndarray | None = None,
                          **fit) -> pd.DataFrame:
     """The review loop, simulated: a detector trained on the base labels screens the pool;
     each round ``per_round`` pool images are chosen (``suggest``: :func:`select_suggestions`;
     ``random``: seeded draw), their true labels revealed, the detector refitted on all
     labels so far, and the rest of the pool screened again.
 
+    ``groups_base`` / ``groups_pool``: the groups of the images (:func:`fit_detector`); with
+    neither, no groups; with one, the other side is one group (``base`` / ``pool``).
+
     Returns
     -------
     DataFrame, one row per round 0..rounds: ``strategy, round, labels_added`` and
-    :func:`evaluate`'s keys on the pool images not yet labelled, ``unfamiliar_picked``.
+    :func:`evaluate`'s keys on the pool images not yet labelled, ``unfamiliar_picked``,
+    ``threshold`` (the screening threshold) and ``set_by`` (the group that set it, or None).
     """
     if strategy not in ("suggest", "random"):
         raise DetectorError(f"strategy {strategy!r}: suggest or random")
     rng = np.random.default_rng(seed)
     ids_base, ids_pool = list(ids_base), list(ids_pool)
+    grouped = groups_base is not None or groups_pool is not None
+    g_base = np.full(len(ids_base), "base") if groups_base is None else np.asarray(groups_base).astype(str)
+    g_pool = np.full(len(ids_pool), "pool") if groups_pool is None else np.asarray(groups_pool).astype(str)
     labelled: list[int] = []
     out = []
     unfamiliar_picked = 0
     for r in range(rounds + 1):
         sel = np.asarray(labelled, int)
         det = fit_detector(np.vstack([X_base, X_pool[sel]]), np.concatenate([y_base, y_pool[sel]]),
-                           ids_base + [ids_pool[i] for i in sel], seed=seed, **fit)
+                           ids_base + [ids_pool[i] for i in sel],
+                           groups=np.concatenate([g_base, g_pool[sel]]) if grouped else None, seed=seed, **fit)
         rest = np.setdiff1d(np.arange(len(y_pool)), sel)
         v = None if views_pool is None else views_pool[:, rest]
         out.append({"strategy": strategy, "round": r, "labels_added": len(sel),
-                    **_screen(det, X_pool[rest], y_pool[rest], v), "unfamiliar_picked": unfamiliar_picked})
+                    **_screen(det, X_pool[rest], y_pool[rest], v), "unfamiliar_picked": unfamiliar_picked,
+                    "threshold": det.threshold, "set_by": det.meta["screening"].get("set_by")})
         if r == rounds or not len(rest):
             break
         if strategy == "random":
@@ -1603,13 +1841,22 @@ def pr_figure(det: Detector):
     screening = det.meta["screening"]["rule"]
     for rule in ("max_f1", "R90", "R95"):
         t = det.meta["thresholds"][rule]
-        star = " (screening)" if rule == screening else ""
+        star = " (screening)" if rule == screening and not det.meta["screening"].get("set_by") else ""
         fig.add_trace(go.Scatter(
             x=[t["recall"]], y=[t["precision"]], mode="markers+text", text=[RULE_NAMES[rule]],
             textposition="top left", marker={"size": 13, "color": colours[rule], "symbol": "diamond"},
             name=f"{RULE_NAMES[rule]}: p ≥ {t['threshold']:.3f}{star}",
             hovertemplate=f"{RULE_NAMES[rule]}<br>threshold {t['threshold']:.3f}<br>recall %{{x:.3f}}<br>"
                           f"precision %{{y:.3f}}<br>specificity {t['specificity']:.3f}<extra></extra>"))
+    scr = det.meta["screening"]
+    if scr.get("set_by") and scr.get("metrics"):  # the worst group lowered the rule's threshold
+        m = scr["metrics"]
+        fig.add_trace(go.Scatter(
+            x=[m["recall"]], y=[m["precision"]], mode="markers+text", text=["screening"], textposition="bottom right",
+            marker={"size": 13, "color": "#9467bd", "symbol": "star"},
+            name=f"screening: p ≥ {det.threshold:.3f} ({RULE_NAMES[screening]} in group {scr['set_by']})",
+            hovertemplate=f"screening: min over groups of {RULE_NAMES[screening]}, set by {scr['set_by']}<br>"
+                          f"threshold {det.threshold:.3f}<br>recall %{{x:.3f}}<br>precision %{{y:.3f}}<extra></extra>"))
     fig.update_layout(title=f"Validation precision-recall of {det.name} ({v['n']} images, {v['positives']} sensitive)",
                       xaxis_title="recall", yaxis_title="precision", height=420, yaxis={"range": [0, 1.03]},
                       xaxis={"range": [0, 1.02]}, legend={"x": 0.02, "y": 0.05})

@@ -90,7 +90,7 @@ def test_round_trip_gives_identical_p_and_matches_scikit_learn(det, cut, screene
     y = (tr["label"] == "sensitive").to_numpy()
     labelled = D.gather_labels(["det-train"]).table  # the rows train() used, in this order
     assert list(labelled["id"]) == list(tr["id"]) and (labelled["sensitive"].to_numpy() == y).all()
-    rows, _ = D.stratified_split(y, 0.2, 0)
+    rows, _ = D.stratified_split(y, 0.2, 0, labelled["group"].to_numpy())  # stratified by (source, class)
     clf = CalibratedClassifierCV(make_probe(1.0, seed=0), method="sigmoid", ensemble=False,
                                  cv=StratifiedKFold(5, shuffle=True, random_state=0)).fit(X[rows], y[rows])
     Xs = load_embeddings("det-screen", "color").matrix()
@@ -267,11 +267,143 @@ def test_thresholds_hit_their_recall_targets_on_validation(det):
     assert t.loc["thesis", "threshold"] == min(t.loc["max_f1", "threshold"], t.loc["R90", "threshold"])
     f1 = [metrics_at_threshold(y, p, c, positive=True)["f1"] for c in np.unique(p)]
     assert t.loc["max_f1", "f1"] == pytest.approx(np.nanmax(f1))
-    assert det.threshold == t.loc["R95", "threshold"] and bool(t.loc["R95", "screening"])
+    # the screening threshold: the overall R95, lowered to the R95 of any group that holds its own promise
+    assert bool(t.loc["R95", "screening"]) and det.threshold <= t.loc["R95", "threshold"]
+    g = det.val_groups
+    own = [max(c for c in np.unique(p[y & (g == k)]) if (p[y & (g == k)] >= c).mean() >= 0.95)
+           for k in set(g) if (y & (g == k)).sum() >= D.MIN_GROUP_POSITIVES]
+    assert own and det.threshold == min(t.loc["R95", "threshold"], *own)
     # the split: stratified, seeded, each content id once
     s = det.meta["split"]
     assert s["n_val"] == pytest.approx(0.2 * (s["n_train"] + s["n_val"]), abs=2)
     assert set(det.arrays["train_ids"].tolist()).isdisjoint(det.arrays["val_ids"].tolist())
+
+
+# --------------------------------------------------------------------------- groups: the worst-group screening threshold
+
+
+@pytest.fixture(scope="module")
+def fuseg_azh(corpus_color, corpus_dir, tmp_path_factory):
+    """det-fuseg (the fuseg ulcers, its source column dropped: one group, the dataset) and
+    det-azh (the AZH images with their source column: group det-azh/azh), embedded with color.
+    AZH is the minority (118 images to fuseg's 300) and the one the features separate worse."""
+    from lib.embeddings import embed
+
+    work = tmp_path_factory.mktemp("groups")
+    m = pd.read_csv(corpus_dir / "manifest.csv")
+    m[m["source"] == "fuseg"].drop(columns=["source"]).to_csv(work / "fuseg.csv", index=False)
+    m[m["source"] == "azh"].to_csv(work / "azh.csv", index=False)
+    for name in ("det-fuseg", "det-azh"):
+        dataset.ingest(work / f"{name[4:]}.csv", name, root=corpus_dir)
+        embed(name, "color", workers=0)
+    return ["det-fuseg", "det-azh"]
+
+
+def test_screening_threshold_reaches_95_percent_recall_in_every_group(fuseg_azh, capsys):
+    _, labels = D.train(fuseg_azh, "color", "fuseg-azh")
+    assert set(labels.table["group"]) == {"det-fuseg", "det-azh/azh"}  # dataset, refined by its source column
+    d = D.load("fuseg-azh")
+    y, p, g = d.arrays["val_y"], d.arrays["val_p"], d.val_groups
+    assert d.arrays["val_groups"].dtype.kind == "U"  # stored as text, no pickle
+    # the split is stratified by (group, class): each stratum sends its share to validation
+    lab = labels.table
+    for grp in ("det-fuseg", "det-azh/azh"):
+        for c in (True, False):
+            n = int(((lab["group"] == grp) & (lab["sensitive"] == c)).sum())
+            assert abs(int(((g == grp) & (y == c)).sum()) - 0.2 * n) <= 1, (grp, c)
+    counted = sorted(k for k in set(g) if (y & (g == k)).sum() >= D.MIN_GROUP_POSITIVES)
+    assert counted == ["det-azh/azh", "det-fuseg"]
+    # the promise: 95% validation recall in every group that holds enough sensitive images, and overall
+    for grp in counted:
+        assert (p[y & (g == grp)] >= d.threshold).mean() >= 0.95, grp
+    assert (p[y] >= d.threshold).mean() >= 0.95
+    # the rule before groups, the overall R95, breaks it for the minority group here
+    overall = d.meta["thresholds"]["R95"]["threshold"]
+    assert d.meta["screening"]["overall_threshold"] == overall
+    assert (p[y & (g == "det-azh/azh")] >= overall).mean() < 0.95
+    assert d.threshold < overall and d.meta["screening"]["set_by"] == "det-azh/azh"
+    # the threshold is the least of the overall R95 and each counted group's own (highest reaching 95%)
+    own = {k: max(c for c in np.unique(p[y & (g == k)]) if (p[y & (g == k)] >= c).mean() >= 0.95) for k in counted}
+    assert d.threshold == min(overall, *own.values())
+    # the stored per-group metrics are those of the arrays
+    gm = d.group_metrics().set_index("group")
+    assert list(gm.index) == ["all", "det-azh/azh", "det-fuseg"] and gm["counts"].all()
+    for grp in counted:
+        sel = g == grp
+        assert gm.loc[grp, "recall"] == pytest.approx((p[sel & y] >= d.threshold).mean())
+        assert gm.loc[grp, "recall_overall"] == pytest.approx((p[sel & y] >= overall).mean())
+        assert gm.loc[grp, "rule_threshold"] == pytest.approx(own[grp])
+        assert gm.loc[grp, "val"] == sel.sum() and gm.loc[grp, "train"] == (lab["group"] == grp).sum() - sel.sum()
+    assert gm.loc["det-azh/azh", "specificity"] == pytest.approx((p[(g == "det-azh/azh") & ~y] < d.threshold).mean())
+    assert np.isnan(gm.loc["det-fuseg", "specificity"])  # no safe fuseg image
+    v = d.meta["validation"]
+    assert v["recall"] == pytest.approx((p[y] >= d.threshold).mean())
+    assert v["specificity"] == pytest.approx((p[~y] < d.threshold).mean())
+    # the overall table stays as it was: R95 over the whole split, marked as the screening rule
+    t = d.thresholds().set_index("rule")
+    assert t.loc["R95", "threshold"] == overall and bool(t.loc["R95", "screening"])
+    # a rule that promises no recall is not lowered by any group
+    f1, _ = D.train(fuseg_azh, "color", "fuseg-azh-f1", screening="max_f1")
+    assert f1.threshold == f1.meta["thresholds"]["max_f1"]["threshold"] and f1.meta["screening"]["set_by"] is None
+    # one group (or none given) draws the split the ungrouped one does
+    yy = lab["sensitive"].to_numpy()
+    for a, b in zip(D.stratified_split(yy, 0.2, 0, np.full(len(yy), "one")), D.stratified_split(yy, 0.2, 0),
+                    strict=True):
+        assert np.array_equal(a, b)
+    # the CLI prints the rule, the group that set it and the worst-group table beside the overall one
+    assert main(["train", *fuseg_azh, "--model", "color", "--detector", "fuseg-azh-cli"]) == 0
+    out = capsys.readouterr().out
+    assert "thresholds on the whole validation split" in out and "* R95" in out
+    assert "screening threshold: min over groups of R95 = " in out and "set by group det-azh/azh" in out
+    assert "worst-group table" in out and "det-fuseg" in out and "recall at overall R95" in out
+
+
+def test_a_detector_file_without_groups_loads_and_predicts_identically(det, screened):
+    """A detector saved before groups (no val_groups array, no group fields) is one group and
+    keeps the threshold it was saved with."""
+    import hashlib
+    import io
+    import shutil
+
+    d = D.detector_dir("legacy")
+    shutil.copytree(D.detector_dir("no-cxr"), d, dirs_exist_ok=True)
+    meta = json.loads((d / "detector.json").read_text())
+    arrays = dict(D.load("no-cxr").arrays)
+    assert "val_groups" in arrays
+    del arrays["val_groups"]
+
+    def write(arrays, meta):
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        data = buf.getvalue()
+        sha = hashlib.sha256(data).hexdigest()
+        for old in d.glob("arrays-*.npz"):
+            old.unlink()
+        (d / f"arrays-{sha[:16]}.npz").write_bytes(data)
+        meta["arrays"] = {"file": f"arrays-{sha[:16]}.npz", "sha256": sha,
+                          "shapes": {k: [list(v.shape), v.dtype.str] for k, v in arrays.items()}}
+        (d / "detector.json").write_text(json.dumps(meta))
+
+    for k in ("overall_threshold", "worst_group", "set_by", "min_group_positives", "metrics"):
+        del meta["screening"][k]
+    del meta["validation"]["groups"], meta["split"]["stratified_by"], meta["split"]["groups"]
+    del meta["recipe"]["min_group_positives"]
+    write(arrays, meta)
+    old = D.load("legacy")
+    assert "val_groups" not in old.arrays and set(old.val_groups) == {D.ONE_GROUP}
+    assert old.threshold == det.threshold and old.thresholds().equals(det.thresholds())
+    gm = old.group_metrics()
+    y, p = old.arrays["val_y"], old.arrays["val_p"]
+    assert list(gm["group"]) == ["all"] and gm["recall"].iat[0] == pytest.approx((p[y] >= old.threshold).mean())
+    again = D.predict("det-screen", old)
+    for col in ("p", "sensitive", "unfamiliar", "uncertain", "distance", "tta_sd", "threshold", "pred"):
+        assert np.array_equal(again[col].to_numpy(), screened[col].to_numpy()), col
+    assert D.pr_figure(old).data  # draws without the group fields
+    # a val_groups array of the wrong length is refused, as any array that does not fit
+    write({**arrays, "val_groups": np.array(["a", "b"])}, meta)
+    with pytest.raises(D.DetectorFileError, match="do not fit together"):
+        D.load("legacy")
+    shutil.rmtree(d)
 
 
 # --------------------------------------------------------------------------- familiarity and flips
@@ -528,6 +660,8 @@ def test_cli_train_predict_suggest_detectors(cut, tmp_path, capsys):
     assert "labels:det-train" in out and "AUC" in out and "specificity" in out
     for rule in ("max_f1", "R90", "* R95", "thesis"):
         assert rule in out
+    assert "screening threshold: min over groups of R95 = " in out and "set by " in out
+    assert "worst-group table" in out and "det-train/azh" in out and "det-train/fuseg" in out
     csv = tmp_path / "pred.csv"
     assert main(["predict", "det-screen", "--detector", "cli-det", "--out", str(csv), "--slice-col", "source"]) == 0
     out = capsys.readouterr().out
