@@ -634,7 +634,7 @@ def test_prediction_table_flags_and_clears_only_familiar_images(page, server, ex
     truth = expo["expo-pred"]
     visit(page, server.base, "Gallery", "Gallery", dataset="expo-pred", model="color")
     sidebar = page.locator('[data-testid="stSidebar"]')
-    assert "Flag at p ≥" in sidebar.inner_text()  # a table is chosen: the detect- one, by default
+    sidebar.get_by_text("Flag at p ≥").wait_for()  # a table is chosen: the detect- one, by default
     wait_images(page, 16)
     c = check_images(page, server.base, truth, where="pred gallery")
     _both_sides(c, "pred gallery")

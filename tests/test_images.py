@@ -53,7 +53,7 @@ def test_libspng_is_installed_and_used(tmp_path, monkeypatch):
     p = tmp_path / "a.png"
     Image.fromarray(RNG.integers(0, 255, (64, 48, 3), np.uint8)).save(p)
     images.open_image(p)
-    colorscore._load(str(p), colorscore.DEFAULT_PARAMS)
+    colorscore.load_for_scoring(str(p), colorscore.DEFAULT_PARAMS)
     assert calls == [p.stat().st_size] * 2
 
 

@@ -180,7 +180,7 @@ def test_04_model_comparison(corpus_color):
     assert m.loc["EB (no training)", "roc_auc"] == pytest.approx(roc_auc_score(test["label"].eq("sensitive"),
                                                                                test["eb"]))
     assert m["n"].eq(len(test)).all()
-    assert {r for _, r in p["rules"]} == {"max_f1", "recall>=0.90", "recall>=0.95"}
+    assert {r for _, r in p["rules"]} == {"max_f1", "recall>=0.90", "recall>=0.95", "thesis"}
 
 
 def test_05_censoring(corpus_color):

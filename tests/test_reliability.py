@@ -172,7 +172,7 @@ def test_hostile_folder_through_the_cli_never_crashes(hostile):
     for spec in ("color", TINY):
         out = hostile.runs["embed-color" if spec == "color" else "embed-tiny"].stdout
         assert f"{len(ds.unique_ids)} unique images, 0 cached, {len(ds.unique_ids)} computed, 0 errors" in out, out
-    assert f"({n_ok} images, {n_bad} errors)" in hostile.runs["show"].stdout
+    assert f"({n_ok} images, {n_bad} errors; root " in hostile.runs["show"].stdout
     assert f"EB scores of {n_ok} images (0 unreadable)" in hostile.runs["scores"].stdout
     print(f"\nhostile folder: {len(hostile.exp)} files tried, {n_ok} kept ({len(ds.unique_ids)} unique), "
           f"{n_bad} reported; {len(hostile.runs) + len(hostile.bad_queries)} CLI runs, none crashed")
