@@ -212,8 +212,7 @@ def _parse_finetuned(text: str, rest: str) -> ModelSpec:
     return ModelSpec(text, "finetuned", ref=rest)
 
 
-def finetuned_spec(folder: str | os.PathLike) -> str:
-    """The registry spec of the fine-tuned model in ``folder`` (read from its ``finetune.json``)."""
+def _finetuned_best(folder: str | os.PathLike) -> dict:
     from ..errors import WeightsMissing
 
     path = Path(folder).expanduser() / "finetune.json"
@@ -227,13 +226,21 @@ def finetuned_spec(folder: str | os.PathLike) -> str:
     if not best or not best.get("spec"):
         raise WeightsMissing(f"{path}: no epoch has finished yet, so there is no model to load; resume with "
                              "python -m lib finetune ... --out FOLDER")
-    return str(best["spec"])
+    return best
+
+
+def finetuned_spec(folder: str | os.PathLike) -> str:
+    """The registry spec of the fine-tuned model in ``folder`` (read from its ``finetune.json``)."""
+    return str(_finetuned_best(folder)["spec"])
 
 
 def _load_finetuned(s: ModelSpec, random_weights: bool, seed: int, device, precision) -> Backend:
     if random_weights:
         raise ModelError("a fine-tuned checkpoint holds its own weights; drop --random-weights")
-    return load_model(finetuned_spec(s.ref), device=device, precision=precision)
+    best = _finetuned_best(s.ref)
+    # A head-only run on a random-weight backbone keeps that backbone: it is rebuilt from its seed.
+    return load_model(str(best["spec"]), random_weights=bool(best.get("random_weights")),
+                      seed=int(best.get("seed", 0)), device=device, precision=precision)
 
 
 def _finetuned_ident(s: ModelSpec) -> str | None:
