@@ -681,10 +681,11 @@ def _run_cell(add, skip, ctx, name: str, model: str, rnd: bool, task: str) -> No
 # =========================================================================== the report
 
 
-def summary_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The headline metrics per (task, dataset, model, variant), one column per metric."""
+def summary_tables(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The headline metrics of each task: {task: DataFrame with ``dataset, model, variant``
+    and one column per metric of :data:`SUMMARY` [task]} (the long table has them all)."""
     ok = table[table["metric"] != "skipped"]
-    parts = []
+    out = {}
     for task, keys in SUMMARY.items():
         t = ok[(ok["task"] == task) & ok["metric"].isin(keys)]
         if t.empty:
@@ -694,9 +695,35 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
             t = t[(t["variant"] != "") | t["metric"].isin(("roc_auc", "best_epoch"))]
         wide = t.pivot_table(index=["dataset", "model", "variant"], columns="metric", values="value",
                              aggfunc="first").reset_index()
-        wide.insert(0, "task", task)
-        parts.append(wide[["task", "dataset", "model", "variant", *[k for k in keys if k in wide.columns]]])
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["task", "dataset", "model", "variant"])
+        rnd = t.groupby(["dataset", "model"])["random_weights"].any()
+        wide["model"] = [m + (" (random weights)" if rnd.get((d, m), False) else "")
+                         for d, m in zip(wide["dataset"], wide["model"], strict=True)]
+        out[task] = wide[["dataset", "model", "variant", *[k for k in keys if k in wide.columns]]]
+    return out
+
+
+def paper_side_by_side(comparison: pd.DataFrame) -> pd.DataFrame:
+    """One row per paper number: ``paper, table, metric, paper_model, paper_value``, every run
+    here of that task and metric as ``here`` ("model value; ..."), and ``comparable`` (``yes``
+    when any of them is the paper's model on its data, ``no``, or ``not run here``)."""
+    if comparison.empty:
+        return pd.DataFrame(columns=["paper", "table", "variant", "metric", "paper_model", "paper_value", "here",
+                                     "comparable"])
+    keys = ["paper", "table", "variant", "metric", "paper_model", "paper_value"]
+    rows = []
+    for key, g in comparison.groupby(keys, sort=False, dropna=False):
+        ran = g[g["comparable"] != "not run here"]
+        here = "; ".join(f"{_short(m)} {v:.3f}" for m, v in zip(ran["here_model"], ran["here_value"], strict=True)
+                         if np.isfinite(v))
+        comparable = "yes" if (ran["comparable"] == "yes").any() else ("no" if len(ran) else "not run here")
+        rows.append({**dict(zip(keys, key, strict=True)), "here": here, "comparable": comparable})
+    return pd.DataFrame(rows)
+
+
+def _short(model: str) -> str:
+    from .charts import short_name
+
+    return short_name(model, 48) if isinstance(model, str) else str(model)
 
 
 def _markdown(df: pd.DataFrame, digits: int = 4) -> str:
@@ -714,48 +741,16 @@ def _markdown(df: pd.DataFrame, digits: int = 4) -> str:
     return "\n".join([head, sep, *body]) + "\n"
 
 
-def _figures(table: pd.DataFrame, comparison: pd.DataFrame) -> list:
-    """One bar chart per task: the headline metric of every (dataset, model), paper values as lines."""
-    import plotly.graph_objects as go
-
-    figs = []
-    ok = table[table["metric"] != "skipped"]
-    headline = {"zeroshot": "f1_macro_zero", "probe": "f1_macro_zero", "retrieval": "mean_R", "detector": "double_f1",
-                "eb": "double_f1", "segmentation": "mean_iou", "grid": "f1_macro_zero", "finetune": "f1_macro_zero"}
-    for task, metric in headline.items():
-        t = ok[(ok["task"] == task) & (ok["metric"] == metric)]
-        if task in ("detector", "finetune"):
-            t = t[t["variant"] == "thesis"]
-        elif task == "eb":
-            t = t[t["variant"] != ""]
-        if t.empty:
-            continue
-        label = t["model"] + np.where(t["random_weights"], " (random weights)", "") + \
-            np.where(t["variant"] != "", " · " + t["variant"], "")
-        fig = go.Figure()
-        for ds in sorted(t["dataset"].unique()):
-            sel = t["dataset"] == ds
-            fig.add_trace(go.Bar(x=label[sel], y=t.loc[sel, "value"], name=f"here: {ds}"))
-        paper = comparison[(comparison["task"] == task) & (comparison["metric"] == metric)]
-        for _, p in paper.drop_duplicates(["paper", "paper_model"]).iterrows():
-            fig.add_hline(y=float(p["paper_value"]), line_dash="dot",
-                          annotation_text=f"{p['paper']}: {p['paper_model']} {p['paper_value']:.3f}",
-                          annotation_position="top left")
-        fig.update_layout(title=f"{task}: {metric} (dotted: the papers' numbers, on their data)", barmode="group",
-                          yaxis={"range": [0, 1.05]}, height=420)
-        figs.append(fig)
-    return figs
-
-
 def write_report(table: pd.DataFrame, comparison: pd.DataFrame, out: str | Path, meta: dict) -> list[Path]:
     """``results.csv`` (the long table), ``comparison.csv``, ``report.md`` and ``report.html``
     (tables and plotly figures, self-contained) in ``out``; returns the paths."""
+    from .charts import benchmark_bars
     from .files import write_json, write_table, write_text
 
     out = Path(out)
     files = [write_table(out / "results.csv", table), write_table(out / "comparison.csv", comparison),
              write_json(out / "run.json", meta)]
-    summary = summary_table(table)
+    summaries = summary_tables(table)
     skipped = table[table["metric"] == "skipped"][["dataset", "model", "task", "note"]]
     side = comparison[comparison["comparable"] != "not run here"]
     not_run = comparison[comparison["comparable"] == "not run here"].drop_duplicates(
@@ -774,8 +769,12 @@ def write_report(table: pd.DataFrame, comparison: pd.DataFrame, out: str | Path,
     if rnd:
         lines += ["**Random weights.** Rows marked `random_weights` come from architectures with seeded random "
                   "weights: they exercise the code path and say nothing about the model.", ""]
-    lines += ["## Results here", "", _markdown(summary), "",
-              "## The papers beside ours", "",
+    lines += ["## Results here", ""]
+    for task, df in summaries.items():
+        lines += [f"### {task}", "", _markdown(df), ""]
+    lines += ["## The papers beside ours", "",
+              _markdown(paper_side_by_side(comparison)), "",
+              "### Each paper number beside each run here", "",
               "Each paper number beside the runs here of the same task and metric. `comparable` is `yes` only "
               "for the paper's own model (real weights) on the paper's own dataset; otherwise `why` says what "
               "differs.", "",
@@ -793,10 +792,14 @@ def write_report(table: pd.DataFrame, comparison: pd.DataFrame, out: str | Path,
             f"{', '.join(meta['models'])}. Tasks: {', '.join(meta['tasks'])}. Seed {meta['seed']}.</p>"]
     if rnd:
         html.append("<p><b>Random weights</b>: rows marked random_weights say nothing about the model.</p>")
-    for i, fig in enumerate(_figures(table, comparison)):
+    for i, fig in enumerate(benchmark_bars(table, comparison)):
         html.append(fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False))
-    html += ["<h2>Results here</h2>", summary.to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""),
-             "<h2>The papers beside ours</h2>",
+    html.append("<h2>Results here</h2>")
+    for task, df in summaries.items():
+        html += [f"<h3>{task}</h3>", df.to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep="")]
+    html += ["<h2>The papers beside ours</h2>",
+             paper_side_by_side(comparison).to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""),
+             "<h3>Each paper number beside each run here</h3>",
              side.to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""),
              "<h3>Paper numbers with no run here</h3>", not_run.to_html(index=False, na_rep=""),
              "<h2>Skipped</h2>", skipped.to_html(index=False), "</body></html>"]

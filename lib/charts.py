@@ -296,3 +296,37 @@ def linked_map(df: pd.DataFrame, color: str | None, *, selected=None, highlight:
                       yaxis={"showticklabels": False, "title": None}, legend={"orientation": "h", "y": -0.05},
                       margin={"t": 40 if title else 10, "b": 10})
     return fig
+
+
+def benchmark_bars(table: pd.DataFrame, comparison: pd.DataFrame) -> list:
+    """One bar chart per task of a benchmark long table (:mod:`lib.benchmark`): the headline
+    metric of every (dataset, model), the papers' values (``comparison``) as dotted lines."""
+    import plotly.graph_objects as go
+
+    figs = []
+    ok = table[table["metric"] != "skipped"]
+    headline = {"zeroshot": "f1_macro_zero", "probe": "f1_macro_zero", "retrieval": "mean_R", "detector": "double_f1",
+                "eb": "double_f1", "segmentation": "mean_iou", "grid": "f1_macro_zero", "finetune": "f1_macro_zero"}
+    for task, metric in headline.items():
+        t = ok[(ok["task"] == task) & (ok["metric"] == metric)]
+        if task in ("detector", "finetune"):
+            t = t[t["variant"] == "thesis"]
+        elif task == "eb":
+            t = t[t["variant"] != ""]
+        if t.empty:
+            continue
+        label = t["model"] + np.where(t["random_weights"], " (random weights)", "") + \
+            np.where(t["variant"] != "", " · " + t["variant"], "")
+        fig = go.Figure()
+        for ds in sorted(t["dataset"].unique()):
+            sel = t["dataset"] == ds
+            fig.add_trace(go.Bar(x=label[sel], y=t.loc[sel, "value"], name=f"here: {ds}"))
+        paper = comparison[(comparison["task"] == task) & (comparison["metric"] == metric)]
+        for _, p in paper.drop_duplicates(["paper", "paper_model"]).iterrows():
+            fig.add_hline(y=float(p["paper_value"]), line_dash="dot",
+                          annotation_text=f"{p['paper']}: {p['paper_model']} {p['paper_value']:.3f}",
+                          annotation_position="top left")
+        fig.update_layout(title=f"{task}: {metric} (dotted: the papers' numbers, on their data)", barmode="group",
+                          yaxis={"range": [0, 1.05]}, height=420)
+        figs.append(fig)
+    return figs

@@ -1270,12 +1270,17 @@ def cmd_benchmark(a) -> int:
                         random_weights=a.random_weights, seed=a.seed, test_frac=a.test_frac, classes=a.classes,
                         paper_datasets=paper_ds, grid_seeds=a.grid_seeds, grid_k=a.grid_k, grid_cap=a.grid_cap,
                         finetune_epochs=a.finetune_epochs, progress=True)
+    from .benchmark import paper_side_by_side, summary_tables
+
     skipped = res.table[res.table["metric"] == "skipped"]
     print(f"{len(res.table) - len(skipped)} results, {len(skipped)} skipped")
     if len(skipped):
         _print_table(skipped[["dataset", "model", "task", "note"]], 100)
-    print()
-    _print_table(res.comparison.round(4), 100)
+    for task, df in summary_tables(res.table).items():
+        print(f"\n{task}")
+        _print_table(df.round(4), 100)
+    print("\nthe papers' numbers beside ours (comparable only for the paper's model on its own data)")
+    _print_table(paper_side_by_side(res.comparison).drop(columns=["variant"]).round(4), 100)
     for path in res.files:
         print(f"-> {path}")
     return 0
