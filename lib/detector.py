@@ -97,6 +97,18 @@ CALIBRATIONS = ("sigmoid", "isotonic")
 #: Operating points chosen on validation, in display order.
 RULES = ("max_f1", "R90", "R95", "thesis")
 RULE_NAMES = {"max_f1": "max-F1", "R90": "90% recall", "R95": "95% recall", "thesis": "lower of max-F1 and R90"}
+
+
+def screening_text(meta: dict) -> str:
+    """How a detector's screening threshold was chosen, in words (from its ``meta``)."""
+    scr = meta["screening"]
+    rule = RULE_NAMES.get(scr["rule"], scr["rule"])
+    if not scr.get("worst_group"):
+        return f"{rule} on the validation split: p ≥ {scr['threshold']:.3f} flags"
+    text = (f"the worst group's {rule}: the lowest of the whole validation split's {rule} threshold "
+            f"({scr['overall_threshold']:.3f}) and that of every group with at least "
+            f"{scr.get('min_group_positives', MIN_GROUP_POSITIVES)} sensitive validation images")
+    return text + (f"; set by group {scr['set_by']}" if scr.get("set_by") else "; set by the whole split")
 #: The rule whose threshold clears images: recall first.
 SCREENING_RULE = "R95"
 #: The recall each recall rule promises; the screening threshold of these rules is the worst group's.

@@ -86,8 +86,7 @@ with ui.guard():
     m[0].metric("AUC", f"{v['auc']:.3f}")
     m[1].metric("AP", f"{v['ap']:.3f}")
     m[2].metric("Double F1 at screening", f"{v['double_f1']:.3f}" if v.get("double_f1") is not None else "–")
-    m[3].metric("Screening threshold", f"{det.threshold:.3f}", help=f"rule {meta['screening']['rule']}: "
-                f"{det_mod.RULE_NAMES[meta['screening']['rule']]} on validation")
+    m[3].metric("Screening threshold", f"{det.threshold:.3f}", help=det_mod.screening_text(meta))
     m[4].metric("Unfamiliar beyond", f"{det.cut:.3f}", help="cosine distance to the nearest training image "
                 f"({meta['familiarity']['percentile']:g}th percentile of the training leave-one-out distances)")
     left, right = st.columns([3, 2])

@@ -322,6 +322,8 @@ def test_screening_threshold_reaches_95_percent_recall_in_every_group(fuseg_azh,
     assert d.meta["screening"]["overall_threshold"] == overall
     assert (p[y & (g == "det-azh/azh")] >= overall).mean() < 0.95
     assert d.threshold < overall and d.meta["screening"]["set_by"] == "det-azh/azh"
+    words = D.screening_text(d.meta)  # what the Screen page's help says
+    assert "worst group's 95% recall" in words and f"({overall:.3f})" in words and words.endswith("det-azh/azh")
     # the threshold is the least of the overall R95 and each counted group's own (highest reaching 95%)
     own = {k: max(c for c in np.unique(p[y & (g == k)]) if (p[y & (g == k)] >= c).mean() >= 0.95) for k in counted}
     assert d.threshold == min(overall, *own.values())
@@ -345,6 +347,7 @@ def test_screening_threshold_reaches_95_percent_recall_in_every_group(fuseg_azh,
     # a rule that promises no recall is not lowered by any group
     f1, _ = D.train(fuseg_azh, "color", "fuseg-azh-f1", screening="max_f1")
     assert f1.threshold == f1.meta["thresholds"]["max_f1"]["threshold"] and f1.meta["screening"]["set_by"] is None
+    assert D.screening_text(f1.meta) == f"max-F1 on the validation split: p ≥ {f1.threshold:.3f} flags"
     # one group (or none given) draws the split the ungrouped one does
     yy = lab["sensitive"].to_numpy()
     for a, b in zip(D.stratified_split(yy, 0.2, 0, np.full(len(yy), "one")), D.stratified_split(yy, 0.2, 0),
