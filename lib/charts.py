@@ -330,3 +330,41 @@ def benchmark_bars(table: pd.DataFrame, comparison: pd.DataFrame) -> list:
                           yaxis={"range": [0, 1.05]}, height=420)
         figs.append(fig)
     return figs
+
+
+def hover_map_html(fig, previews: dict[str, tuple[str, str]], plotly_src: str, *, height: int = 540) -> str:
+    """A self-contained page drawing ``fig`` (a map whose points carry the image id in
+    ``customdata[0]``) with plotly.js from ``plotly_src``, showing ``previews[id]`` =
+    (image URL, caption) beside the cursor while it hovers a point. The caller chooses the
+    images (the safe view's renderings); a point without a preview shows its hover text only."""
+    import json
+
+    import plotly.io as pio
+
+    figure = pio.to_json(fig, validate=False)
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<style>body{{margin:0;font-family:sans-serif}}#tip{{position:fixed;display:none;pointer-events:none;z-index:10;
+background:#fff;border:1px solid #bbb;border-radius:4px;padding:4px;box-shadow:0 2px 6px rgba(0,0,0,.25);
+max-width:180px;font-size:11px}}#tip img{{display:block;max-width:170px;max-height:170px}}</style>
+<script src="{plotly_src}"></script></head><body>
+<div id="map" style="height:{int(height)}px"></div>
+<div id="tip"><img id="tip-img" alt=""><div id="tip-cap"></div></div>
+<script>
+const fig = {figure};
+const previews = {json.dumps(previews)};
+const tip = document.getElementById('tip'), img = document.getElementById('tip-img'),
+      cap = document.getElementById('tip-cap');
+fig.layout.height = {int(height)};
+Plotly.newPlot('map', fig.data, fig.layout, {{displaylogo: false, responsive: true}}).then(gd => {{
+  gd.on('plotly_hover', e => {{
+    const p = e.points[0], c = p.customdata, id = String(Array.isArray(c) ? c[0] : c), v = previews[id];
+    if (!v) {{ tip.style.display = 'none'; return; }}
+    img.src = v[0]; img.alt = 'image ' + id.slice(0, 16); cap.textContent = v[1];
+    const ev = e.event, w = window.innerWidth;
+    tip.style.left = Math.min(ev.clientX + 14, w - 190) + 'px';
+    tip.style.top = Math.max(ev.clientY - 90, 0) + 'px';
+    tip.style.display = 'block';
+  }});
+  gd.on('plotly_unhover', () => {{ tip.style.display = 'none'; }});
+}});
+</script></body></html>"""

@@ -27,12 +27,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from . import catalog, config, gallery, safety, sensitivity, thumbs
+from . import catalog, charts, config, gallery, safety, sensitivity, thumbs
 from . import dataset as ds_mod
 from .catalog import ModelChoice
 from .errors import ImageError, UnsafePath, WeightsMissing, WorkbenchError
@@ -790,6 +791,62 @@ def image_bytes(ctx: Ctx, row, *, side: int = THUMB_SIDE) -> tuple[bytes, str]:
     grey = bool(ctx.grey_revealed and level and censored and mode in ("raw", "regions"))
     strength = ctx.blur_strength if mode == "blur" else None
     return thumbs.thumbnail_bytes(ctx.ds, rec, side, mode, strength=strength, grey=grey), mode
+
+
+#: Hover thumbnails on the map for at most this many points (each is a small JPEG in the page).
+HOVER_MAX = 600
+HOVER_SIDE = 128
+
+
+def hover_preview_ids(ids: Sequence[str], *, first: Sequence[str] = (), limit: int = HOVER_MAX,
+                      seed: int = 0) -> list[str]:
+    """The ids (at most ``limit``) whose map points get a hover thumbnail: all when they fit,
+    else ``first`` (the open image, a selection), then a seeded sample of the rest."""
+    ids = list(dict.fromkeys(map(str, ids)))
+    if len(ids) <= limit:
+        return ids
+    known = set(ids)
+    head = [i for i in dict.fromkeys(map(str, first)) if i in known][:limit]
+    rest = np.array([i for i in ids if i not in set(head)], dtype=object)
+    pick = np.random.default_rng(seed).choice(len(rest), size=limit - len(head), replace=False)
+    return head + rest[np.sort(pick)].tolist()
+
+
+def hover_previews(ctx: Ctx, ids: Sequence[str], *, side: int = HOVER_SIDE) -> dict[str, tuple[str, str]]:
+    """{id: (data URI of the image as the safe view serves it, its reason)} for map hover."""
+    images = ctx.ds.images
+    out = {}
+    for cid, row in zip(ids, gallery.rows_of_ids(images, ids), strict=True):
+        try:
+            data, _ = image_bytes(ctx, row, side=side)
+        except (ImageError, UnsafePath, OSError):
+            continue  # an unreadable file: its point shows the hover text only
+        censored, reason = ctx.censored_of(cid)
+        out[cid] = (thumbs.data_uri(data), ("censored: " if censored else "shown: ") + reason)
+    return out
+
+
+def plotly_js_url() -> str:
+    """The URL of plotly.js as this app serves it (Streamlit's static serving of ``static/``
+    beside app.py), copied there from the plotly package on first use: offline, no CDN."""
+    import plotly
+
+    from .files import write_bytes
+
+    target = config.REPO / "static" / "plotly.min.js"
+    source = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    if not target.is_file() or target.stat().st_size != source.stat().st_size:
+        write_bytes(target, source.read_bytes(), durable=False)
+    return "/app/static/plotly.min.js"
+
+
+def hover_map(ctx: Ctx, fig, ids: Sequence[str], *, height: int = 540) -> None:
+    """Draw a map figure with safe-view thumbnails of ``ids`` on hover (an HTML component:
+    hover only; clicks and lassos need the plain map)."""
+    import streamlit.components.v1 as components
+
+    components.html(charts.hover_map_html(fig, hover_previews(ctx, ids), plotly_js_url(), height=height),
+                    height=height + 10)
 
 
 def reason_line(censored: bool, reason: str) -> str:

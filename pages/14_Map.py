@@ -32,8 +32,18 @@ with ui.guard():
     fig = charts.linked_map(pts, colour, selected=sel["ids"] if sel else None, highlight=current,
                             title=f"{ctx.model.label} · {method.upper()} · {len(pts)} images",
                             hover=("label", "EB", "file"))
-    st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"), key="mp-map",
-                    width="stretch")
+    hover = st.toggle("Thumbnails on hover", key="mp-hover",
+                      help="Each point shows its image beside the cursor, through the safe view "
+                           f"(at most {ui.HOVER_MAX} points: all of a small dataset, else the open image, "
+                           "the selection and a sample). Clicks and the lasso need it off.")
+    if hover:
+        ids = ui.hover_preview_ids(pts["id"], first=[current, *(sel["ids"] if sel else [])])
+        ui.hover_map(ctx, fig, ids)
+        st.caption(f"Thumbnails for {len(ids)} of {len(pts)} points"
+                   + ("." if len(ids) == len(pts) else " (the open image, the selection, then a seeded sample)."))
+    else:
+        st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"), key="mp-map",
+                        width="stretch")
     if len(chosen) > 1:
         ui.selection_bar(ctx, chosen, "Map", f"**{len(chosen)} image(s) selected** with the lasso: label them in "
                                              "bulk or review them from the Gallery.")
@@ -49,5 +59,7 @@ with ui.guard():
         with b:
             st.markdown(f"`{images['path'].iat[row]}` · label **{images['label'].iat[row]}**")
             ui.nav_link("image", "Open its detail view", ctx, icon=":material/info:", id=current)
+    elif hover:
+        st.caption("Switch the thumbnails off to click a point open or draw a lasso.")
     else:
         st.caption("Click a point to see its image here (through the safe view); draw a lasso to select several.")

@@ -20,7 +20,16 @@ from test_app_browser import (  # noqa: F401  (browser, chromium, page are fixtu
     settle,
     shot,
 )
-from test_exposure_browser import _truth, assert_no_exception, check_images, point_xy, visit, wait_images
+from test_exposure_browser import (
+    _truth,
+    assert_no_exception,
+    band_energy,
+    check_images,
+    expected,
+    point_xy,
+    visit,
+    wait_images,
+)
 
 from lib import dataset
 from lib.annotations import AnnotationStore, scope
@@ -203,6 +212,43 @@ def test_click_a_map_point_to_open_its_image(page, server, cur):  # noqa: F811
     page.get_by_role("link", name="Open its detail view").click()
     page.get_by_role("heading", name="Image").first.wait_for()
     shot(page, "curator-map")
+
+
+def test_map_thumbnails_on_hover_go_through_the_safe_view(page, server, cur):  # noqa: F811
+    """Hover every point of the map with thumbnails on: each shows its image beside the cursor,
+    byte-identical to the safe view's rendering (blurred when censored, raw when cleared)."""
+    import base64
+
+    visit(page, server.base, "Map", "Map", **CUR)
+    page.get_by_text("Thumbnails on hover").click()
+    settle(page)
+    page.get_by_text(f"Thumbnails for {len(cur)} of {len(cur)} points").wait_for()
+    frame = page.frame_locator('iframe[title="st.iframe"]').first
+    frame.locator(".js-plotly-plot .scatterlayer .point").first.wait_for()
+    points = frame.locator(".js-plotly-plot .scatterlayer .point")
+    tip = frame.locator("#tip")
+    seen = {"blur": 0, "raw": 0}
+    for i in range(points.count()):
+        points.nth(i).hover(force=True)
+        try:
+            tip.wait_for(state="visible", timeout=3000)
+        except Exception:
+            continue  # a point under another one: plotly hovers the upper one
+        img = frame.locator("#tip-img")
+        key = img.get_attribute("alt").removeprefix("image ")
+        rec = cur[key]
+        data = base64.b64decode(img.get_attribute("src").split(",", 1)[1])
+        mode = "blur" if rec["censored"] else "raw"
+        assert data == expected(rec, rec["censored"], 128, mode), (key, rec["path"], mode)
+        if mode == "blur":
+            assert band_energy(data) < 0.1 * band_energy(expected(rec, False, 128)) + 0.5
+        caption = frame.locator("#tip-cap").inner_text()
+        assert caption.startswith("censored: " if rec["censored"] else "shown: "), caption
+        seen[mode] += 1
+    assert seen["blur"] >= 5 and seen["raw"] >= 5, seen  # both sides of the safe view, seen by hovering
+    shot(page, "curator-map-hover")
+    page.get_by_text("Thumbnails on hover").click()  # back to the clickable map for the next tests
+    settle(page)
 
 
 def test_export_from_the_page_reads_back(page, server, cur):  # noqa: F811
