@@ -343,3 +343,22 @@ def test_ingest_and_embed_report_progress(home, corpus_dir, tmp_path):
     calls.clear()
     embed("prog", "color", progress_callback=lambda d, t: calls.append((d, t)))
     assert calls == []  # nothing missing: nothing to report
+
+
+def test_hover_preview_ids_keep_the_open_image_and_the_selection_first():
+    from lib import ui
+
+    ids = [f"id{i:04d}" for i in range(1000)]
+    assert ui.hover_preview_ids(ids[:10]) == ids[:10]  # a small map: every point
+    got = ui.hover_preview_ids(ids, first=["id0999", "nope", "id0500"], limit=50)
+    assert len(got) == 50 == len(set(got)) and got[:2] == ["id0999", "id0500"]
+    assert set(got) <= set(ids)
+    assert got == ui.hover_preview_ids(ids, first=["id0999", "id0500"], limit=50)  # seeded: the same sample
+
+
+def test_hover_map_html_carries_the_figure_and_the_previews():
+    fig = charts.linked_map(pd.DataFrame({"x": [0.0, 1.0], "y": [0.0, 1.0], "id": ["a", "b"], "label": ["s", "t"]}),
+                            "label")
+    html = charts.hover_map_html(fig, {"a": ("data:image/jpeg;base64,AAAA", "censored: label s")}, "/app/static/p.js")
+    assert '<script src="/app/static/p.js">' in html and '"censored: label s"' in html
+    assert "plotly_hover" in html and '"customdata"' in html
