@@ -953,6 +953,8 @@ def _detector_train_args(p) -> None:
                    help="also the annotation store's reviews (Ok safe, Blur sensitive; Maybe left out)")
     p.add_argument("--no-dataset-labels", action="store_true", help="leave the datasets' own labels out")
     p.add_argument("--val-frac", type=float, default=VAL_FRAC, help="validation share, stratified (default 0.2)")
+    p.add_argument("--keep-near-duplicates", action="store_true",
+                   help="keep training images that are near-duplicates of a validation image (left out by default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split and the calibration folds")
     p.add_argument("--C", type=float, default=1.0, help="inverse L2 regularisation strength")
     p.add_argument("--calibration", default="sigmoid", choices=["sigmoid", "isotonic"])
@@ -994,7 +996,8 @@ def cmd_train(a) -> int:
     det, labels = detector.train(
         a.names, a.model, a.detector, random_weights=a.random_weights, labels_file=a.labels,
         from_annotations=a.from_annotations, dataset_labels=not a.no_dataset_labels, val_frac=a.val_frac,
-        seed=a.seed, C=a.C, calibration=a.calibration, screening=a.screening)
+        seed=a.seed, C=a.C, calibration=a.calibration, screening=a.screening,
+        near_duplicates=not a.keep_near_duplicates)
     print(f"detector {a.detector!r}: {a.model} on {', '.join(a.names)}")
     print("\nlabels per source (each distinct image once; file > reviews > dataset labels):")
     _print_table(labels.counts)
@@ -1003,6 +1006,9 @@ def cmd_train(a) -> int:
     s, v = det.meta["split"], det.meta["validation"]
     print(f"\nsplit: {s['n_train']} training, {s['n_val']} validation images (seed {s['seed']}); "
           f"calibration {det.meta['classifier']['calibration']}")
+    if s.get("near_duplicates_dropped") is not None:
+        print(f"{s['near_duplicates_dropped']} near-duplicate(s) of validation images (perceptual hash) left out of "
+              "training (--keep-near-duplicates keeps them)")
     rows = [("AUC", v["auc"]), ("AP", v["ap"]), ("Double F1 at screening", v["double_f1"]),
             ("recall at screening", v["recall"]), ("specificity at screening", v["specificity"]),
             ("unfamiliar share", v["unfamiliar_rate"])]

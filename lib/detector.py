@@ -892,6 +892,7 @@ def _jsonable(v):
 def fit_detector(X: np.ndarray, y: np.ndarray, ids: Sequence[str], *, groups: Sequence[str] | None = None,
                  val_frac: float = VAL_FRAC, seed: int = 0, C: float = 1.0, calibration: str = "sigmoid",
                  screening: str = SCREENING_RULE, min_group_positives: int = MIN_GROUP_POSITIVES,
+                 exclude: Callable[[list[str], list[str]], set[str]] | None = None,
                  progress: Progress = None) -> Detector:
     """Fit a detector on vectors X (n, dim) (unit norm), labels y (n,) bool (True: sensitive)
     and their content ids (n,), each once. Nothing is written; :func:`save` does that.
@@ -899,6 +900,10 @@ def fit_detector(X: np.ndarray, y: np.ndarray, ids: Sequence[str], *, groups: Se
     ``groups`` (n,): each image's group (:func:`image_groups`; None: one group,
     :data:`ONE_GROUP`). The validation split is stratified by (group, class) and the
     screening threshold is the worst group's (:func:`screening_threshold`).
+
+    ``exclude(validation ids, training ids)`` returns training ids to leave out (:func:`train`
+    passes the near-duplicates of validation images): a rotated or recompressed copy on both
+    sides would make the validation recall, and so the screening threshold, optimistic.
 
     Raises :class:`LabelError` with fewer than 2 images of a class.
     """
@@ -926,6 +931,14 @@ def fit_detector(X: np.ndarray, y: np.ndarray, ids: Sequence[str], *, groups: Se
     check_counts(int(y.sum()), int((~y).sum()))
     step = (lambda k: progress(k, 5)) if progress else (lambda k: None)
     tr, va = stratified_split(y, val_frac, seed, groups if grouped else None)
+    dropped = 0
+    if exclude is not None:
+        gone = exclude([ids[i] for i in va], [ids[i] for i in tr])
+        keep = np.array([ids[i] not in gone for i in tr], dtype=bool)
+        dropped = int((~keep).sum())
+        tr = tr[keep]
+        check_counts(int(y[tr].sum()), int((~y[tr]).sum()), " in training once near-duplicates of validation "
+                     "images are left out (keep them with --keep-near-duplicates)")
     step(1)
 
     folds = min(CALIBRATION_FOLDS, int(y[tr].sum()), int((~y[tr]).sum()))
@@ -985,7 +998,8 @@ def fit_detector(X: np.ndarray, y: np.ndarray, ids: Sequence[str], *, groups: Se
     meta.update({
         "split": {"val_frac": float(val_frac), "seed": int(seed), "n_train": len(tr), "n_val": len(va),
                   "train_sensitive": int(y[tr].sum()), "val_sensitive": int(y_val.sum()),
-                  "stratified_by": "group and class" if grouped and n_groups > 1 else "class", "groups": n_groups},
+                  "stratified_by": "group and class" if grouped and n_groups > 1 else "class", "groups": n_groups,
+                  "near_duplicates_dropped": dropped if exclude is not None else None},
         "thresholds": {r: {k: _jsonable(v) for k, v in t.items()} for r, t in thresholds.items()},
         "screening": {"rule": screening, "threshold": float(chosen), "overall_threshold": overall,
                       "worst_group": screening in RECALL_RULES, "set_by": set_by,
@@ -1345,10 +1359,14 @@ def train(names: Sequence[str], spec: str, det_name: str, *, random_weights: boo
           labels_file: str | Path | pd.DataFrame | None = None, from_annotations: bool = False,
           dataset_labels: bool = True, val_frac: float = VAL_FRAC, seed: int = 0, C: float = 1.0,
           calibration: str = "sigmoid", screening: str = SCREENING_RULE,
-          min_group_positives: int = MIN_GROUP_POSITIVES, store=None, backend=None,
+          min_group_positives: int = MIN_GROUP_POSITIVES, near_duplicates: bool = True, store=None, backend=None,
           progress: Progress = None) -> tuple[Detector, Labels]:
     """Gather the labels of datasets ``names``, fit on their cached ``spec`` embeddings,
     save as ``det_name``; returns the detector and the labels used.
+
+    With ``near_duplicates`` (the default) training leaves out the images that are
+    near-duplicates (perceptual hash, :func:`lib.quality.near_duplicates_of`) of a
+    validation image of the same dataset; ``meta["split"]["near_duplicates_dropped"]`` counts them.
 
     Each image's group (for the split and the worst-group screening threshold) is its
     dataset, refined by the dataset's ``source`` column when it has one (``Labels.table["group"]``).
@@ -1381,7 +1399,7 @@ def train(names: Sequence[str], spec: str, det_name: str, *, random_weights: boo
     sub = (lambda k, n: progress(k, n + 1)) if progress else None
     det = fit_detector(X, y, ids, groups=labels.table["group"].astype(str).tolist(), val_frac=val_frac, seed=seed,
                        C=C, calibration=calibration, screening=screening, min_group_positives=min_group_positives,
-                       progress=sub)
+                       exclude=_near_duplicate_rule(labels.table) if near_duplicates else None, progress=sub)
     d = config.ensure(detector_dir(det_name))
     label_file = None
     if labels.file_rows is not None:
@@ -1407,7 +1425,7 @@ def train(names: Sequence[str], spec: str, det_name: str, *, random_weights: boo
         "recipe": {"datasets": names, "dataset_labels": bool(dataset_labels), "labels_file": label_file,
                    "from_annotations": bool(from_annotations), "val_frac": float(val_frac), "seed": int(seed),
                    "C": float(C), "calibration": calibration, "screening": screening,
-                   "min_group_positives": int(min_group_positives)},
+                   "min_group_positives": int(min_group_positives), "near_duplicates": bool(near_duplicates)},
         "history": previous + [{"at": _now(), "labels": len(ids), "sensitive": labels.n_sensitive,
                                 "safe": labels.n_safe, "auc": v["auc"], "ap": v["ap"], "recall": v["recall"],
                                 "specificity": v["specificity"], "threshold": det.threshold}],
@@ -1416,6 +1434,25 @@ def train(names: Sequence[str], spec: str, det_name: str, *, random_weights: boo
     if progress:
         progress(6, 6)
     return det, labels
+
+
+def _near_duplicate_rule(table: pd.DataFrame) -> Callable[[list[str], list[str]], set[str]]:
+    """``exclude`` for :func:`fit_detector`: per dataset of the label table (``id``,
+    ``dataset``), the training ids that are near-duplicates of a validation id."""
+    from .quality import near_duplicates_of
+
+    dataset_of = dict(zip(table["id"].astype(str), table["dataset"].astype(str), strict=True))
+
+    def exclude(val_ids: list[str], train_ids: list[str]) -> set[str]:
+        out: set[str] = set()
+        for name in dict.fromkeys(dataset_of.values()):
+            v = [i for i in val_ids if dataset_of[i] == name]
+            t = [i for i in train_ids if dataset_of[i] == name]
+            if v and t:
+                out |= near_duplicates_of(name, v, t)
+        return out
+
+    return exclude
 
 
 def retrain(det_name: str, *, add_datasets: Iterable[str] = (), from_annotations: bool = True, store=None,
@@ -1433,8 +1470,8 @@ def retrain(det_name: str, *, add_datasets: Iterable[str] = (), from_annotations
                  dataset_labels=bool(r.get("dataset_labels", True)), val_frac=float(r.get("val_frac", VAL_FRAC)),
                  seed=int(r.get("seed", 0)), C=float(r.get("C", 1.0)), calibration=r.get("calibration", "sigmoid"),
                  screening=r.get("screening", SCREENING_RULE),
-                 min_group_positives=int(r.get("min_group_positives", MIN_GROUP_POSITIVES)), store=store,
-                 backend=backend, progress=progress)
+                 min_group_positives=int(r.get("min_group_positives", MIN_GROUP_POSITIVES)),
+                 near_duplicates=bool(r.get("near_duplicates", True)), store=store, backend=backend, progress=progress)
 
 
 def predict(name: str, det: Detector | str, *, tta: bool | None = None, backend=None, progress: Progress = None,

@@ -753,3 +753,33 @@ def test_screen_and_annotate_pages(det, cut, screened):
     d = D.load("page-det")
     assert len(D.learning_curve(d)) == before + 1 and "det-screen" in d.meta["recipe"]["datasets"]
     assert queue["id"].iat[0] in d.labelled_ids()  # the label just given is learnt from
+
+
+def test_training_leaves_out_near_duplicates_of_validation_images(corpus_color, corpus_dir, tmp_path, capsys):
+    """The Medetec ulcers come as X, X_1, X_2, X_3 (rotations, flips): by default no training
+    image is a perceptual-hash near-duplicate of a validation image (issue 13), and the
+    output says how many were left out; --keep-near-duplicates keeps them."""
+    from lib.cli import main
+    from lib.embeddings import embed
+    from lib.quality import near_duplicates_of
+
+    m = pd.read_csv(corpus_dir / "manifest.csv")
+    m[m["source"].isin(["medetec", "bccd"])].to_csv(tmp_path / "mb.csv", index=False)
+    dataset.ingest(tmp_path / "mb.csv", "det-nd", root=corpus_dir)
+    embed("det-nd", "color", workers=0)
+    assert main(["train", "det-nd", "--model", "color", "--detector", "nd"]) == 0
+    out = capsys.readouterr().out
+    d = D.load("nd")
+    dropped = d.meta["split"]["near_duplicates_dropped"]
+    assert dropped > 0 and f"{dropped} near-duplicate(s) of validation images" in out
+    train = [i.decode() for i in d.arrays["train_ids"]]
+    val = [i.decode() for i in d.arrays["val_ids"]]
+    assert not near_duplicates_of("det-nd", val, train)  # nothing of validation is in training, rotated or not
+    assert d.meta["recipe"]["near_duplicates"] is True
+
+    assert main(["train", "det-nd", "--model", "color", "--detector", "nd-keep", "--keep-near-duplicates"]) == 0
+    keep = D.load("nd-keep")
+    assert keep.meta["split"]["near_duplicates_dropped"] is None
+    assert keep.meta["split"]["n_train"] == d.meta["split"]["n_train"] + dropped  # the same split, nothing left out
+    assert near_duplicates_of("det-nd", [i.decode() for i in keep.arrays["val_ids"]],
+                              [i.decode() for i in keep.arrays["train_ids"]])
