@@ -1245,7 +1245,7 @@ REVIEW_COLUMNS = ["id", "reason", "suggested", "added_at"]
 
 
 def review_list_path(name: str) -> Path:
-    from .catalog import results_dir
+    from .files import results_dir
 
     return results_dir(name) / "quality-review.csv"
 
