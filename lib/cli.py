@@ -1164,7 +1164,7 @@ def _quality_args(p):
 def cmd_quality(a) -> int:
     from pathlib import Path
 
-    from .catalog import results_dir
+    from .files import results_dir
     from .quality import check_hash_distance, check_threshold, run_quality
 
     check_threshold(a.threshold)  # bad input first, before anything is loaded

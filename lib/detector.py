@@ -199,7 +199,7 @@ def detector_dir(name: str) -> Path:
 def prediction_path(dataset: str, det: str) -> Path:
     """Where ``predict`` writes a dataset's screening: ``<home>/results/NAME/detect-DET.parquet``
     (the app lists it as the dataset's prediction table, :func:`lib.catalog.prediction_files`)."""
-    from .catalog import results_dir
+    from .files import results_dir
 
     return results_dir(dataset) / f"detect-{check_name(det)}.parquet"
 
