@@ -30,7 +30,7 @@ with ui.guard():
         ui.set_page_param("id", chosen[0])
     current = ui.page_param("id")
     fig = charts.linked_map(pts, colour, selected=sel["ids"] if sel else None, highlight=current,
-                            title=f"{ctx.model.label} · {method.upper()} · {len(pts)} images",
+                            title=f"{ctx.model.label} · {method.upper()} · {gallery.plural(len(pts), 'image')}",
                             hover=("label", "EB", "file"))
     hover = st.toggle("Thumbnails on hover", key="mp-hover",
                       help="Each point shows its image beside the cursor, through the safe view "

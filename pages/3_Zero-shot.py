@@ -79,7 +79,7 @@ with ui.guard():
         if ctx.require_text(used, "Zero-shot classification"):
             res = ui.zeroshot_run(ctx.name, used, last["classes"], last["templates"], last["label_col"])
             preds = res.predictions
-            st.success(f"{len(preds)} images classified by `{used.label}` into "
+            st.success(f"{gallery.plural(len(preds), 'image')} classified by `{used.label}` into "
                        f"{', '.join(res.classes.classes)} with {len(last['templates'])} template(s).")
             if res.path is not None:
                 st.caption(f"Predictions saved to `{res.path}`; pick it in the sidebar under *Predictions that flag "
@@ -91,9 +91,9 @@ with ui.guard():
                         "Name the classes like the dataset's labels, or start from a class set whose label map "
                         "covers them.")
             else:
-                st.subheader(f"Metrics on {res.n_scored} labelled images")
+                st.subheader(f"Metrics on {gallery.plural(res.n_scored, 'labelled image')}")
                 if res.n_unmapped:
-                    st.caption(f"{res.n_unmapped} images with labels outside these classes are left out.")
+                    st.caption(f"{gallery.plural(res.n_unmapped, 'image')} with labels outside these classes are left out.")
                 m = res.metrics_table()
                 st.dataframe(pd.DataFrame([dict(zip(m["metric"], m["value"].astype(float), strict=True))]),
                              hide_index=True, width="stretch")
