@@ -96,6 +96,10 @@ _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
 _TOKEN = re.compile(r"[a-z]+|[0-9]+")
 
 
+#: Words that turn the safe word after them into no evidence ("not normal" is not safe).
+NEGATIONS = frozenset({"not", "non", "no", "never", "without", "un", "ab"})
+
+
 def words(label) -> tuple[str, ...]:
     """The words of a label value: case- and separator-insensitive.
 
@@ -126,6 +130,9 @@ class Vocabulary:
         Every entry is looked for as a run of whole words; overlapping matches are
         resolved longest first (``non sensitive`` beats the ``sensitive`` inside it);
         any remaining sensitive match makes the label sensitive, else any safe one safe.
+        A safe word right after a negation (:data:`NEGATIONS`: ``not normal``, ``non ok``)
+        is no evidence of safety: fail-closed, the label stays unknown unless an entry
+        names the whole phrase (``not sensitive``).
         """
         toks = words(label)
         if not toks:
@@ -142,7 +149,8 @@ class Vocabulary:
         for n, i, cls in sorted(found, key=lambda t: (-t[0], t[1])):
             if not taken[i:i + n].any():
                 taken[i:i + n] = True
-                classes.add(cls)
+                if not (cls == SAFE and i > 0 and toks[i - 1] in NEGATIONS):
+                    classes.add(cls)
         return SENSITIVE if SENSITIVE in classes else SAFE if SAFE in classes else UNKNOWN
 
 

@@ -30,6 +30,8 @@ from lib.cli import main
     ("normal_skin", "safe"),
     ("normal wound", "sensitive"),  # a sensitive and a safe word: sensitive
     ("abnormal", "unknown"),  # whole words only
+    ("not normal", "unknown"), ("Non-Normal", "unknown"), ("no_ok", "unknown"),  # a negated safe word clears nothing
+    ("not_sensitive", "safe"),  # ... unless the whole phrase is an entry
     ("woundcare", "unknown"), ("background", "unknown"), ("chest_xray", "unknown"), ("venous", "unknown"),
     ("", "unknown"), (None, "unknown"), (float("nan"), "unknown"),
 ])
