@@ -14,7 +14,7 @@ code knows (the expected decision below is written out per dataset, not read fro
 vocabulary):
 
 * ``expo-wild``: a folder of wounds and photos in category subfolders (``venous/``,
-  ``diabetic-foot/``, ``pressure-sores/``, ``healthy-skin/``, ``background/``), 30 images
+  ``dfu-clinic/``, ``stage-iii/``, ``healthy-skin/``, ``background/``), 30 images
   (two Gallery pages), the two photo folders made safe with ``--safe-labels``;
 * ``expo-one``: a single wound image;
 * ``expo-bare``: an unlabelled folder, two of its photos reviewed Ok;
@@ -122,8 +122,8 @@ def expo(corpus_dir, tiny_model, tmp_path_factory):
     out = {}
 
     # a folder in category subfolders whose names the vocabulary does not know
-    folders = {"venous": m[m.subclass == "venous_wound"], "diabetic-foot": m[m.subclass == "diabetic_wound"],
-               "pressure-sores": m[m.subclass == "pressure_wound"], "healthy-skin": m[m.subclass == "normal_skin"],
+    folders = {"venous": m[m.subclass == "venous_wound"], "dfu-clinic": m[m.subclass == "diabetic_wound"],
+               "stage-iii": m[m.subclass == "pressure_wound"], "healthy-skin": m[m.subclass == "normal_skin"],
                "background": m[m.subclass == "background"]}
     for folder, rows in folders.items():
         _copy(corpus_dir, rows.iloc[:6], work / "wild", lambda r, f=folder: f)
