@@ -36,7 +36,7 @@ from PIL import Image
 from . import config
 from .errors import ImageError
 from .files import write_json, write_npy, write_table
-from .images import MAX_PIXELS, content_id, is_dicom, open_image, plain_png_pixels, to_rgb
+from .images import content_id, open_reduced
 
 log = logging.getLogger(__name__)
 
@@ -323,21 +323,7 @@ def load_for_scoring(path: str, params: ColorParams) -> Image.Image:
     resampling noise. Files PIL cannot open directly (DICOM, damaged, too large) go through
     ``open_image``, which decodes them or raises :class:`ImageError` with the reason.
     """
-    if is_dicom(path) or not os.path.isfile(path):  # DICOM: never guess; pipes, folders: the reason
-        return open_image(path)
-    try:
-        with Image.open(path) as im:
-            if im.width * im.height <= MAX_PIXELS:
-                fast = plain_png_pixels(im)
-                if fast is not None:
-                    return fast
-                if im.format == "JPEG":
-                    im.draft(None, (params.max_side, params.max_side))
-                im.load()
-                return to_rgb(im)
-    except Exception:  # open_image below gives the user-facing reason
-        pass
-    return open_image(path)
+    return open_reduced(path, params.max_side)[0]
 
 
 def _score_one(path: str, params: ColorParams) -> tuple[float, float, str | None]:

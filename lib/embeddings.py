@@ -238,6 +238,8 @@ class DatasetEmbeddings:
 
 
 _PREPROCESS: Callable | None = None
+#: The decode a forked worker inherits (``path -> (PIL image, extra)``), None: open_image.
+_DECODE: Callable | None = None
 #: (2, batch_size, *sample shape): two batches in flight, in memory shared with the forked
 #: decode workers, so pixels are not pickled through a pipe (1.5 ms of a 64-image batch's
 #: 100 ms of transfer per image, on the cores the model needs).
@@ -260,14 +262,28 @@ def _prepare_batch(batch: list[tuple[str, str]], slot: int | None = None, row0: 
     are written to rows ``row0 + k`` of ``_SLOTS[slot]`` instead and None is returned in
     their place (unless one does not fit the slot's shape).
     """
+    return _prepare_decoded(batch, slot, row0, preprocess=preprocess)[:3]
+
+
+def _prepare_decoded(batch: list[tuple[str, str]], slot: int | None = None, row0: int = 0, *,
+                     preprocess: Callable | None = None, decode: Callable | None = None
+                     ) -> tuple[list[str], np.ndarray | None, list[tuple[str, str]], list]:
+    """:func:`_prepare_batch` with a ``decode(path) -> (PIL image, extra)`` (default: the
+    worker's inherited one, else :func:`lib.images.open_image` with extra None); also
+    returns the extras of the ok ids, in their order."""
     from .images import open_image
 
     preprocess = preprocess or _PREPROCESS
+    decode = decode or _DECODE
     out = _SLOTS[slot] if slot is not None else None
-    ids, arrays, errors = [], [], []
+    ids, arrays, errors, extras = [], [], [], []
     for cid, path in batch:
         try:
-            a = preprocess(open_image(path))
+            if decode is None:
+                img, extra = open_image(path), None
+            else:
+                img, extra = decode(path)
+            a = preprocess(img)
         except ImageError as e:
             errors.append((path, str(e)))
             continue
@@ -281,27 +297,31 @@ def _prepare_batch(batch: list[tuple[str, str]], slot: int | None = None, row0: 
                 arrays, out = list(_SLOTS[slot][row0:row0 + len(ids)]), None
             arrays.append(a)
         ids.append(cid)
+        extras.append(extra)
     if out is not None:
-        return ids, None, errors
-    return ids, (np.stack(arrays) if arrays else None), errors
+        return ids, None, errors, extras
+    return ids, (np.stack(arrays) if arrays else None), errors, extras
 
 
-def _merge_parts(parts: list[tuple[list[str], np.ndarray | None, list]], slot: np.ndarray | None = None,
-                 row0s: Sequence[int] = ()) -> tuple[list[str], np.ndarray | None, list]:
+def _merge_parts(parts: list[tuple], slot: np.ndarray | None = None,
+                 row0s: Sequence[int] = ()) -> tuple[list[str], np.ndarray | None, list, list]:
     """One batch from its parts, in order; rows a part left in ``slot`` (from ``row0s``) are copied out."""
     ids: list[str] = []
     errors: list = []
+    extras: list = []
     arrays = []
-    for k, (part_ids, part_arrays, part_errors) in enumerate(parts):
+    for k, part in enumerate(parts):
+        part_ids, part_arrays, part_errors = part[:3]
         ids += part_ids
         errors += part_errors
+        extras += part[3] if len(part) > 3 else [None] * len(part_ids)
         if part_arrays is not None:
             arrays.append(part_arrays)
         elif slot is not None and part_ids:
             arrays.append(slot[row0s[k]:row0s[k] + len(part_ids)])
     if not arrays:
-        return ids, None, errors
-    return ids, (np.concatenate(arrays) if slot is not None or len(arrays) > 1 else arrays[0]), errors
+        return ids, None, errors, extras
+    return ids, (np.concatenate(arrays) if slot is not None or len(arrays) > 1 else arrays[0]), errors, extras
 
 
 def _sample_shape(preprocess: Callable) -> tuple[tuple[int, ...], np.dtype] | None:
@@ -325,11 +345,24 @@ def prefetch_batches(items: Sequence[tuple[str, str]], preprocess: Callable, bat
     bounded however many images there are; batches and their contents are the same for
     any ``workers``. Every yielded array is the caller's own (copied out of its slot).
     """
-    global _PREPROCESS, _SLOTS
+    for ids, arrays, errors, _ in prefetch_decoded(items, preprocess, batch_size, workers):
+        yield ids, arrays, errors
+
+
+def prefetch_decoded(items: Sequence[tuple[str, str]], preprocess: Callable, batch_size: int, workers: int,
+                     decode: Callable | None = None) -> Iterator[tuple[list[str], np.ndarray | None, list, list]]:
+    """:func:`prefetch_batches` with a custom decode: yields (ids, arrays (n, ...), errors, extras).
+
+    ``decode(path) -> (PIL image, extra)`` runs in the workers (fork-inherited, so a
+    closure will do); ``preprocess`` is applied to its image and ``extra`` (small,
+    picklable: the other signals of the image) comes back beside, one per ok id.
+    Without ``decode`` images come from :func:`lib.images.open_image` and extras are None.
+    """
+    global _PREPROCESS, _SLOTS, _DECODE
     batches = [list(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
     if workers <= 0 or len(items) < 2 * workers or not hasattr(os, "fork"):
         for b in batches:
-            yield _prepare_batch(b, preprocess=preprocess)
+            yield _prepare_decoded(b, preprocess=preprocess, decode=decode)
         return
     import mmap
     import multiprocessing as mp
@@ -354,13 +387,13 @@ def prefetch_batches(items: Sequence[tuple[str, str]], preprocess: Callable, bat
 
         def submit(k: int) -> None:
             batch, slot = batches[k], (k % 2 if slots is not None else None)
-            pending.append((slot, [pool.submit(_prepare_batch, batch[i:i + step], slot, i)
+            pending.append((slot, [pool.submit(_prepare_decoded, batch[i:i + step], slot, i)
                                    for i in range(0, len(batch), step)]))
 
         with _FORK_LOCK:  # the workers fork at the first submit, with these globals (app threads share them)
-            _PREPROCESS, _SLOTS = preprocess, slots
+            _PREPROCESS, _SLOTS, _DECODE = preprocess, slots, decode
             submit(0)
-            _PREPROCESS, _SLOTS = None, None
+            _PREPROCESS, _SLOTS, _DECODE = None, None, None
         if len(batches) > 1:
             submit(1)
         for k in range(len(batches)):
