@@ -29,6 +29,7 @@ BENCHES = {
     "load": ("bench.load", "7. App under load: 8 sessions browse Neighbours at 100k items", 420),
     "quality": ("bench.quality", "8. Data quality: near-duplicate groups of 1M x 512 vectors, perceptual hashes", 900),
     "screening": ("bench.screening", "9. Detectors: leave-one-source-out, review loop, train 100k / screen 1M", 600),
+    "signals": ("bench.signals", "10. One decode, every signal: index vs embed alone vs the separate passes", 360),
     "fastpath": ("bench.fastpath", "Opt-in: fast CPU paths for ViT-B-32 (bf16 cast, torch.compile, ONNX Runtime)",
                  600),
 }
@@ -39,7 +40,8 @@ OPT_IN = {"fastpath", "quality"}
 #: the least time each benchmark is kept for: when earlier ones ran long (a busy machine),
 #: later ones get what is left beyond the reserves of those still to come.
 BUDGET_S = {False: 14 * 60, True: 8 * 60}
-MIN_S = {"embed": 120, "cache": 60, "search": 90, "eb": 15, "app": 60, "umap": 120, "load": 90, "screening": 240}
+MIN_S = {"embed": 120, "cache": 60, "search": 90, "eb": 15, "app": 60, "umap": 120, "load": 90, "screening": 240,
+         "signals": 120}
 
 
 def _child(name: str, quick: bool, out: Path) -> int:

@@ -455,10 +455,13 @@ def embed(
     progress: bool = False,
     verify: bool = True,
     progress_callback: Callable[[int, int], None] | None = None,
+    fast_pixels: bool = True,
 ) -> EmbedReport:
     """Embed every image of dataset ``name`` that the cache for ``spec`` lacks.
 
-    A run with nothing missing never loads the model. ``backend`` passes an already
+    A run with nothing missing never loads the model. ``fast_pixels``: use the backend's
+    uint8 pixel path (:meth:`lib.models.base.Backend.pixels_preprocess`) when it has one
+    (the same vectors; False for the float path, to compare). ``backend`` passes an already
     loaded model (the app and notebooks reuse theirs). ``progress_callback(done, total)``
     is called after each batch with the images still missing at the start as ``total``.
     """
@@ -496,16 +499,20 @@ def embed(
         workers = default_workers(backend.uses_torch)
     from tqdm import tqdm
 
+    preprocess, encode = backend.preprocess, backend.encode_preprocessed
+    pixels = backend.pixels_preprocess() if fast_pixels else None
+    if pixels is not None:  # uint8 from the workers, normalised batched on the model's threads
+        preprocess, encode = pixels, backend.encode_pixels
     bar = tqdm(total=len(items), desc=f"embed {backend.spec}", unit="img", disable=not progress,
                dynamic_ncols=True)
     buf_ids: list[str] = []
     buf_vecs: list[np.ndarray] = []
     done = 0
     try:
-        for ids, arrays, errors in prefetch_batches(items, backend.preprocess, batch_size, workers):
+        for ids, arrays, errors in prefetch_batches(items, preprocess, batch_size, workers):
             report.errors.extend(errors)
             if arrays is not None:
-                buf_vecs.append(backend.encode_preprocessed(arrays))
+                buf_vecs.append(encode(arrays))
                 buf_ids.extend(ids)
             bar.update(len(ids) + len(errors))
             done += len(ids) + len(errors)

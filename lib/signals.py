@@ -75,29 +75,39 @@ class IndexReport:
                 f"{len(self.errors)} errors ({self.seconds:.2f} s{rate}); {parts}")
 
 
-def _combined_preprocess(backends: list) -> tuple[Callable, list[tuple[int, tuple, np.dtype]]]:
-    """One preprocess for several models: their arrays as one flat float32 vector.
+def model_path(backend, fast_pixels: bool = True) -> tuple[Callable, Callable]:
+    """(preprocess, encode) of a backend: its uint8 pixel path when it has one (the same
+    vectors, a quarter of the bytes from the workers), else its float one."""
+    pixels = backend.pixels_preprocess() if fast_pixels else None
+    if pixels is not None:
+        return pixels, backend.encode_pixels
+    return backend.preprocess, backend.encode_preprocessed
+
+
+def _combined_preprocess(preps: list[Callable], specs: list[str]) -> tuple[Callable, list[tuple[int, tuple, np.dtype]]]:
+    """One preprocess for several models: their arrays as one flat float32 vector (uint8
+    and float32 values survive the round trip exactly).
 
     Returns (preprocess, [(offset, shape, dtype)] per model) to cut a batch (n, total) back
-    into each model's (n, *shape) arrays.
+    into each model's (n, *shape) arrays; with one model, its own preprocess and [].
     """
     from PIL import Image
 
-    if len(backends) == 1:
-        return backends[0].preprocess, []
+    if len(preps) == 1:
+        return preps[0], []
     probe = Image.new("RGB", (64, 48), (128, 96, 80))
     layout, off = [], 0
-    for b in backends:
+    for pre, spec in zip(preps, specs, strict=True):
         try:
-            a = np.asarray(b.preprocess(probe))
+            a = np.asarray(pre(probe))
         except Exception as e:
-            raise WorkbenchError(f"model {b.spec!r}: its preprocessing fails on a blank image ({e}); "
+            raise WorkbenchError(f"model {spec!r}: its preprocessing fails on a blank image ({e}); "
                                  "index it on its own with `python -m lib embed`") from None
         layout.append((off, a.shape, a.dtype))
         off += a.size
 
     def preprocess(img):
-        return np.concatenate([np.asarray(b.preprocess(img), dtype=np.float32).ravel() for b in backends])
+        return np.concatenate([np.asarray(p(img), dtype=np.float32).ravel() for p in preps])
 
     return preprocess, layout
 
@@ -140,6 +150,7 @@ def index(
     device: str | None = None,
     precision: str = "auto",
     reduce_on_decode: bool = True,
+    fast_pixels: bool = True,
     verify: bool = True,
     flush_every: int = 4096,
     progress: bool = False,
@@ -151,7 +162,8 @@ def index(
     ``models``: model specs to embed with (``random_weights`` applies to those with weights,
     not to ``color``); ``backends`` ({spec: loaded backend}) reuses loaded models. A run with
     nothing missing loads no model and decodes nothing. ``progress_callback(done, total)``
-    is called after each batch. Returns an :class:`IndexReport`.
+    is called after each batch. ``reduce_on_decode`` and ``fast_pixels``: see the module
+    docstring and :func:`lib.embeddings.embed`. Returns an :class:`IndexReport`.
     """
     from . import dataset as ds_mod
     from .models import load_model, parse_spec, resolve_fingerprint
@@ -211,8 +223,9 @@ def index(
     act_backends = [backends[s] for s in active]
     sides = [model_side(b) for b in act_backends]
     full_for_models = (not reduce_on_decode) or any(s is None or s > SIDE for s in sides)
+    paths = [model_path(b, fast_pixels) for b in act_backends]
     if act_backends:
-        preprocess, layout = _combined_preprocess(act_backends)
+        preprocess, layout = _combined_preprocess([p for p, _ in paths], active)
     else:  # only the cheap signals are missing: no model runs
         def preprocess(img):
             return np.zeros(1, np.float32)
@@ -262,7 +275,7 @@ def index(
                 if rows and arrays is not None:
                     x = _split(arrays, layout, j)
                     x = x if len(rows) == len(ids) else x[rows]
-                    vec_buf[spec].append(backends[spec].encode_preprocessed(x))
+                    vec_buf[spec].append(paths[j][1](x))
                     vec_ids[spec].extend(ids[r] for r in rows)
                     flush_vectors(spec, final=False)
             for cid, (blood, skin, codes, stats) in zip(ids, extras, strict=True):

@@ -198,3 +198,17 @@ def test_index_verb_and_its_errors(home, indexed):
     assert unknown.returncode == 2 and "nosuchkind:x" in unknown.stderr
     missing = _cli("index", "nosuchdataset", home=home)
     assert missing.returncode == 2 and "nosuchdataset" in missing.stderr
+
+
+def test_uint8_pixel_path_gives_the_float_path_vectors_bit_for_bit(corpus_dir, tiny_model):
+    """The fast path's uint8 pixels, normalised batched, are open_clip's transform exactly."""
+    from lib.images import open_image
+
+    pixels = tiny_model.pixels_preprocess()
+    assert pixels is not None
+    paths = [corpus_dir / p for p in _pick(corpus_dir)]
+    imgs = [open_image(p) for p in paths]
+    u8 = np.stack([pixels(im) for im in imgs])
+    assert u8.dtype == np.uint8 and u8.shape == (len(imgs), 3, 64, 64)
+    floats = np.stack([tiny_model.preprocess(im) for im in imgs])
+    assert np.array_equal(tiny_model.encode_pixels(u8), tiny_model.encode_preprocessed(floats))
