@@ -41,22 +41,6 @@ if STATS_SIDE != SIDE:  # pragma: no cover - a guard for whoever changes one of 
     raise ImportError(f"imagestats.STATS_SIDE {STATS_SIDE} != colour scoring side {SIDE}: one decode cannot serve both")
 
 
-def model_side(backend) -> int | None:
-    """Largest input side (px) ``backend``'s preprocessing resizes to, or None if unknown
-    (then its images are decoded at full size)."""
-    if getattr(backend, "kind", "") == "color":
-        from .models.color import SIDE as COLOR_SIDE
-
-        return COLOR_SIDE
-    cfg = getattr(getattr(getattr(backend, "model", None), "visual", None), "preprocess_cfg", None)
-    size = cfg.get("size") if isinstance(cfg, dict) else None
-    if isinstance(size, int):
-        return size
-    if isinstance(size, (tuple, list)) and size:
-        return int(max(size))
-    return None
-
-
 @dataclass
 class IndexReport:
     dataset: str
@@ -221,7 +205,7 @@ def index(
 
     # -- one decode per image, every signal
     act_backends = [backends[s] for s in active]
-    sides = [model_side(b) for b in act_backends]
+    sides = [b.input_side() for b in act_backends]
     full_for_models = (not reduce_on_decode) or any(s is None or s > SIDE for s in sides)
     paths = [model_path(b, fast_pixels) for b in act_backends]
     if act_backends:

@@ -449,3 +449,38 @@ def test_wal_switch_waits_for_a_writer_in_rollback_mode(tmp_path):
     assert store.current("ds")["label"].tolist() == ["Ok"]
     with sqlite3.connect(path) as check:
         assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_images_by_label_and_counts_use_the_label_index(tmp_path):
+    store = AnnotationStore(tmp_path / "a.sqlite")
+    store.bulk_label("ds", [img(i) for i in range(10)], "ann", "Blur")
+    store.bulk_label("ds", [img(i) for i in range(5, 8)], "bob", "Blur")
+    store.bulk_label("ds", [img(i) for i in range(8, 12)], "bob", "Ok")
+    assert store.ids_with_label("ds", "Blur") == [img(i) for i in range(10)]
+    assert store.ids_with_label("ds", "Blur", annotator="bob") == [img(i) for i in range(5, 8)]
+    assert store.ids_with_label("ds", "Maybe") == []
+    assert store.label_counts("ds") == {"Blur": 13, "Ok": 4}
+    assert store.label_counts("ds", "bob") == {"Blur": 3, "Ok": 4}
+    with sqlite3.connect(store.path) as conn:
+        plan = " ".join(str(r) for r in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT DISTINCT image_id FROM current INDEXED BY current_label "
+            "WHERE dataset = ? AND label = ?", ("ds", "Blur")))
+    assert "USING COVERING INDEX current_label" in plan  # an index range, not a scan of the dataset
+    with pytest.raises(AnnotationError, match="label must be a non-empty string"):
+        store.ids_with_label("ds", " ")
+
+
+def test_a_version_2_store_gains_the_label_index(tmp_path):
+    path = tmp_path / "old.sqlite"
+    store = AnnotationStore(path)
+    store.bulk_label("ds", [img(1), img(2)], "ann", "Ok")
+    store.close()
+    with sqlite3.connect(path) as conn:  # what a store written before version 3 looks like
+        conn.execute("DROP INDEX current_label")
+        conn.execute("PRAGMA user_version = 2")
+    reopened = AnnotationStore(path)
+    assert reopened.ids_with_label("ds", "Ok") == [img(1), img(2)]  # the labels are kept
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == annotations.SCHEMA_VERSION == 3
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "current_label" in names

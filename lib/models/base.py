@@ -77,6 +77,12 @@ class Backend:
         """(B, ...) preprocessed arrays -> (B, dim) float32, rows of unit norm."""
         raise NotImplementedError
 
+    def input_side(self) -> int | None:
+        """Largest side (px) :meth:`preprocess` resizes images to, or None if unknown. A
+        JPEG at least twice as large may be reduced on decode to no less than this
+        (:func:`lib.images.open_reduced`) before preprocessing."""
+        return None
+
     def pixels_preprocess(self):
         """Optional fast path: a callable ``PIL -> uint8 array`` (the resized, cropped pixels,
         e.g. (3, H, W)) such that ``encode_pixels(stack(...))`` equals
@@ -189,6 +195,15 @@ class TorchBackend(Backend):
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, self._input_dtype, non_blocking=True)
         with torch.inference_mode(), self._autocast():
             return self._to_numpy(self._image_forward(x))
+
+    def input_side(self) -> int | None:
+        cfg = getattr(getattr(getattr(self, "model", None), "visual", None), "preprocess_cfg", None)
+        size = cfg.get("size") if isinstance(cfg, dict) else None
+        if isinstance(size, int):
+            return size
+        if isinstance(size, (tuple, list)) and size:
+            return int(max(size))
+        return None
 
     def encode_pixels(self, batch: np.ndarray) -> np.ndarray:
         """uint8 (B, C, H, W) -> vectors: ToTensor's ``/255`` and Normalize's ``(x - mean) / std``
