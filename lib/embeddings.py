@@ -249,8 +249,9 @@ _FORK_LOCK = threading.Lock()
 
 #: Niceness added to decode workers: the model's threads preempt them, so a worker never
 #: stalls a parallel matmul half-way (every thread waits for the slowest); workers use the
-#: cycles the model leaves. 0 turns it off.
-WORKER_NICE = 5
+#: cycles the model leaves. 0 (the default) leaves them at the model's priority: on the
+#: shared 2-core bench machine the A/B was lost in the noise (README, "fast path").
+WORKER_NICE = 0
 
 
 def _worker_init() -> None:
