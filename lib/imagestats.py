@@ -2,8 +2,9 @@
 
 They are the cheap "is this image usable" signals of cleanvision: tiny, dark, washed-out
 or blurry images. Computed from the decode the other per-image signals share
-(:func:`lib.images.open_reduced`, reduced to :data:`STATS_SIDE` on its longest side, so
-that sharpness compares images of any resolution alike), cached per content id under
+(:func:`lib.images.open_reduced`), at the colour scoring size (RGB within :data:`STATS_SIDE`
+on its longest side, :func:`lib.colorscore.scoring_image`: the fused job resizes once for
+both, and sharpness compares images of any resolution alike), cached per content id under
 ``<cache>/imagestats/<fingerprint>/`` (:class:`lib.idcache.IdCache`).
 
 ``width``/``height`` are of the full-size image as :func:`lib.images.open_image` returns
@@ -21,7 +22,7 @@ import pandas as pd
 from PIL import Image
 
 #: Bump when a change of the code changes the statistics (part of the cache fingerprint).
-STATS_VERSION = 1
+STATS_VERSION = 2  # 2: measured on the RGB scoring image (resize, then luma)
 #: Longest side the brightness and sharpness are measured at.
 STATS_SIDE = 256
 COLUMNS = ["width", "height", "brightness", "sharpness"]
@@ -40,16 +41,18 @@ def stats_cache():
 def image_stats(img: Image.Image, size: tuple[int, int]) -> tuple[int, int, float, float]:
     """(width, height, brightness, sharpness) of one image.
 
-    ``img`` is the decoded image (any mode, any size: it is reduced within
-    :data:`STATS_SIDE` here), ``size`` the (W, H) of the full-size oriented image.
+    ``img`` is the decoded image (any mode, any size: it is brought to the colour scoring
+    size, :func:`lib.colorscore.scoring_image`, here), ``size`` the (W, H) of the full-size
+    oriented image.
     """
-    w, h = img.size
-    grey = img.convert("L")
-    if max(w, h) > STATS_SIDE:
-        f = STATS_SIDE / max(w, h)
-        grey = grey.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BILINEAR,
-                           reducing_gap=1.0)
-    a = np.asarray(grey, dtype=np.float32)
+    from .colorscore import DEFAULT_PARAMS, scoring_image
+
+    return small_image_stats(scoring_image(img, DEFAULT_PARAMS), size)
+
+
+def small_image_stats(small: Image.Image, size: tuple[int, int]) -> tuple[int, int, float, float]:
+    """:func:`image_stats` of an image already at the scoring size (RGB within :data:`STATS_SIDE`)."""
+    a = np.asarray(small.convert("L"), dtype=np.float32)
     brightness = float(a.mean()) / 255.0
     if a.shape[0] < 3 or a.shape[1] < 3:
         sharpness = 0.0

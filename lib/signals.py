@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .colorscore import DEFAULT_PARAMS, FractionCache, color_fractions, mask_table
+from .colorscore import DEFAULT_PARAMS, FractionCache, mask_table, scoring_fractions, scoring_image
 from .embeddings import EmbeddingStore, EmbedReport, default_workers, prefetch_decoded
 from .errors import UnsafePath, WorkbenchError
-from .imagestats import STATS_SIDE, image_stats, rows_frame, stats_cache
+from .imagestats import STATS_SIDE, rows_frame, small_image_stats, stats_cache
 from .quality import hash_cache, image_hashes
 
 #: The side every signal decodes at: the colour scores' (and the hashes', which decode as they do).
@@ -116,8 +116,9 @@ def make_decode(full_for_models: bool, params=DEFAULT_PARAMS) -> Callable:
         model_img = oriented
         if full_for_models and oriented.size != size:  # reduced on decode: the models want it all
             model_img = open_image(path)
-        blood, skin = color_fractions(pixels, params)
-        return model_img, (blood, skin, image_hashes(pixels), image_stats(pixels, size))
+        small = scoring_image(pixels, params)  # one resize for the fractions and the statistics
+        blood, skin = scoring_fractions(small, params)
+        return model_img, (blood, skin, image_hashes(pixels), small_image_stats(small, size))
 
     return decode
 

@@ -212,3 +212,33 @@ def test_uint8_pixel_path_gives_the_float_path_vectors_bit_for_bit(corpus_dir, t
     assert u8.dtype == np.uint8 and u8.shape == (len(imgs), 3, 64, 64)
     floats = np.stack([tiny_model.preprocess(im) for im in imgs])
     assert np.array_equal(tiny_model.encode_pixels(u8), tiny_model.encode_preprocessed(floats))
+
+
+def test_a_file_broken_since_ingest_is_reported_and_retried(home, corpus_dir):
+    """The error names the file; nothing of it is cached, so the next run tries it again."""
+    from lib import dataset
+    from lib.colorscore import FractionCache
+    from lib.imagestats import stats_cache, stats_file
+    from lib.quality import hash_cache
+    from lib.signals import index
+
+    src = home / "src2"
+    src.mkdir()
+    used = set(_pick(corpus_dir))
+    fresh = [p for p in pd.read_csv(corpus_dir / "manifest.csv")["path"] if p not in used][5::101][:3]
+    for k, rel in enumerate(fresh):
+        shutil.copyfile(corpus_dir / rel, src / f"{k}{Path(rel).suffix}")
+    dataset.ingest(src, "sig2")
+    victim = sorted(src.iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:200])  # truncated after ingest
+    cid = dataset.load("sig2").images.set_index("path").loc[victim.name, "id"]
+    rep = index("sig2", ["color"])
+    assert [p for p, _ in rep.errors] == [str(victim)]
+    assert str(victim) in rep.errors[0][1]
+    for cache_ids in (FractionCache().read()["id"], hash_cache().read()["id"], stats_cache().read()["id"]):
+        assert cid not in set(cache_ids.astype(str))
+    assert index("sig2", ["color"]).errors == rep.errors  # tried again, and reported again
+    from lib.errors import ImageError
+
+    with pytest.raises(ImageError, match=victim.name):
+        stats_file(str(victim))
