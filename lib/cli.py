@@ -362,9 +362,9 @@ def _index_args(p):
     p.add_argument("--shard-size", type=int, default=4096, help="vectors per cache shard")
     p.add_argument("--device", default=None, help="cuda | mps | cpu (default: best available)")
     p.add_argument("--precision", default="auto", help="auto | fp32 | fp16 | bf16 | bf16-cast")
-    p.add_argument("--full-decode", action="store_true",
-                   help="decode JPEGs reduced on decode a second time at full size for the models "
-                        "(vectors identical to `embed`'s; default: the reduced pixels, cosine >= 0.9999)")
+    p.add_argument("--reduce-on-decode", action="store_true",
+                   help="give the models the JPEGs reduced on decode (DCT scaling to 256 px) instead of decoding "
+                        "large JPEGs again at full size: faster, vectors not quite `embed`'s (cosine >= 0.999)")
 
 
 @verb("index", "one decode per image, every signal: embeddings of --models, EB fractions, perceptual hashes, "
@@ -381,7 +381,7 @@ def cmd_index(a) -> int:
         raise WorkbenchError(f"--batch-size {a.batch_size} must be at least 1")
     report = index(a.name, models, random_weights=a.random_weights, batch_size=a.batch_size, workers=a.workers,
                    shard_size=a.shard_size, device=a.device, precision=a.precision,
-                   reduce_on_decode=not a.full_decode, progress=sys.stderr.isatty())
+                   reduce_on_decode=a.reduce_on_decode, progress=sys.stderr.isatty())
     print(report.summary())
     for _path, reason in report.errors[:30]:
         print(f"  error: {reason}")

@@ -490,8 +490,9 @@ def embed(
     uint8 pixel path (:meth:`lib.models.base.Backend.pixels_preprocess`) when it has one
     (the same vectors; False for the float path, to compare). ``reduce_on_decode``: JPEGs
     at least twice the model's input side are decoded reduced (DCT scaling) to no less
-    than it: vectors within cosine 0.9999 of the full decode's (off by default: cached
-    vectors stay those of the full-size pixels). ``backend`` passes an already
+    than it (faster; off by default, since on ViT-B-32 with random weights the worst corpus
+    JPEG moves to cosine 0.99909 of its full decode, and cached vectors should not depend
+    on how they were computed). ``backend`` passes an already
     loaded model (the app and notebooks reuse theirs). ``progress_callback(done, total)``
     is called after each batch with the images still missing at the start as ``total``.
     """
