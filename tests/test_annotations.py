@@ -478,9 +478,35 @@ def test_a_version_2_store_gains_the_label_index(tmp_path):
     with sqlite3.connect(path) as conn:  # what a store written before version 3 looks like
         conn.execute("DROP INDEX current_label")
         conn.execute("PRAGMA user_version = 2")
+    with sqlite3.connect(path) as conn:  # ... and without the counts table
+        for t in ("current_count_insert", "current_count_update", "current_count_delete"):
+            conn.execute(f"DROP TRIGGER {t}")
+        conn.execute("DROP TABLE current_counts")
     reopened = AnnotationStore(path)
     assert reopened.ids_with_label("ds", "Ok") == [img(1), img(2)]  # the labels are kept
+    assert reopened.label_counts("ds") == {"Ok": 2}  # counted at the migration
+    reopened.set_label("ds", img(3), "ann", "Blur")
+    assert reopened.label_counts("ds") == {"Blur": 1, "Ok": 2}
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == annotations.SCHEMA_VERSION == 3
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "current_label" in names
+
+
+def test_label_counts_follow_every_kind_of_change(store):
+    def counted(annotator=None):
+        cur = store.current("ds", annotator)
+        return cur["label"].value_counts().sort_index().to_dict() if len(cur) else {}
+
+    store.bulk_label("ds", [img(i) for i in range(6)], "ann", "Blur")
+    store.set_label("ds", img(1), "ann", "Ok")  # a change of label
+    store.set_label("ds", img(1), "ann", "Ok", note="same label, new note")
+    prev = store.bulk_label("ds", [img(i) for i in range(3, 9)], "ann", "Maybe")
+    store.clear("ds", img(0), "ann")
+    store.set_label("ds", img(2), "bob", "Ok")
+    store.set_label("other", img(2), "bob", "Blur")
+    assert store.label_counts("ds") == counted() == {"Blur": 1, "Maybe": 6, "Ok": 2}
+    assert store.label_counts("ds", "ann") == counted("ann")
+    store.restore("ds", "ann", prev)  # the undo of the bulk action: labels back, added ones cleared
+    assert store.label_counts("ds") == counted()
+    assert store.label_counts("other") == {"Blur": 1}
