@@ -14,7 +14,9 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 # Set everything up, make sure there is something to look at (the offline demo
-# dataset, built once), and open the app on http://127.0.0.1:$(PORT).
+# dataset, built once and indexed by `python -m lib index demo --models color`: one
+# decode per image for its embeddings, EB fractions, hashes and statistics), and open
+# the app on http://127.0.0.1:$(PORT).
 run: setup
 	$(PY) -m lib demo --if-empty
 	$(VENV)/bin/streamlit run app.py --server.port $(PORT)

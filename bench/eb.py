@@ -33,7 +33,7 @@ def _per_stage(paths: list[str]) -> dict[str, float]:
     stage("check chunk CRCs", _crc_check, data)
     arrays = stage("decode PNG (libspng)", pyspng.load, data)
     stage("(decode PNG with PIL, for comparison)", lambda b: Image.open(io.BytesIO(b)).load(), data)
-    small = stage("to PIL + resize to 256 px", lambda a: C._prepare(Image.fromarray(a), p), arrays)
+    small = stage("to PIL + resize to 256 px", lambda a: C.scoring_image(Image.fromarray(a), p), arrays)
     stage("masks + fractions (table lookup)", lambda im: C.color_fractions(im, p), small)
     stage("_score_one total (read + decode + maths)", lambda f: C._score_one(f, p), paths)
     return out

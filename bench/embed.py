@@ -7,7 +7,9 @@ Side by side, interleaved, best of ``reps`` runs each (the machine is shared):
 (c) the peer: the loop a user would write, open_clip + a torch DataLoader with its
     defaults (``num_workers=0``: decoding in the loop), same batch size;
 (c') the same loop tuned: one DataLoader worker per core (no goal; for reference);
-(d) the fast CPU path: (b) with ``precision='bf16-cast'`` (and its own ceiling (a')).
+(d) the fast CPU path: (b) with ``precision='bf16-cast'`` (and its own ceiling (a'));
+(d0) (d) as it was before issue 17: float32 arrays from the workers (``fast_pixels=False``);
+(d+) (d) with large JPEGs reduced on decode (``reduce_on_decode=True``; cosine to (d) reported).
 """
 
 from __future__ import annotations
@@ -126,22 +128,29 @@ def run(rec: Recorder) -> None:
     def ceiling(backend):
         return lambda: np.concatenate([backend.encode_preprocessed(pre[i:i + BATCH]) for i in range(0, n, BATCH)])
 
-    def ours(backend):
+    def ours(backend, **kw):
         def go():
             shutil.rmtree(EmbeddingStore(backend.fingerprint).dir, ignore_errors=True)
-            r = embed("corpus", spec, backend=backend, batch_size=BATCH, verify=False)
+            r = embed("corpus", spec, backend=backend, batch_size=BATCH, verify=False, **kw)
             assert r.computed == n, r.summary()
+            if backend is bf16:  # what the run left in the cache: full decode, or JPEGs reduced on decode
+                rows = [int(np.flatnonzero(ds.images["id"].to_numpy() == i)[0]) for i in first["id"]]
+                key = "reduced" if kw.get("reduce_on_decode") else "full_bf16"
+                outputs[key] = load_embeddings("corpus", spec, backend=backend).take(rows)
         return go
 
     workers = default_workers(True)
     peer_model, peer_pre = _peer_model(ckpt)
     methods = {"a": ceiling(fp32), "b": ours(fp32), "c": _peer(paths, peer_model, peer_pre, workers=0),
                "c_tuned": _peer(paths, peer_model, peer_pre, workers=workers), "a_bf16": ceiling(bf16),
-               "b_bf16": ours(bf16)}
+               "b_bf16": ours(bf16), "b_bf16_float": ours(bf16, fast_pixels=False),
+               "b_bf16_reduced": ours(bf16, reduce_on_decode=True)}
     labels = {"a": "(a) model alone, fp32", "b": "(b) lib.embeddings.embed, fp32",
               "c": "(c) open_clip + DataLoader (defaults), fp32",
               "c_tuned": f"(c') open_clip + DataLoader ({workers} workers), fp32",
-              "a_bf16": "(a') model alone, bf16-cast", "b_bf16": "(d) lib.embeddings.embed, bf16-cast"}
+              "a_bf16": "(a') model alone, bf16-cast", "b_bf16": "(d) lib.embeddings.embed, bf16-cast",
+              "b_bf16_float": "(d0) embed bf16-cast, float32 from the workers (before issue 17)",
+              "b_bf16_reduced": "(d+) embed bf16-cast, JPEGs reduced on decode"}
     # Warm-up: first calls pay for allocator growth and oneDNN kernel selection.
     fp32.encode_preprocessed(pre[:BATCH])
     bf16.encode_preprocessed(pre[:BATCH])
@@ -168,14 +177,21 @@ def run(rec: Recorder) -> None:
         for (x, y), label, goal in [(("b", "a"), "(b)/(a) embed vs compute ceiling, fp32", 0.90),
                                     (("b", "c"), "(b)/(c) embed vs DataLoader peer, fp32", 1.05),
                                     (("b", "c_tuned"), "(b)/(c') embed vs DataLoader with workers, fp32", None),
-                                    (("b_bf16", "b"), "(d)/(b) bf16-cast vs fp32 end to end", 1.7)]:
+                                    (("b_bf16", "b"), "(d)/(b) bf16-cast vs fp32 end to end", 1.7),
+                                    (("b_bf16", "a_bf16"), "(d)/(a') bf16-cast embed vs its model alone", 0.92),
+                                    (("b_bf16_float", "a_bf16"), "(d0)/(a') before: float32 transport", None),
+                                    (("b_bf16_reduced", "a_bf16"), "(d+)/(a') JPEGs reduced on decode", None)]:
+            if x not in rate or y not in rate:
+                continue
             value, note = ratio(x, y)
             rec.add(label, value, "ratio", (">=", goal) if goal else None, note=note)
+        if "reduced" in outputs and "full_bf16" in outputs:
+            rec.add("min cosine (d+) reduced-on-decode vs (d) full decode",
+                    np.sum(outputs["full_bf16"] * outputs["reduced"], 1).min(), "", (">=", 0.9999))
         cos = np.sum(outputs["a"] * outputs["a_bf16"], axis=1)
         rec.add("min cosine bf16-cast vs fp32 (every image)", cos.min(), "", (">=", 0.999),
                 note=f"median {np.median(cos):.5f}")
-        rows = [int(np.flatnonzero(ds.images["id"].to_numpy() == i)[0]) for i in first["id"]]
-        cached = load_embeddings("corpus", spec, backend=bf16).take(rows)  # what the bf16 run left in the cache
+        cached = outputs["full_bf16"]  # what a full-decode bf16 run left in the cache
         rec.add("min cosine bf16-cast cache vs fp32 (fp16 storage)", np.sum(outputs["a"] * cached, axis=1).min(), "",
                 (">=", 0.999))
         for k, label in [("a", "fp32 model alone"), ("b", "fp32 embed"), ("a_bf16", "bf16-cast model alone"),
@@ -187,7 +203,7 @@ def run(rec: Recorder) -> None:
     for r in range(rounds):
         # Pairs to compare sit side by side; odd rounds run backwards, so slow drifts of the
         # background load cancel. The tuned peer (no goal) only runs in the first round.
-        keys = ["a", "b", "c", "b_bf16", "a_bf16"] + (["c_tuned"] if r == 0 else [])
+        keys = ["a", "b", "c", "b_bf16_float", "b_bf16", "a_bf16", "b_bf16_reduced"] + (["c_tuned"] if r == 0 else [])
         for k in (keys if r % 2 == 0 else keys[::-1]):
             c0, t0 = _cpu_seconds(), time.perf_counter()
             out = methods[k]()

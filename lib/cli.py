@@ -351,6 +351,43 @@ def cmd_embed(a) -> int:
     return 0
 
 
+def _index_args(p):
+    p.add_argument("name")
+    p.add_argument("--models", default="color", metavar="SPEC[,SPEC]",
+                   help="comma-separated model specs to embed with (default: color)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="build the architectures with seeded random weights (not color's; tests and benchmarks only)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (0: decode inline)")
+    p.add_argument("--shard-size", type=int, default=4096, help="vectors per cache shard")
+    p.add_argument("--device", default=None, help="cuda | mps | cpu (default: best available)")
+    p.add_argument("--precision", default="auto", help="auto | fp32 | fp16 | bf16 | bf16-cast")
+    p.add_argument("--reduce-on-decode", action="store_true",
+                   help="give the models the JPEGs reduced on decode (DCT scaling to 256 px) instead of decoding "
+                        "large JPEGs again at full size: faster, vectors not quite `embed`'s (cosine >= 0.999)")
+
+
+@verb("index", "one decode per image, every signal: embeddings of --models, EB fractions, perceptual hashes, "
+               "image statistics (computes only what the caches lack)")
+@args_for(_index_args)
+def cmd_index(a) -> int:
+    from .errors import WorkbenchError
+    from .signals import index
+
+    models = [m.strip() for m in a.models.split(",") if m.strip()]
+    if not models:
+        raise WorkbenchError(f"--models {a.models!r} names no model; give e.g. --models color,clip-b32")
+    if a.batch_size < 1:
+        raise WorkbenchError(f"--batch-size {a.batch_size} must be at least 1")
+    report = index(a.name, models, random_weights=a.random_weights, batch_size=a.batch_size, workers=a.workers,
+                   shard_size=a.shard_size, device=a.device, precision=a.precision,
+                   reduce_on_decode=a.reduce_on_decode, progress=sys.stderr.isatty())
+    print(report.summary())
+    for _path, reason in report.errors[:30]:
+        print(f"  error: {reason}")
+    return 0
+
+
 @verb("neighbors", "print the nearest neighbours of an image (by id or by file)")
 @args_for(lambda p: (
     p.add_argument("name"),

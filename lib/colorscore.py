@@ -36,7 +36,7 @@ from PIL import Image
 from . import config
 from .errors import ImageError
 from .files import write_json, write_npy, write_table
-from .images import MAX_PIXELS, content_id, is_dicom, open_image, plain_png_pixels, to_rgb
+from .images import content_id, open_reduced
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,9 @@ def scoring_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
-def _prepare(img: Image.Image, params: ColorParams) -> Image.Image:
+def scoring_image(img: Image.Image, params: ColorParams = DEFAULT_PARAMS) -> Image.Image:
+    """``img`` as the fractions are measured: RGB, fitted inside ``params.max_side``
+    (:func:`scoring_size`); the image itself when it already fits."""
     img = img if img.mode == "RGB" else img.convert("RGB")
     size = scoring_size(img.size, params.max_side)
     if size == img.size:
@@ -181,7 +183,7 @@ def color_masks(
     (blood, skin) : bool arrays (H, W) at the scoring size (:func:`scoring_size`), or at the
         image's own size when ``full_size`` (for censoring and IoU against ground-truth masks).
     """
-    work = (img if img.mode == "RGB" else img.convert("RGB")) if full_size else _prepare(img, params)
+    work = (img if img.mode == "RGB" else img.convert("RGB")) if full_size else scoring_image(img, params)
     flags = _mask_flags(np.asarray(work), params)
     return (flags & 1).astype(bool), (flags & 2).astype(bool)
 
@@ -251,8 +253,14 @@ def _build_mask_table(params: ColorParams) -> np.ndarray:
 
 def color_fractions(img: Image.Image, params: ColorParams = DEFAULT_PARAMS) -> tuple[float, float]:
     """(blood_fraction, skin_fraction): the share of blood-like and skin-like pixels."""
-    flags = _mask_flags(np.asarray(_prepare(img, params)), params)
+    return scoring_fractions(scoring_image(img, params), params)
+
+
+def scoring_fractions(small: Image.Image, params: ColorParams = DEFAULT_PARAMS) -> tuple[float, float]:
+    """:func:`color_fractions` of an image already at the scoring size (:func:`scoring_image`)."""
+    flags = _mask_flags(np.asarray(small), params)
     return np.count_nonzero(flags & 1) / flags.size, np.count_nonzero(flags & 2) / flags.size
+
 
 
 # --------------------------------------------------------------------------- EB score
@@ -323,21 +331,7 @@ def load_for_scoring(path: str, params: ColorParams) -> Image.Image:
     resampling noise. Files PIL cannot open directly (DICOM, damaged, too large) go through
     ``open_image``, which decodes them or raises :class:`ImageError` with the reason.
     """
-    if is_dicom(path) or not os.path.isfile(path):  # DICOM: never guess; pipes, folders: the reason
-        return open_image(path)
-    try:
-        with Image.open(path) as im:
-            if im.width * im.height <= MAX_PIXELS:
-                fast = plain_png_pixels(im)
-                if fast is not None:
-                    return fast
-                if im.format == "JPEG":
-                    im.draft(None, (params.max_side, params.max_side))
-                im.load()
-                return to_rgb(im)
-    except Exception:  # open_image below gives the user-facing reason
-        pass
-    return open_image(path)
+    return open_reduced(path, params.max_side)[0]
 
 
 def _score_one(path: str, params: ColorParams) -> tuple[float, float, str | None]:

@@ -76,7 +76,8 @@ def write_sources(out: Path | None = None) -> Path:
 
 
 def build(name: str = "demo", *, embed: bool = True) -> ds_mod.IngestReport:
-    """Write the sources, ingest them as dataset ``name`` and embed it with ``color``."""
+    """Write the sources, ingest them as dataset ``name`` and index it with ``color``
+    (:func:`lib.signals.index`: embeddings, EB fractions, hashes and statistics, one decode)."""
     from .sensitivity import set_policy
 
     report = ds_mod.ingest(write_sources(), name)
@@ -84,9 +85,9 @@ def build(name: str = "demo", *, embed: bool = True) -> ds_mod.IngestReport:
     # demo shows what clears an image (and EB still flags the reddest ones).
     set_policy(name, safe=list(report.labels), by="demo")
     if embed:
-        from .embeddings import embed as run_embed
+        from .signals import index
 
-        run_embed(name, "color")
+        index(name, ["color"])
     return report
 
 

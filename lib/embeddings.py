@@ -238,6 +238,8 @@ class DatasetEmbeddings:
 
 
 _PREPROCESS: Callable | None = None
+#: The decode a forked worker inherits (``path -> (PIL image, extra)``), None: open_image.
+_DECODE: Callable | None = None
 #: (2, batch_size, *sample shape): two batches in flight, in memory shared with the forked
 #: decode workers, so pixels are not pickled through a pipe (1.5 ms of a 64-image batch's
 #: 100 ms of transfer per image, on the cores the model needs).
@@ -245,11 +247,37 @@ _SLOTS: np.ndarray | None = None
 _FORK_LOCK = threading.Lock()
 
 
+#: Niceness added to decode workers: the model's threads preempt them, so a worker never
+#: stalls a parallel matmul half-way (every thread waits for the slowest); workers use the
+#: cycles the model leaves. 0 (the default) leaves them at the model's priority: on the
+#: shared 2-core bench machine the A/B was lost in the noise (README, "fast path").
+WORKER_NICE = 0
+
+
 def _worker_init() -> None:
     import sys
 
     if "torch" in sys.modules:  # one thread per worker: the model owns the cores
         sys.modules["torch"].set_num_threads(1)
+    if WORKER_NICE:
+        import contextlib
+
+        with contextlib.suppress(OSError):  # not allowed here: run at the same priority
+            os.nice(WORKER_NICE)
+
+
+def reduced_decode(side: int | None) -> Callable | None:
+    """A prefetch ``decode`` (path -> (image, None)) that reduces JPEGs on decode to no less
+    than ``side`` x ``side`` (:func:`lib.images.open_reduced`, EXIF-oriented); None (plain
+    :func:`lib.images.open_image`) without a side."""
+    if not side:
+        return None
+    from .images import open_reduced
+
+    def decode(path: str):
+        return open_reduced(path, side, oriented=True)[1], None
+
+    return decode
 
 
 def _prepare_batch(batch: list[tuple[str, str]], slot: int | None = None, row0: int = 0, *,
@@ -260,14 +288,28 @@ def _prepare_batch(batch: list[tuple[str, str]], slot: int | None = None, row0: 
     are written to rows ``row0 + k`` of ``_SLOTS[slot]`` instead and None is returned in
     their place (unless one does not fit the slot's shape).
     """
+    return _prepare_decoded(batch, slot, row0, preprocess=preprocess)[:3]
+
+
+def _prepare_decoded(batch: list[tuple[str, str]], slot: int | None = None, row0: int = 0, *,
+                     preprocess: Callable | None = None, decode: Callable | None = None
+                     ) -> tuple[list[str], np.ndarray | None, list[tuple[str, str]], list]:
+    """:func:`_prepare_batch` with a ``decode(path) -> (PIL image, extra)`` (default: the
+    worker's inherited one, else :func:`lib.images.open_image` with extra None); also
+    returns the extras of the ok ids, in their order."""
     from .images import open_image
 
     preprocess = preprocess or _PREPROCESS
+    decode = decode or _DECODE
     out = _SLOTS[slot] if slot is not None else None
-    ids, arrays, errors = [], [], []
+    ids, arrays, errors, extras = [], [], [], []
     for cid, path in batch:
         try:
-            a = preprocess(open_image(path))
+            if decode is None:
+                img, extra = open_image(path), None
+            else:
+                img, extra = decode(path)
+            a = preprocess(img)
         except ImageError as e:
             errors.append((path, str(e)))
             continue
@@ -281,27 +323,31 @@ def _prepare_batch(batch: list[tuple[str, str]], slot: int | None = None, row0: 
                 arrays, out = list(_SLOTS[slot][row0:row0 + len(ids)]), None
             arrays.append(a)
         ids.append(cid)
+        extras.append(extra)
     if out is not None:
-        return ids, None, errors
-    return ids, (np.stack(arrays) if arrays else None), errors
+        return ids, None, errors, extras
+    return ids, (np.stack(arrays) if arrays else None), errors, extras
 
 
-def _merge_parts(parts: list[tuple[list[str], np.ndarray | None, list]], slot: np.ndarray | None = None,
-                 row0s: Sequence[int] = ()) -> tuple[list[str], np.ndarray | None, list]:
+def _merge_parts(parts: list[tuple], slot: np.ndarray | None = None,
+                 row0s: Sequence[int] = ()) -> tuple[list[str], np.ndarray | None, list, list]:
     """One batch from its parts, in order; rows a part left in ``slot`` (from ``row0s``) are copied out."""
     ids: list[str] = []
     errors: list = []
+    extras: list = []
     arrays = []
-    for k, (part_ids, part_arrays, part_errors) in enumerate(parts):
+    for k, part in enumerate(parts):
+        part_ids, part_arrays, part_errors = part[:3]
         ids += part_ids
         errors += part_errors
+        extras += part[3] if len(part) > 3 else [None] * len(part_ids)
         if part_arrays is not None:
             arrays.append(part_arrays)
         elif slot is not None and part_ids:
             arrays.append(slot[row0s[k]:row0s[k] + len(part_ids)])
     if not arrays:
-        return ids, None, errors
-    return ids, (np.concatenate(arrays) if slot is not None or len(arrays) > 1 else arrays[0]), errors
+        return ids, None, errors, extras
+    return ids, (np.concatenate(arrays) if slot is not None or len(arrays) > 1 else arrays[0]), errors, extras
 
 
 def _sample_shape(preprocess: Callable) -> tuple[tuple[int, ...], np.dtype] | None:
@@ -325,11 +371,24 @@ def prefetch_batches(items: Sequence[tuple[str, str]], preprocess: Callable, bat
     bounded however many images there are; batches and their contents are the same for
     any ``workers``. Every yielded array is the caller's own (copied out of its slot).
     """
-    global _PREPROCESS, _SLOTS
+    for ids, arrays, errors, _ in prefetch_decoded(items, preprocess, batch_size, workers):
+        yield ids, arrays, errors
+
+
+def prefetch_decoded(items: Sequence[tuple[str, str]], preprocess: Callable, batch_size: int, workers: int,
+                     decode: Callable | None = None) -> Iterator[tuple[list[str], np.ndarray | None, list, list]]:
+    """:func:`prefetch_batches` with a custom decode: yields (ids, arrays (n, ...), errors, extras).
+
+    ``decode(path) -> (PIL image, extra)`` runs in the workers (fork-inherited, so a
+    closure will do); ``preprocess`` is applied to its image and ``extra`` (small,
+    picklable: the other signals of the image) comes back beside, one per ok id.
+    Without ``decode`` images come from :func:`lib.images.open_image` and extras are None.
+    """
+    global _PREPROCESS, _SLOTS, _DECODE
     batches = [list(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
     if workers <= 0 or len(items) < 2 * workers or not hasattr(os, "fork"):
         for b in batches:
-            yield _prepare_batch(b, preprocess=preprocess)
+            yield _prepare_decoded(b, preprocess=preprocess, decode=decode)
         return
     import mmap
     import multiprocessing as mp
@@ -354,13 +413,13 @@ def prefetch_batches(items: Sequence[tuple[str, str]], preprocess: Callable, bat
 
         def submit(k: int) -> None:
             batch, slot = batches[k], (k % 2 if slots is not None else None)
-            pending.append((slot, [pool.submit(_prepare_batch, batch[i:i + step], slot, i)
+            pending.append((slot, [pool.submit(_prepare_decoded, batch[i:i + step], slot, i)
                                    for i in range(0, len(batch), step)]))
 
         with _FORK_LOCK:  # the workers fork at the first submit, with these globals (app threads share them)
-            _PREPROCESS, _SLOTS = preprocess, slots
+            _PREPROCESS, _SLOTS, _DECODE = preprocess, slots, decode
             submit(0)
-            _PREPROCESS, _SLOTS = None, None
+            _PREPROCESS, _SLOTS, _DECODE = None, None, None
         if len(batches) > 1:
             submit(1)
         for k in range(len(batches)):
@@ -422,10 +481,18 @@ def embed(
     progress: bool = False,
     verify: bool = True,
     progress_callback: Callable[[int, int], None] | None = None,
+    fast_pixels: bool = True,
+    reduce_on_decode: bool = False,
 ) -> EmbedReport:
     """Embed every image of dataset ``name`` that the cache for ``spec`` lacks.
 
-    A run with nothing missing never loads the model. ``backend`` passes an already
+    A run with nothing missing never loads the model. ``fast_pixels``: use the backend's
+    uint8 pixel path (:meth:`lib.models.base.Backend.pixels_preprocess`) when it has one
+    (the same vectors; False for the float path, to compare). ``reduce_on_decode``: JPEGs
+    at least twice the model's input side are decoded reduced (DCT scaling) to no less
+    than it (faster; off by default, since on ViT-B-32 with random weights the worst corpus
+    JPEG moves to cosine 0.99909 of its full decode, and cached vectors should not depend
+    on how they were computed). ``backend`` passes an already
     loaded model (the app and notebooks reuse theirs). ``progress_callback(done, total)``
     is called after each batch with the images still missing at the start as ``total``.
     """
@@ -463,16 +530,21 @@ def embed(
         workers = default_workers(backend.uses_torch)
     from tqdm import tqdm
 
+    preprocess, encode = backend.preprocess, backend.encode_preprocessed
+    pixels = backend.pixels_preprocess() if fast_pixels else None
+    if pixels is not None:  # uint8 from the workers, normalised batched on the model's threads
+        preprocess, encode = pixels, backend.encode_pixels
     bar = tqdm(total=len(items), desc=f"embed {backend.spec}", unit="img", disable=not progress,
                dynamic_ncols=True)
     buf_ids: list[str] = []
     buf_vecs: list[np.ndarray] = []
     done = 0
     try:
-        for ids, arrays, errors in prefetch_batches(items, backend.preprocess, batch_size, workers):
+        decode = reduced_decode(backend.input_side()) if reduce_on_decode else None
+        for ids, arrays, errors, _ in prefetch_decoded(items, preprocess, batch_size, workers, decode):
             report.errors.extend(errors)
             if arrays is not None:
-                buf_vecs.append(backend.encode_preprocessed(arrays))
+                buf_vecs.append(encode(arrays))
                 buf_ids.extend(ids)
             bar.update(len(ids) + len(errors))
             done += len(ids) + len(errors)

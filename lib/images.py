@@ -205,6 +205,53 @@ def _decode(source, label, sniff) -> tuple[Image.Image, dict]:
         raise ImageError(f"{label}: {e}") from None
 
 
+#: EXIF orientations (tag 274) that swap width and height.
+_SWAPS_AXES = {5, 6, 7, 8}
+
+
+def open_reduced(path: str | Path, side: int, *, oriented: bool = False
+                 ) -> tuple[Image.Image, Image.Image | None, tuple[int, int]]:
+    """One decode of ``path`` for the per-image signals, reduced on decode where that is free.
+
+    JPEGs are decoded with DCT scaling (PIL ``draft``) to no less than ``side`` x ``side``
+    (8x faster on camera photos); plain PNGs through libspng; anything PIL cannot open
+    directly (DICOM, damaged, too large) through :func:`open_image`, which decodes it or
+    raises :class:`ImageError` with the reason.
+
+    Returns
+    -------
+    (pixels, oriented_pixels, size) : ``pixels`` RGB without EXIF orientation (what the
+        colour scores and hashes read: orientation changes no fraction, and hashes cover all
+        8 orientations); ``oriented_pixels`` the same decode with EXIF orientation applied
+        (None unless ``oriented``; it is ``pixels`` itself when nothing needs turning);
+        ``size`` (W, H) of :func:`open_image`'s result, i.e. the full-size oriented image.
+    """
+    if is_dicom(path) or not os.path.isfile(path):  # DICOM: never guess; pipes, folders: the reason
+        img = open_image(path)
+        return img, (img if oriented else None), img.size
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height <= MAX_PIXELS:
+                full = im.size
+                fast = plain_png_pixels(im)  # refuses files with an eXIf chunk: no orientation
+                if fast is not None:
+                    return fast, (fast if oriented else None), full
+                orientation = im.getexif().get(0x0112, 1)
+                if im.format == "JPEG":
+                    im.draft(None, (side, side))
+                im.load()
+                pixels = to_rgb(im)
+                turned = None
+                if oriented:
+                    turned = pixels if orientation in (None, 1) else to_rgb(ImageOps.exif_transpose(im))
+                swap = orientation in _SWAPS_AXES
+                return pixels, turned, ((full[1], full[0]) if swap else full)
+    except Exception:  # open_image below gives the user-facing reason
+        pass
+    img = open_image(path)
+    return img, (img if oriented else None), img.size
+
+
 def plain_png_pixels(im: Image.Image) -> Image.Image | None:
     """Decode a plain 8-bit RGB or grey PNG with libspng: the same pixels as PIL's decoder.
 

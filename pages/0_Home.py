@@ -175,10 +175,14 @@ with ui.guard():
             choice = ModelChoice(spec, bool(rnd) and spec != "color")
             backend = ui.load_backend(choice)
             bar = st.progress(0.0, text="Embedding…")
-            from lib.embeddings import embed
+            from lib.signals import index
 
-            report = embed(ctx.name, choice.spec, random_weights=choice.random_weights, backend=backend,
+            # One decode per image: the model's vectors, and the EB fractions, hashes and
+            # statistics the Blur scores and Quality pages read, in the same pass.
+            report = index(ctx.name, [choice.spec], random_weights=choice.random_weights,
+                           backends={choice.spec: backend},
                            progress_callback=ui.progress_callback(bar, "Embedding"))
             bar.empty()
-            st.success(report.summary())
+            st.success(report.embed[0].summary())
+            st.caption(report.summary())
             st.button("Refresh")

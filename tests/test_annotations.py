@@ -449,3 +449,64 @@ def test_wal_switch_waits_for_a_writer_in_rollback_mode(tmp_path):
     assert store.current("ds")["label"].tolist() == ["Ok"]
     with sqlite3.connect(path) as check:
         assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_images_by_label_and_counts_use_the_label_index(tmp_path):
+    store = AnnotationStore(tmp_path / "a.sqlite")
+    store.bulk_label("ds", [img(i) for i in range(10)], "ann", "Blur")
+    store.bulk_label("ds", [img(i) for i in range(5, 8)], "bob", "Blur")
+    store.bulk_label("ds", [img(i) for i in range(8, 12)], "bob", "Ok")
+    assert store.ids_with_label("ds", "Blur") == [img(i) for i in range(10)]
+    assert store.ids_with_label("ds", "Blur", annotator="bob") == [img(i) for i in range(5, 8)]
+    assert store.ids_with_label("ds", "Maybe") == []
+    assert store.label_counts("ds") == {"Blur": 13, "Ok": 4}
+    assert store.label_counts("ds", "bob") == {"Blur": 3, "Ok": 4}
+    with sqlite3.connect(store.path) as conn:
+        plan = " ".join(str(r) for r in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT DISTINCT image_id FROM current INDEXED BY current_label "
+            "WHERE dataset = ? AND label = ?", ("ds", "Blur")))
+    assert "USING COVERING INDEX current_label" in plan  # an index range, not a scan of the dataset
+    with pytest.raises(AnnotationError, match="label must be a non-empty string"):
+        store.ids_with_label("ds", " ")
+
+
+def test_a_version_2_store_gains_the_label_index(tmp_path):
+    path = tmp_path / "old.sqlite"
+    store = AnnotationStore(path)
+    store.bulk_label("ds", [img(1), img(2)], "ann", "Ok")
+    store.close()
+    with sqlite3.connect(path) as conn:  # what a store written before version 3 looks like
+        conn.execute("DROP INDEX current_label")
+        conn.execute("PRAGMA user_version = 2")
+    with sqlite3.connect(path) as conn:  # ... and without the counts table
+        for t in ("current_count_insert", "current_count_update", "current_count_delete"):
+            conn.execute(f"DROP TRIGGER {t}")
+        conn.execute("DROP TABLE current_counts")
+    reopened = AnnotationStore(path)
+    assert reopened.ids_with_label("ds", "Ok") == [img(1), img(2)]  # the labels are kept
+    assert reopened.label_counts("ds") == {"Ok": 2}  # counted at the migration
+    reopened.set_label("ds", img(3), "ann", "Blur")
+    assert reopened.label_counts("ds") == {"Blur": 1, "Ok": 2}
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == annotations.SCHEMA_VERSION == 3
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "current_label" in names
+
+
+def test_label_counts_follow_every_kind_of_change(store):
+    def counted(annotator=None):
+        cur = store.current("ds", annotator)
+        return cur["label"].value_counts().sort_index().to_dict() if len(cur) else {}
+
+    store.bulk_label("ds", [img(i) for i in range(6)], "ann", "Blur")
+    store.set_label("ds", img(1), "ann", "Ok")  # a change of label
+    store.set_label("ds", img(1), "ann", "Ok", note="same label, new note")
+    prev = store.bulk_label("ds", [img(i) for i in range(3, 9)], "ann", "Maybe")
+    store.clear("ds", img(0), "ann")
+    store.set_label("ds", img(2), "bob", "Ok")
+    store.set_label("other", img(2), "bob", "Blur")
+    assert store.label_counts("ds") == counted() == {"Blur": 1, "Maybe": 6, "Ok": 2}
+    assert store.label_counts("ds", "ann") == counted("ann")
+    store.restore("ds", "ann", prev)  # the undo of the bulk action: labels back, added ones cleared
+    assert store.label_counts("ds") == counted()
+    assert store.label_counts("other") == {"Blur": 1}

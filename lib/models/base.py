@@ -77,6 +77,24 @@ class Backend:
         """(B, ...) preprocessed arrays -> (B, dim) float32, rows of unit norm."""
         raise NotImplementedError
 
+    def input_side(self) -> int | None:
+        """Largest side (px) :meth:`preprocess` resizes images to, or None if unknown. A
+        JPEG at least twice as large may be reduced on decode to no less than this
+        (:func:`lib.images.open_reduced`) before preprocessing."""
+        return None
+
+    def pixels_preprocess(self):
+        """Optional fast path: a callable ``PIL -> uint8 array`` (the resized, cropped pixels,
+        e.g. (3, H, W)) such that ``encode_pixels(stack(...))`` equals
+        ``encode_preprocessed(stack(preprocess(img) ...))`` bit for bit; None when the
+        backend has none. Decode workers then ship a quarter of the bytes, and the
+        normalisation runs batched on the model's threads."""
+        return None
+
+    def encode_pixels(self, batch: np.ndarray) -> np.ndarray:
+        """(B, ...) uint8 arrays from :meth:`pixels_preprocess` -> (B, dim) float32 unit vectors."""
+        raise NotImplementedError
+
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
         """PIL images -> (N, dim) float32 unit vectors."""
         out = [
@@ -177,6 +195,28 @@ class TorchBackend(Backend):
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, self._input_dtype, non_blocking=True)
         with torch.inference_mode(), self._autocast():
             return self._to_numpy(self._image_forward(x))
+
+    def input_side(self) -> int | None:
+        cfg = getattr(getattr(getattr(self, "model", None), "visual", None), "preprocess_cfg", None)
+        size = cfg.get("size") if isinstance(cfg, dict) else None
+        if isinstance(size, int):
+            return size
+        if isinstance(size, (tuple, list)) and size:
+            return int(max(size))
+        return None
+
+    def encode_pixels(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 (B, C, H, W) -> vectors: ToTensor's ``/255`` and Normalize's ``(x - mean) / std``
+        in float32, in that order (the same floats as the PIL transform), then the forward."""
+        import torch
+
+        mean, std = self._pixel_norm
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)
+        x = x.to(torch.float32).div(255)
+        x = x.sub_(torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(-1, 1, 1))
+        x = x.div_(torch.as_tensor(std, dtype=torch.float32, device=x.device).view(-1, 1, 1))
+        with torch.inference_mode(), self._autocast():
+            return self._to_numpy(self._image_forward(x.to(self._input_dtype)))
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         import torch

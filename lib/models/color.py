@@ -84,6 +84,9 @@ class ColorBackend(Backend):
         self.dim = DIM
         self.fingerprint_info = color_fingerprint_info(params)
 
+    def input_side(self) -> int:
+        return SIDE
+
     def preprocess(self, img: Image.Image) -> np.ndarray:
         return color_features(img, self.params)
 

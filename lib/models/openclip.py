@@ -113,6 +113,28 @@ class OpenClipBackend(TorchBackend):
             img = limit_aspect(img)
         return self.transform(img).numpy()
 
+    def pixels_preprocess(self):
+        """open_clip's eval transform up to its last two steps (ToTensor, Normalize): the
+        resized, cropped RGB pixels as uint8 (3, H, W); :meth:`encode_pixels` does the rest.
+        None for a transform of another shape."""
+        steps = list(getattr(self.transform, "transforms", []))
+        if len(steps) < 2 or type(steps[-2]).__name__ not in ("MaybeToTensor", "ToTensor") \
+                or type(steps[-1]).__name__ != "Normalize":
+            return None
+        from torchvision.transforms import Compose
+
+        head = Compose(steps[:-2])
+        self._pixel_norm = (tuple(steps[-1].mean), tuple(steps[-1].std))
+        short_side = self._short_side_resize
+
+        def pixels(img: Image.Image) -> np.ndarray:
+            out = head(limit_aspect(img) if short_side else img)
+            if not isinstance(out, Image.Image) or out.mode != "RGB":
+                raise TypeError(f"transform gave {type(out).__name__} {getattr(out, 'mode', '')}, not an RGB image")
+            return np.asarray(out, dtype=np.uint8).transpose(2, 0, 1)
+
+        return pixels
+
     def _image_forward(self, x):
         return self.model.encode_image(x)
 
