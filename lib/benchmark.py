@@ -445,8 +445,9 @@ def _fit_probe_eval(X_tr: np.ndarray, y_tr: np.ndarray, X_te: np.ndarray, y_te: 
 
 def _task_grid(ctx, name: str) -> list[dict]:
     from . import dataset as ds_mod
+    from .expansion import expand, sample_by_rank, seeds_from_labels
     from .index import VectorIndex
-    from .neighbors import Space, expand, sample_by_rank, seeds_from_labels
+    from .neighbors import Space
     from .sensitivity import SENSITIVE, binary_truth, load_policy
 
     parts = test_split(name, test_frac=ctx.test_frac, seed=ctx.seed)
@@ -509,7 +510,7 @@ def _task_grid(ctx, name: str) -> list[dict]:
 
 class _PoolEmbeddings:
     """The vectors (n, dim) of some dataset rows, as the part of DatasetEmbeddings that
-    :func:`lib.neighbors.expand` reads (``take``, ``dim``, ``len``)."""
+    :func:`lib.expansion.expand` reads (``take``, ``dim``, ``len``)."""
 
     def __init__(self, emb, rows: np.ndarray):
         self._m = emb.take(rows)

@@ -553,7 +553,8 @@ def _seed_args(p, default_per_class=None):
 
 def _expansion(a):
     from .errors import WorkbenchError
-    from .neighbors import expand, open_space, read_seeds, seeds_from_labels
+    from .expansion import expand, read_seeds, seeds_from_labels
+    from .neighbors import open_space
 
     space = open_space(a.name, a.model, random_weights=a.random_weights, index_kind=a.index)
     if a.seeds:
@@ -562,7 +563,7 @@ def _expansion(a):
         seeds = seeds_from_labels(space.dataset, a.seeds_per_class, seed=a.seed)
     else:
         raise WorkbenchError("give --seeds FILE or --seeds-from-labels N")
-    return space, expand(space, seeds, k=a.k, rule=a.rule)
+    return space, seeds, expand(space, seeds, k=a.k, rule=a.rule)
 
 
 def _slug(spec: str) -> str:
@@ -574,19 +575,26 @@ def _slug(spec: str) -> str:
 @verb("expand", "MedGore seed expansion: label the k nearest neighbours of seed images with the seed's class")
 @args_for(lambda p: (
     p.add_argument("name"), _model_args(p), _seed_args(p),
-    p.add_argument("--out", default=None, help="labelled-set parquet (default: <home>/results/NAME/expand-...)"),
+    p.add_argument("--out", default=None,
+                   help="expansion folder (default: <home>/results/NAME/expansion-<model>-k<k>-<rule>-<seeds>/, "
+                        "which the app's Expand page lists)"),
 ))
 def cmd_expand(a) -> int:
-    _, res = _expansion(a)
-    path = _result_path(a, f"expand-{_slug(a.model)}-k{a.k}.parquet")
-    paths = res.save(path)
+    from .expansion import expansion_name, save_expansion
+
+    space, seeds, res = _expansion(a)
+    name = expansion_name(a.model, a.k, a.rule, seeds, a.random_weights)
+    origin = f"file:{a.seeds}" if a.seeds else f"labels:{a.seeds_per_class}/seed{a.seed}"
+    saved = save_expansion(res, a.name, name, {"spec": a.model, "random_weights": bool(a.random_weights),
+                                               "fingerprint": space.emb.fingerprint, "origin": origin},
+                           path=a.out)
     print(f"{a.name} x {a.model}: {len(res.seeds)} seeds, k={a.k}, rule={a.rule}: "
           f"{int(res.labelled['label'].notna().sum())} labelled images, {len(res.conflicts)} conflicts")
     _print_table(res.counts.round({"share_unique": 4}))
     if len(res.conflicts):
         print(f"\nconflicts (images reached by several classes; first 20 of {len(res.conflicts)}):")
         _print_table(res.conflicts.head(20).assign(id=lambda d: d["id"].str[:16]), 20)
-    print("\nwritten: " + ", ".join(str(p) for p in paths))
+    print(f"\nwritten: {saved.path} (expansion {saved.name}; the app's Expand page opens it)")
     return 0
 
 
@@ -603,14 +611,14 @@ def cmd_expand(a) -> int:
 def cmd_homogeneity(a) -> int:
     import pandas as pd
 
-    from .neighbors import homogeneity, homogeneity_figure, read_seeds, truth_from_dataset
+    from .expansion import dataset_truth, homogeneity, homogeneity_figure, read_seeds
 
-    space, res = _expansion(a)
+    space, _, res = _expansion(a)
     if a.truth:
         pairs = read_seeds(a.truth, space.dataset)  # same format: id + label
         truth = pd.Series({i: lab for lab, ids in pairs.items() for i in ids}, name="truth")
     else:
-        truth = truth_from_dataset(space.dataset)
+        truth = dataset_truth(space.dataset)
     from .files import write_table
 
     table = homogeneity(res, truth, band_width=a.band)
@@ -902,7 +910,7 @@ def _export_args(p):
 @verb("export", "export an expanded, reviewed label set as a manifest (path,label,split + provenance) to ingest")
 @args_for(_export_args)
 def cmd_export(a) -> int:
-    from . import dataset, workflow
+    from . import dataset, expansion, workflow
     from .annotations import AnnotationStore
     from .errors import WorkbenchError
 
@@ -920,8 +928,8 @@ def cmd_export(a) -> int:
         print((folder / "README.md").read_text())
         print(f"written: {folder}")
         return 0
-    saved = workflow.load_expansion(a.name, a.expansion)
-    reviews = None if a.reviews.lower() == "none" else workflow.review_labels(AnnotationStore(), a.name, a.reviews)
+    saved = expansion.load_expansion(a.name, a.expansion)
+    reviews = None if a.reviews.lower() == "none" else expansion.review_labels(AnnotationStore(), a.name, a.reviews)
     keep = [c.strip() for c in a.keep_columns.split(",") if c.strip()]
     manifest = workflow.export_table(
         ds, saved, reviews=reviews, first_n=a.first_n, last_n=a.last_n, include_seeds=not a.no_seeds,

@@ -1319,9 +1319,9 @@ def leak_rows(ds: ds_mod.Dataset, leaks: pd.DataFrame) -> pd.DataFrame:
 
 def annotation_label_for(name: str, labels: Sequence[str], cls) -> str | None:
     """The annotation label (of the store's label set ``labels``) that stands for dataset class
-    ``cls`` (:func:`lib.workflow.class_mapping`: Blur for the sensitive class, Ok for the safe
+    ``cls`` (:func:`lib.expansion.class_mapping`: Blur for the sensitive class, Ok for the safe
     one), or the class itself when it is a label of the set; None when no label says it."""
-    from .workflow import class_mapping
+    from .expansion import class_mapping
 
     for label, c in class_mapping(name).items():
         if c is not None and str(c) == str(cls) and label in labels:

@@ -910,7 +910,7 @@ def short(cid: str, n: int = 10) -> str:
 
 
 # =========================================================================== annotation workflow
-# Helpers of pages 7-9 (Annotate, Expand, Agreement); the logic lives in lib/workflow.py.
+# Helpers of pages 7-9 (Annotate, Expand, Agreement); the logic lives in lib/workflow.py and lib/expansion.py.
 
 PAGES.update({"annotate": "pages/7_Annotate.py", "expand": "pages/8_Expand.py", "agreement": "pages/9_Agreement.py"})
 
@@ -1098,14 +1098,14 @@ def annotator_name() -> str | None:
 
 @st.cache_resource(show_spinner="Loading the expansion…", max_entries=8)
 def _expansion(home: str, name: str, expansion: str, stamp: int):
-    from .workflow import load_expansion
+    from .expansion import load_expansion
 
     return load_expansion(name, expansion)
 
 
 def load_expansion(name: str, expansion: str):
-    """A saved expansion (:func:`lib.workflow.load_expansion`; shared, never modify it)."""
-    from .workflow import expansion_path
+    """A saved expansion (:func:`lib.expansion.load_expansion`; shared, never modify it)."""
+    from .expansion import expansion_path
 
     meta = expansion_path(name, expansion) / "meta.json"
     return _expansion(_home(), name, expansion, meta.stat().st_mtime_ns if meta.exists() else 0)
