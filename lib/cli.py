@@ -47,6 +47,14 @@ def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="build the architecture with seeded random weights (tests and benchmarks only)")
 
 
+def _model(a, **kwargs):
+    """``--model`` / ``--random-weights`` resolved once (:func:`lib.models.resolve_model`): the value
+    a verb passes to every run_* it calls."""
+    from .models import resolve_model
+
+    return resolve_model(a.model, random_weights=a.random_weights, **kwargs)
+
+
 # ---------------------------------------------------------------- datasets
 
 
@@ -335,16 +343,17 @@ def _embed_args(p):
 @verb("embed", "embed a dataset into the content-addressed cache (computes only what is missing)")
 @args_for(_embed_args)
 def cmd_embed(a) -> int:
-    kwargs = dict(batch_size=a.batch_size, workers=a.workers, shard_size=a.shard_size, device=a.device,
-                  precision=a.precision, random_weights=a.random_weights)
-    if a.engine == "ray":
+    kwargs = dict(batch_size=a.batch_size, workers=a.workers, shard_size=a.shard_size)
+    if a.engine == "ray":  # the Ray workers resolve the spec themselves, each on its own device
         from . import distributed
 
-        report = distributed.embed_ray(a.name, a.model, address=a.address, **kwargs)
+        report = distributed.embed_ray(a.name, a.model, address=a.address, device=a.device, precision=a.precision,
+                                       random_weights=a.random_weights, **kwargs)
     else:
         from . import embeddings
 
-        report = embeddings.embed(a.name, a.model, progress=sys.stderr.isatty(), **kwargs)
+        report = embeddings.embed(a.name, _model(a, device=a.device, precision=a.precision),
+                                  progress=sys.stderr.isatty(), **kwargs)
     print(report.summary())
     for _path, reason in report.errors[:30]:
         print(f"  error: {reason}")
@@ -366,7 +375,8 @@ def cmd_neighbors(a) -> int:
 
     if bool(a.id) == bool(a.image):
         raise WorkbenchError("give exactly one of --id ID or --image FILE")
-    space = open_space(a.name, a.model, random_weights=a.random_weights, index_kind=a.index)
+    model = _model(a)
+    space = open_space(a.name, model, index_kind=a.index)
     if a.id:
         row = space.row_of(space.dataset.resolve_id(a.id))
         df = neighbours(space, row, a.k)
@@ -374,10 +384,8 @@ def cmd_neighbors(a) -> int:
         print(f"query {q['id'][:16]}  label={q['label']}  {q['path']}")
     else:
         from .images import open_image
-        from .models import load_model
 
-        backend = load_model(a.model, random_weights=a.random_weights)
-        df = neighbours_of_image(space, backend, open_image(a.image), a.k)
+        df = neighbours_of_image(space, model.backend, open_image(a.image), a.k)
         print(f"query {a.image}")
     df = df.assign(id=df["id"].str[:16], score=df["score"].round(4))
     _print_table(df[["rank", "score", "id", "label", "path"]], a.k)
@@ -431,8 +439,8 @@ def cmd_zeroshot(a) -> int:
 
     from .zeroshot import prompts_for, run_zeroshot
 
-    res = run_zeroshot(a.name, a.model, classes=a.classes, templates=a.templates, label_column=a.label_col,
-                       random_weights=a.random_weights, out=a.out, positive=a.positive)
+    res = run_zeroshot(a.name, _model(a), classes=a.classes, templates=a.templates, label_column=a.label_col,
+                       out=a.out, positive=a.positive)
     per_class = {c: len(p) for c, p in prompts_for(res.classes, res.templates).items()}
     print(f"{a.name} x {a.model}: {len(res.predictions)} images; classes {', '.join(res.classes.classes)} "
           f"({res.classes.name}); templates {res.templates.name} "
@@ -484,9 +492,8 @@ def cmd_retrieve(a) -> int:
             ks = [int(k) for k in a.ks.split(",") if k.strip()]
         except ValueError:
             raise WorkbenchError(f"--ks must be comma-separated integers, got {a.ks!r}") from None
-        res = retrieval.run_retrieval_eval(a.name, a.model, a.group_col, ks=ks, pooled=a.gallery == "pooled",
-                                           beyond_gallery=a.beyond_gallery, random_weights=a.random_weights,
-                                           out=a.out)
+        res = retrieval.run_retrieval_eval(a.name, _model(a), a.group_col, ks=ks, pooled=a.gallery == "pooled",
+                                           beyond_gallery=a.beyond_gallery, out=a.out)
         print(f"{a.name} x {a.model}: {res.pairs} (image, caption) pairs, {res.skipped} rows without caption; "
               f"gallery {'pooled' if res.pooled else 'per group'}")
         recall_cols = [c for c in res.table.columns if "_R" in c]
@@ -496,23 +503,23 @@ def cmd_retrieve(a) -> int:
 
     from .neighbors import open_space
 
+    model = _model(a)
     if a.id:
-        space = open_space(a.name, a.model, random_weights=a.random_weights, index_kind=a.index)
+        space = open_space(a.name, model, index_kind=a.index)
         row = space.row_of(space.dataset.resolve_id(a.id))
         df = retrieval.image_to_image(space, None, row, a.k)
         q = space.dataset.images.iloc[row]
         print(f"query {q['id'][:16]}  label={q['label']}  {q['path']}")
     else:
         from .embeddings import embed
-        from .models import load_model
 
-        backend = load_model(a.model, random_weights=a.random_weights)
+        backend = model.backend
         if a.text is not None:
             from .zeroshot import require_text
 
             require_text(backend, "text search")  # before embedding a whole dataset for nothing
-        embed(a.name, a.model, random_weights=a.random_weights, backend=backend)
-        space = open_space(a.name, a.model, random_weights=a.random_weights, backend=backend, index_kind=a.index)
+        embed(a.name, model)
+        space = open_space(a.name, model, index_kind=a.index)
         if a.text is not None:
             df = retrieval.text_to_image(space, backend, a.text, a.k)
             print(f"query text: {a.text!r}")
@@ -556,7 +563,7 @@ def _expansion(a):
     from .expansion import expand, read_seeds, seeds_from_labels
     from .neighbors import open_space
 
-    space = open_space(a.name, a.model, random_weights=a.random_weights, index_kind=a.index)
+    space = open_space(a.name, _model(a), index_kind=a.index)
     if a.seeds:
         seeds = read_seeds(a.seeds, space.dataset)
     elif a.seeds_per_class:
@@ -664,8 +671,8 @@ def cmd_probe(a) -> int:
         from .quality import split_exclusions
 
         exclude = split_exclusions(a.name)
-    res = run_probe(a.name, a.model, a.input, folds=a.folds, use_split=a.split, C=a.C, class_weight=a.class_weight,
-                    seed=a.seed, random_weights=a.random_weights, positive=a.positive, exclude_ids=exclude)
+    res = run_probe(a.name, _model(a), a.input, folds=a.folds, use_split=a.split, C=a.C, class_weight=a.class_weight,
+                    seed=a.seed, positive=a.positive, exclude_ids=exclude)
     paths = res.save(a.out or default_path(a.name, a.model, a.input))
     left = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in res.dropped.items() if v) or "none"
     pos = f"; positive class {res.positive}" if res.positive is not None else ""
@@ -698,11 +705,11 @@ def cmd_probe(a) -> int:
 def cmd_compare(a) -> int:
     from pathlib import Path
 
-    from .compare import compare_models
+    from .compare import compare_models, resolve_all
 
-    specs = [s.strip() for s in a.models.split(",") if s.strip()]
-    res = compare_models(a.name, specs, a.k, task=a.task, input=a.input, folds=a.folds,
-                         random_weights=a.random_weights, positive=a.positive)
+    models = resolve_all([s.strip() for s in a.models.split(",") if s.strip()], a.random_weights)
+    specs = [m.spec for m in models]
+    res = compare_models(a.name, models, a.k, task=a.task, input=a.input, folds=a.folds, positive=a.positive)
     from .files import results_dir
 
     folder = Path(a.out) if a.out else results_dir(a.name)
@@ -737,7 +744,7 @@ def cmd_project(a) -> int:
 
     kwargs = {"seed": a.seed} if a.method == "pca" else \
         {"n_neighbors": a.n_neighbors, "min_dist": a.min_dist, "seed": a.seed}
-    df = project_dataset(a.name, a.model, a.method, random_weights=a.random_weights, **kwargs)
+    df = project_dataset(a.name, _model(a), a.method, **kwargs)
     path = _result_path(a, f"project-{_slug(a.model)}-{a.method}.parquet")
     write_table(path, df)
     print(f"{a.name} x {a.model}: {len(df)} points ({a.method})")
@@ -1171,9 +1178,9 @@ def cmd_quality(a) -> int:
 
     check_threshold(a.threshold)  # bad input first, before anything is loaded
     check_hash_distance(a.hash_distance)
-    rep = run_quality(a.name, a.model, threshold=a.threshold, use_hash=a.hash, hash_only=a.hash_only,
+    rep = run_quality(a.name, _model(a), threshold=a.threshold, use_hash=a.hash, hash_only=a.hash_only,
                       hash_max_distance=a.hash_distance, against=a.against, k=a.k, folds=a.folds, seed=a.seed,
-                      random_weights=a.random_weights, workers=a.workers)
+                      workers=a.workers)
     folder = Path(a.out) if a.out else results_dir(a.name) / f"quality-{_slug(a.model)}"
     paths = rep.save(folder)
     print(rep.summary())

@@ -39,12 +39,14 @@ class Space:
         return int(rows[0])
 
 
-def open_space(name: str, spec: str, *, random_weights: bool = False, backend=None,
-               index_kind: str = "auto") -> Space:
-    """Dataset ``name`` embedded with ``spec`` (which must be cached: see ``lib embed``)."""
+def open_space(name: str, model, *, index_kind: str = "auto") -> Space:
+    """Dataset ``name`` embedded with ``model`` (a :class:`lib.models.ResolvedModel` or a spec
+    string; its embeddings must be cached: see ``lib embed``)."""
+    from .models import resolve_model
+
+    model = resolve_model(model)
     ds = ds_mod.load(name)
-    emb = load_embeddings(name, spec, random_weights=random_weights, backend=backend)
-    return Space(ds, spec, emb, index_kind)
+    return Space(ds, model.spec, load_embeddings(name, model), index_kind)
 
 
 def search_vectors(space: Space, vectors: np.ndarray, k: int,

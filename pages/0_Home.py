@@ -173,12 +173,11 @@ with ui.guard():
     if go_embed:
         with emb:
             choice = ModelChoice(spec, bool(rnd) and spec != "color")
-            backend = ui.load_backend(choice)
+            ui.load_backend(choice)  # loads it under a spinner, before the progress bar
             bar = st.progress(0.0, text="Embedding…")
             from lib.embeddings import embed
 
-            report = embed(ctx.name, choice.spec, random_weights=choice.random_weights, backend=backend,
-                           progress_callback=ui.progress_callback(bar, "Embedding"))
+            report = embed(ctx.name, ui.resolved(choice), progress_callback=ui.progress_callback(bar, "Embedding"))
             bar.empty()
             st.success(report.summary())
             st.button("Refresh")
