@@ -283,8 +283,8 @@ def _rows(task: str, variant: str, metrics: dict, n: int, keys: Sequence[str] | 
 def _embedded(ctx, name: str):
     from .embeddings import embed, load_embeddings
 
-    embed(name, ctx.spec, random_weights=ctx.random_weights, backend=ctx.backend)
-    return load_embeddings(name, ctx.spec, random_weights=ctx.random_weights, backend=ctx.backend)
+    embed(name, ctx.model)
+    return load_embeddings(name, ctx.model)
 
 
 def _task_zeroshot(ctx, name: str) -> list[dict]:
@@ -292,8 +292,7 @@ def _task_zeroshot(ctx, name: str) -> list[dict]:
 
     if not ctx.backend.has_text:
         raise Skip(f"model {ctx.spec} has no text tower: zero-shot needs an image-text model")
-    res = run_zeroshot(name, ctx.spec, classes=ctx.classes, random_weights=ctx.random_weights, backend=ctx.backend,
-                       write=False)
+    res = run_zeroshot(name, ctx.model, classes=ctx.classes, write=False)
     if not res.metrics:
         raise Skip(f"no label of {name!r} maps to the classes of {res.classes.name!r} ({', '.join(res.classes.classes)})")
     scored = res.predictions[res.predictions["truth"].notna()]
@@ -314,8 +313,7 @@ def _task_probe(ctx, name: str) -> list[dict]:
     split = images["split"].astype("string") if "split" in images else pd.Series(pd.NA, index=images.index)
     use_split = bool(split.eq("train").any() and split.eq("test").any())
     try:
-        res = run_probe(name, ctx.spec, "image", use_split=use_split, seed=ctx.seed,
-                        random_weights=ctx.random_weights, backend=ctx.backend)
+        res = run_probe(name, ctx.model, "image", use_split=use_split, seed=ctx.seed)
     except ProbeError as e:
         raise Skip(str(e)) from None
     return _rows("probe", res.mode, res.metrics, res.metrics["n"], CLASSIFICATION_KEYS,
@@ -329,7 +327,7 @@ def _task_retrieval(ctx, name: str) -> list[dict]:
     if not ctx.backend.has_text:
         raise Skip(f"model {ctx.spec} has no text tower: caption retrieval needs an image-text model")
     try:
-        ev = run_retrieval_eval(name, ctx.spec, random_weights=ctx.random_weights, backend=ctx.backend, write=False)
+        ev = run_retrieval_eval(name, ctx.model, write=False)
     except DatasetError as e:
         raise Skip(str(e)) from None
     row = ev.table.iloc[0]
@@ -445,8 +443,9 @@ def _fit_probe_eval(X_tr: np.ndarray, y_tr: np.ndarray, X_te: np.ndarray, y_te: 
 
 def _task_grid(ctx, name: str) -> list[dict]:
     from . import dataset as ds_mod
+    from .expansion import expand, sample_by_rank, seeds_from_labels
     from .index import VectorIndex
-    from .neighbors import Space, expand, sample_by_rank, seeds_from_labels
+    from .neighbors import Space
     from .sensitivity import SENSITIVE, binary_truth, load_policy
 
     parts = test_split(name, test_frac=ctx.test_frac, seed=ctx.seed)
@@ -509,7 +508,7 @@ def _task_grid(ctx, name: str) -> list[dict]:
 
 class _PoolEmbeddings:
     """The vectors (n, dim) of some dataset rows, as the part of DatasetEmbeddings that
-    :func:`lib.neighbors.expand` reads (``take``, ``dim``, ``len``)."""
+    :func:`lib.expansion.expand` reads (``take``, ``dim``, ``len``)."""
 
     def __init__(self, emb, rows: np.ndarray):
         self._m = emb.take(rows)
@@ -575,6 +574,13 @@ class _Context:
     grid_cap: int
     finetune_epochs: int
     out: Path
+
+    @property
+    def model(self):
+        """The cell's model as the run_* take it (:class:`lib.models.ResolvedModel`, already loaded)."""
+        from .models import resolve_model
+
+        return resolve_model(self.spec, random_weights=self.random_weights, seed=self.seed, backend=self.backend)
 
 
 def run_benchmark(datasets: Sequence[str], models: Sequence[str], tasks: Sequence[str] = DEFAULT_TASKS, *,

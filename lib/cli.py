@@ -47,6 +47,14 @@ def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="build the architecture with seeded random weights (tests and benchmarks only)")
 
 
+def _model(a, **kwargs):
+    """``--model`` / ``--random-weights`` resolved once (:func:`lib.models.resolve_model`): the value
+    a verb passes to every run_* it calls."""
+    from .models import resolve_model
+
+    return resolve_model(a.model, random_weights=a.random_weights, **kwargs)
+
+
 # ---------------------------------------------------------------- datasets
 
 
@@ -335,16 +343,17 @@ def _embed_args(p):
 @verb("embed", "embed a dataset into the content-addressed cache (computes only what is missing)")
 @args_for(_embed_args)
 def cmd_embed(a) -> int:
-    kwargs = dict(batch_size=a.batch_size, workers=a.workers, shard_size=a.shard_size, device=a.device,
-                  precision=a.precision, random_weights=a.random_weights)
-    if a.engine == "ray":
+    kwargs = dict(batch_size=a.batch_size, workers=a.workers, shard_size=a.shard_size)
+    if a.engine == "ray":  # the Ray workers resolve the spec themselves, each on its own device
         from . import distributed
 
-        report = distributed.embed_ray(a.name, a.model, address=a.address, **kwargs)
+        report = distributed.embed_ray(a.name, a.model, address=a.address, device=a.device, precision=a.precision,
+                                       random_weights=a.random_weights, **kwargs)
     else:
         from . import embeddings
 
-        report = embeddings.embed(a.name, a.model, progress=sys.stderr.isatty(), **kwargs)
+        report = embeddings.embed(a.name, _model(a, device=a.device, precision=a.precision),
+                                  progress=sys.stderr.isatty(), **kwargs)
     print(report.summary())
     for _path, reason in report.errors[:30]:
         print(f"  error: {reason}")
@@ -403,7 +412,8 @@ def cmd_neighbors(a) -> int:
 
     if bool(a.id) == bool(a.image):
         raise WorkbenchError("give exactly one of --id ID or --image FILE")
-    space = open_space(a.name, a.model, random_weights=a.random_weights, index_kind=a.index)
+    model = _model(a)
+    space = open_space(a.name, model, index_kind=a.index)
     if a.id:
         row = space.row_of(space.dataset.resolve_id(a.id))
         df = neighbours(space, row, a.k)
@@ -411,10 +421,8 @@ def cmd_neighbors(a) -> int:
         print(f"query {q['id'][:16]}  label={q['label']}  {q['path']}")
     else:
         from .images import open_image
-        from .models import load_model
 
-        backend = load_model(a.model, random_weights=a.random_weights)
-        df = neighbours_of_image(space, backend, open_image(a.image), a.k)
+        df = neighbours_of_image(space, model.backend, open_image(a.image), a.k)
         print(f"query {a.image}")
     df = df.assign(id=df["id"].str[:16], score=df["score"].round(4))
     _print_table(df[["rank", "score", "id", "label", "path"]], a.k)
@@ -468,8 +476,8 @@ def cmd_zeroshot(a) -> int:
 
     from .zeroshot import prompts_for, run_zeroshot
 
-    res = run_zeroshot(a.name, a.model, classes=a.classes, templates=a.templates, label_column=a.label_col,
-                       random_weights=a.random_weights, out=a.out, positive=a.positive)
+    res = run_zeroshot(a.name, _model(a), classes=a.classes, templates=a.templates, label_column=a.label_col,
+                       out=a.out, positive=a.positive)
     per_class = {c: len(p) for c, p in prompts_for(res.classes, res.templates).items()}
     print(f"{a.name} x {a.model}: {len(res.predictions)} images; classes {', '.join(res.classes.classes)} "
           f"({res.classes.name}); templates {res.templates.name} "
@@ -521,9 +529,8 @@ def cmd_retrieve(a) -> int:
             ks = [int(k) for k in a.ks.split(",") if k.strip()]
         except ValueError:
             raise WorkbenchError(f"--ks must be comma-separated integers, got {a.ks!r}") from None
-        res = retrieval.run_retrieval_eval(a.name, a.model, a.group_col, ks=ks, pooled=a.gallery == "pooled",
-                                           beyond_gallery=a.beyond_gallery, random_weights=a.random_weights,
-                                           out=a.out)
+        res = retrieval.run_retrieval_eval(a.name, _model(a), a.group_col, ks=ks, pooled=a.gallery == "pooled",
+                                           beyond_gallery=a.beyond_gallery, out=a.out)
         print(f"{a.name} x {a.model}: {res.pairs} (image, caption) pairs, {res.skipped} rows without caption; "
               f"gallery {'pooled' if res.pooled else 'per group'}")
         recall_cols = [c for c in res.table.columns if "_R" in c]
@@ -533,23 +540,23 @@ def cmd_retrieve(a) -> int:
 
     from .neighbors import open_space
 
+    model = _model(a)
     if a.id:
-        space = open_space(a.name, a.model, random_weights=a.random_weights, index_kind=a.index)
+        space = open_space(a.name, model, index_kind=a.index)
         row = space.row_of(space.dataset.resolve_id(a.id))
         df = retrieval.image_to_image(space, None, row, a.k)
         q = space.dataset.images.iloc[row]
         print(f"query {q['id'][:16]}  label={q['label']}  {q['path']}")
     else:
         from .embeddings import embed
-        from .models import load_model
 
-        backend = load_model(a.model, random_weights=a.random_weights)
+        backend = model.backend
         if a.text is not None:
             from .zeroshot import require_text
 
             require_text(backend, "text search")  # before embedding a whole dataset for nothing
-        embed(a.name, a.model, random_weights=a.random_weights, backend=backend)
-        space = open_space(a.name, a.model, random_weights=a.random_weights, backend=backend, index_kind=a.index)
+        embed(a.name, model)
+        space = open_space(a.name, model, index_kind=a.index)
         if a.text is not None:
             df = retrieval.text_to_image(space, backend, a.text, a.k)
             print(f"query text: {a.text!r}")
@@ -590,16 +597,17 @@ def _seed_args(p, default_per_class=None):
 
 def _expansion(a):
     from .errors import WorkbenchError
-    from .neighbors import expand, open_space, read_seeds, seeds_from_labels
+    from .expansion import expand, read_seeds, seeds_from_labels
+    from .neighbors import open_space
 
-    space = open_space(a.name, a.model, random_weights=a.random_weights, index_kind=a.index)
+    space = open_space(a.name, _model(a), index_kind=a.index)
     if a.seeds:
         seeds = read_seeds(a.seeds, space.dataset)
     elif a.seeds_per_class:
         seeds = seeds_from_labels(space.dataset, a.seeds_per_class, seed=a.seed)
     else:
         raise WorkbenchError("give --seeds FILE or --seeds-from-labels N")
-    return space, expand(space, seeds, k=a.k, rule=a.rule)
+    return space, seeds, expand(space, seeds, k=a.k, rule=a.rule)
 
 
 def _slug(spec: str) -> str:
@@ -611,19 +619,26 @@ def _slug(spec: str) -> str:
 @verb("expand", "MedGore seed expansion: label the k nearest neighbours of seed images with the seed's class")
 @args_for(lambda p: (
     p.add_argument("name"), _model_args(p), _seed_args(p),
-    p.add_argument("--out", default=None, help="labelled-set parquet (default: <home>/results/NAME/expand-...)"),
+    p.add_argument("--out", default=None,
+                   help="expansion folder (default: <home>/results/NAME/expansion-<model>-k<k>-<rule>-<seeds>/, "
+                        "which the app's Expand page lists)"),
 ))
 def cmd_expand(a) -> int:
-    _, res = _expansion(a)
-    path = _result_path(a, f"expand-{_slug(a.model)}-k{a.k}.parquet")
-    paths = res.save(path)
+    from .expansion import expansion_name, save_expansion
+
+    space, seeds, res = _expansion(a)
+    name = expansion_name(a.model, a.k, a.rule, seeds, a.random_weights)
+    origin = f"file:{a.seeds}" if a.seeds else f"labels:{a.seeds_per_class}/seed{a.seed}"
+    saved = save_expansion(res, a.name, name, {"spec": a.model, "random_weights": bool(a.random_weights),
+                                               "fingerprint": space.emb.fingerprint, "origin": origin},
+                           path=a.out)
     print(f"{a.name} x {a.model}: {len(res.seeds)} seeds, k={a.k}, rule={a.rule}: "
           f"{int(res.labelled['label'].notna().sum())} labelled images, {len(res.conflicts)} conflicts")
     _print_table(res.counts.round({"share_unique": 4}))
     if len(res.conflicts):
         print(f"\nconflicts (images reached by several classes; first 20 of {len(res.conflicts)}):")
         _print_table(res.conflicts.head(20).assign(id=lambda d: d["id"].str[:16]), 20)
-    print("\nwritten: " + ", ".join(str(p) for p in paths))
+    print(f"\nwritten: {saved.path} (expansion {saved.name}; the app's Expand page opens it)")
     return 0
 
 
@@ -640,14 +655,14 @@ def cmd_expand(a) -> int:
 def cmd_homogeneity(a) -> int:
     import pandas as pd
 
-    from .neighbors import homogeneity, homogeneity_figure, read_seeds, truth_from_dataset
+    from .expansion import dataset_truth, homogeneity, homogeneity_figure, read_seeds
 
-    space, res = _expansion(a)
+    space, _, res = _expansion(a)
     if a.truth:
         pairs = read_seeds(a.truth, space.dataset)  # same format: id + label
         truth = pd.Series({i: lab for lab, ids in pairs.items() for i in ids}, name="truth")
     else:
-        truth = truth_from_dataset(space.dataset)
+        truth = dataset_truth(space.dataset)
     from .files import write_table
 
     table = homogeneity(res, truth, band_width=a.band)
@@ -693,8 +708,8 @@ def cmd_probe(a) -> int:
         from .quality import split_exclusions
 
         exclude = split_exclusions(a.name)
-    res = run_probe(a.name, a.model, a.input, folds=a.folds, use_split=a.split, C=a.C, class_weight=a.class_weight,
-                    seed=a.seed, random_weights=a.random_weights, positive=a.positive, exclude_ids=exclude)
+    res = run_probe(a.name, _model(a), a.input, folds=a.folds, use_split=a.split, C=a.C, class_weight=a.class_weight,
+                    seed=a.seed, positive=a.positive, exclude_ids=exclude)
     paths = res.save(a.out or default_path(a.name, a.model, a.input))
     left = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in res.dropped.items() if v) or "none"
     pos = f"; positive class {res.positive}" if res.positive is not None else ""
@@ -727,11 +742,11 @@ def cmd_probe(a) -> int:
 def cmd_compare(a) -> int:
     from pathlib import Path
 
-    from .compare import compare_models
+    from .compare import compare_models, resolve_all
 
-    specs = [s.strip() for s in a.models.split(",") if s.strip()]
-    res = compare_models(a.name, specs, a.k, task=a.task, input=a.input, folds=a.folds,
-                         random_weights=a.random_weights, positive=a.positive)
+    models = resolve_all([s.strip() for s in a.models.split(",") if s.strip()], a.random_weights)
+    specs = [m.spec for m in models]
+    res = compare_models(a.name, models, a.k, task=a.task, input=a.input, folds=a.folds, positive=a.positive)
     from .files import results_dir
 
     folder = Path(a.out) if a.out else results_dir(a.name)
@@ -766,7 +781,7 @@ def cmd_project(a) -> int:
 
     kwargs = {"seed": a.seed} if a.method == "pca" else \
         {"n_neighbors": a.n_neighbors, "min_dist": a.min_dist, "seed": a.seed}
-    df = project_dataset(a.name, a.model, a.method, random_weights=a.random_weights, **kwargs)
+    df = project_dataset(a.name, _model(a), a.method, **kwargs)
     path = _result_path(a, f"project-{_slug(a.model)}-{a.method}.parquet")
     write_table(path, df)
     print(f"{a.name} x {a.model}: {len(df)} points ({a.method})")
@@ -939,7 +954,7 @@ def _export_args(p):
 @verb("export", "export an expanded, reviewed label set as a manifest (path,label,split + provenance) to ingest")
 @args_for(_export_args)
 def cmd_export(a) -> int:
-    from . import dataset, workflow
+    from . import dataset, expansion, workflow
     from .annotations import AnnotationStore
     from .errors import WorkbenchError
 
@@ -957,8 +972,8 @@ def cmd_export(a) -> int:
         print((folder / "README.md").read_text())
         print(f"written: {folder}")
         return 0
-    saved = workflow.load_expansion(a.name, a.expansion)
-    reviews = None if a.reviews.lower() == "none" else workflow.review_labels(AnnotationStore(), a.name, a.reviews)
+    saved = expansion.load_expansion(a.name, a.expansion)
+    reviews = None if a.reviews.lower() == "none" else expansion.review_labels(AnnotationStore(), a.name, a.reviews)
     keep = [c.strip() for c in a.keep_columns.split(",") if c.strip()]
     manifest = workflow.export_table(
         ds, saved, reviews=reviews, first_n=a.first_n, last_n=a.last_n, include_seeds=not a.no_seeds,
@@ -1206,9 +1221,9 @@ def cmd_quality(a) -> int:
 
     check_threshold(a.threshold)  # bad input first, before anything is loaded
     check_hash_distance(a.hash_distance)
-    rep = run_quality(a.name, a.model, threshold=a.threshold, use_hash=a.hash, hash_only=a.hash_only,
+    rep = run_quality(a.name, _model(a), threshold=a.threshold, use_hash=a.hash, hash_only=a.hash_only,
                       hash_max_distance=a.hash_distance, against=a.against, k=a.k, folds=a.folds, seed=a.seed,
-                      random_weights=a.random_weights, workers=a.workers)
+                      workers=a.workers)
     folder = Path(a.out) if a.out else results_dir(a.name) / f"quality-{_slug(a.model)}"
     paths = rep.save(folder)
     print(rep.summary())

@@ -190,16 +190,20 @@ def jaccard_at_k(A: np.ndarray, B: np.ndarray, k: int = 10) -> np.ndarray:
     return jaccard_rows(knn_rows(A, k), knn_rows(B, k))
 
 
-def _rw(spec: str, random_weights: bool) -> bool:
-    """``random_weights`` applies to models that have weights (``color`` has none)."""
-    from .models import parse_spec
+def resolve_all(models: Sequence, random_weights: bool = False) -> list:
+    """Specs or ResolvedModels -> ResolvedModels, one per spec; ``random_weights`` applies to
+    the models that have weights (``color`` has none)."""
+    from .models import has_weights, resolve_model
 
-    return random_weights and parse_spec(spec).kind != "color"
+    out = [m if not isinstance(m, str) else resolve_model(m, random_weights=random_weights and has_weights(m))
+           for m in models]
+    return list({m.spec: m for m in out}.values())
 
 
-def neighbourhood_overlap(name: str, specs: Sequence[str], k: int = 10, *, random_weights: bool = False,
-                          backends: Mapping | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def neighbourhood_overlap(name: str, models: Sequence, k: int = 10) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Jaccard@k between every pair of models' spaces on dataset ``name`` (one row per content id).
+
+    ``models``: :class:`lib.models.ResolvedModel` values (or spec strings, for their defaults).
 
     Returns
     -------
@@ -209,13 +213,11 @@ def neighbourhood_overlap(name: str, specs: Sequence[str], k: int = 10, *, rando
     from . import dataset as ds_mod
     from .embeddings import load_embeddings
 
+    models = resolve_all(models)
+    specs = [m.spec for m in models]
     ds = ds_mod.load(name)
     rows = np.flatnonzero(~ds.images["id"].duplicated().to_numpy())  # one row per content id
-    neigh = {}
-    for spec in specs:
-        emb = load_embeddings(name, spec, random_weights=_rw(spec, random_weights),
-                              backend=(backends or {}).get(spec))
-        neigh[spec] = knn_rows(emb.take(rows), k)
+    neigh = {m.spec: knn_rows(load_embeddings(name, m).take(rows), k) for m in models}
     per_item = pd.DataFrame({"id": ds.images["id"].to_numpy()[rows]})
     pairs = []
     for a, b in combinations(specs, 2):
@@ -262,26 +264,28 @@ class ComparisonResult:
         return out
 
 
-def compare_models(name: str, specs: Sequence[str], k: int = 10, *, task: str = "probe", input: str = "image",
-                   folds: int = 5, seed: int = 0, random_weights: bool = False,
-                   backends: Mapping | None = None, positive=None) -> ComparisonResult:
+def compare_models(name: str, models: Sequence, k: int = 10, *, task: str = "probe", input: str = "image",
+                   folds: int = 5, seed: int = 0, positive=None) -> ComparisonResult:
     """Compare models on dataset ``name``: neighbourhood overlap always; with ``task='probe'``
     also a cross-validated linear probe per model (:func:`lib.probe.run_probe`), its metrics,
-    per-image agreement and score correlation."""
+    per-image agreement and score correlation.
+
+    ``models``: :class:`lib.models.ResolvedModel` values (or spec strings, for their
+    defaults; :func:`resolve_all` applies one ``random_weights`` to a list of specs)."""
     if task not in TASKS:
         raise ValueError(f"task {task!r} not in {TASKS}")
-    specs = list(dict.fromkeys(specs))
+    models = resolve_all(models)
+    specs = [m.spec for m in models]
     if len(specs) < 2:
         raise WorkbenchError("give at least two different models to compare")
     res = ComparisonResult(name, specs, k)
-    res.overlap, res.overlap_items = neighbourhood_overlap(name, specs, k, random_weights=random_weights,
-                                                           backends=backends)
+    res.overlap, res.overlap_items = neighbourhood_overlap(name, models, k)
     if task == "probe":
         from .probe import run_probe
         from .sensitivity import load_policy
 
-        preds = {s: run_probe(name, s, input, folds=folds, seed=seed, random_weights=_rw(s, random_weights),
-                              backend=(backends or {}).get(s), positive=positive).predictions for s in specs}
+        preds = {m.spec: run_probe(name, m, input, folds=folds, seed=seed, positive=positive).predictions
+                 for m in models}
         res.metrics = metrics_table(preds, positive=positive, policy=load_policy(name))
         res.agreement = agreement_table(preds)
         if all("score" in p for p in preds.values()):

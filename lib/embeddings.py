@@ -469,7 +469,7 @@ def default_workers(backend_uses_torch: bool) -> int:
 
 def embed(
     name: str,
-    spec: str,
+    spec,
     *,
     batch_size: int = 64,
     workers: int | None = None,
@@ -486,23 +486,27 @@ def embed(
 ) -> EmbedReport:
     """Embed every image of dataset ``name`` that the cache for ``spec`` lacks.
 
-    A run with nothing missing never loads the model. ``fast_pixels``: use the backend's
-    uint8 pixel path (:meth:`lib.models.base.Backend.pixels_preprocess`) when it has one
-    (the same vectors; False for the float path, to compare). ``reduce_on_decode``: JPEGs
-    at least twice the model's input side are decoded reduced (DCT scaling) to no less
-    than it (faster; off by default, since on ViT-B-32 with random weights the worst corpus
-    JPEG moves to cosine 0.99909 of its full decode, and cached vectors should not depend
-    on how they were computed). ``backend`` passes an already
-    loaded model (the app and notebooks reuse theirs). ``progress_callback(done, total)``
-    is called after each batch with the images still missing at the start as ``total``.
+    ``spec`` is a :class:`lib.models.ResolvedModel` (what the run_* functions pass) or a
+    spec string, resolved here with ``random_weights``, ``backend`` (an already loaded
+    model), ``device`` and ``precision``. A run with nothing missing never loads the model.
+    ``progress_callback(done, total)`` is called after each batch with the images still
+    missing at the start as ``total``.
+    ``fast_pixels``: use the backend's uint8 pixel path
+    (:meth:`lib.models.base.Backend.pixels_preprocess`) when it has one (the same vectors;
+    False for the float path, to compare). ``reduce_on_decode``: JPEGs at least twice the
+    model's input side are decoded reduced (DCT scaling) to no less than it (faster; off by
+    default, since on ViT-B-32 with random weights the worst corpus JPEG moves to cosine
+    0.99909 of its full decode, and cached vectors should not depend on how they were computed).
     """
     from . import dataset as ds_mod
-    from .models import load_model, resolve_fingerprint
+    from .models import resolve_model
 
+    model = resolve_model(spec, random_weights=random_weights, backend=backend, device=device, precision=precision)
     t0 = time.perf_counter()
     ds = ds_mod.load(name)
     unique = ds.unique_ids
-    fp = backend.fingerprint if backend is not None else resolve_fingerprint(spec, random_weights=random_weights)
+    fp = model.fingerprint
+    spec = model.spec
     corrupt: list[str] = []
     if fp is not None:
         store = EmbeddingStore(fp)
@@ -510,8 +514,7 @@ def embed(
             corrupt = store.verify()
         if not store.missing(unique):
             return EmbedReport(name, spec, fp, len(unique), len(unique), 0, [], time.perf_counter() - t0, corrupt)
-    if backend is None:
-        backend = load_model(spec, random_weights=random_weights, device=device, precision=precision)
+    backend = model.backend
     store = EmbeddingStore(backend.fingerprint)
     if fp != backend.fingerprint and verify:
         corrupt += store.verify()
@@ -564,13 +567,16 @@ def embed(
     return report
 
 
-def load_embeddings(name: str, spec: str, *, random_weights: bool = False, backend=None) -> DatasetEmbeddings:
-    """The cached vectors of dataset ``name`` under model ``spec``, one per dataset row."""
+def load_embeddings(name: str, spec, *, random_weights: bool = False, backend=None) -> DatasetEmbeddings:
+    """The cached vectors of dataset ``name`` under model ``spec`` (a ResolvedModel, or a spec
+    string resolved with ``random_weights`` / ``backend``), one (dim,) vector per dataset row."""
     from . import dataset as ds_mod
-    from .models import resolve_fingerprint
+    from .models import resolve_model
 
+    model = resolve_model(spec, random_weights=random_weights, backend=backend)
+    spec = model.spec
     ds = ds_mod.load(name)
-    fp = backend.fingerprint if backend is not None else resolve_fingerprint(spec, random_weights=random_weights)
+    fp = model.fingerprint
     if fp is None:
         raise WorkbenchError(f"no embeddings of {spec!r} yet; run: python -m lib embed {name} --model {spec}")
     store = EmbeddingStore(fp)

@@ -128,9 +128,9 @@ def probe_frame(images: pd.DataFrame, input: str = "image") -> tuple[pd.DataFram
     return df.reset_index(drop=True), dropped
 
 
-def probe_features(name: str, spec: str, input: str = "image", *, random_weights: bool = False,
-                   backend=None) -> tuple[np.ndarray, pd.DataFrame, dict]:
-    """Features of dataset ``name`` under model ``spec`` for a probe.
+def probe_features(name: str, model, input: str = "image") -> tuple[np.ndarray, pd.DataFrame, dict]:
+    """Features of dataset ``name`` under ``model`` (a :class:`lib.models.ResolvedModel` or a
+    spec string) for a probe.
 
     Returns
     -------
@@ -142,19 +142,17 @@ def probe_features(name: str, spec: str, input: str = "image", *, random_weights
     """
     from . import dataset as ds_mod
     from .embeddings import load_embeddings
+    from .models import resolve_model
 
+    model = resolve_model(model)
     ds = ds_mod.load(name)
     rows, dropped = probe_frame(ds.images, input)
     parts = []
     if input in ("image", "both"):
-        emb = load_embeddings(name, spec, random_weights=random_weights, backend=backend)
+        emb = load_embeddings(name, model)
         parts.append(emb.take(rows["row"].to_numpy()))
-    if input in ("text", "both"):
-        if backend is None:
-            from .models import load_model
-
-            backend = load_model(spec, random_weights=random_weights)
-        parts.append(caption_vectors(backend, rows["caption"].astype(str).tolist()))
+    if input in ("text", "both"):  # only the text tower needs the model loaded
+        parts.append(caption_vectors(model.backend, rows["caption"].astype(str).tolist()))
     return np.hstack(parts), rows, dropped
 
 
@@ -258,11 +256,11 @@ def linear_probe(X: np.ndarray, y, *, folds: int = 5, train_mask: np.ndarray | N
     return metrics, pred
 
 
-def run_probe(name: str, spec: str, input: str = "image", *, folds: int = 5, use_split: bool = False,
+def run_probe(name: str, model, input: str = "image", *, folds: int = 5, use_split: bool = False,
               train_values=("train",), test_values=("test",), C: float = 1.0, class_weight: str | None = None,
-              seed: int = 0, random_weights: bool = False, backend=None, positive=None,
-              exclude_ids=None) -> ProbeResult:
-    """Probe dataset ``name`` with model ``spec`` (embeddings must be cached for image input).
+              seed: int = 0, positive=None, exclude_ids=None) -> ProbeResult:
+    """Probe dataset ``name`` with ``model`` (a :class:`lib.models.ResolvedModel`, or a spec
+    string for its defaults; embeddings must be cached for image input).
 
     ``use_split`` trains on rows whose ``split`` is in ``train_values`` and tests on
     ``test_values`` (other rows are dropped as ``no_split``); otherwise ``folds``-fold CV.
@@ -273,9 +271,12 @@ def run_probe(name: str, spec: str, input: str = "image", *, folds: int = 5, use
     ``positive`` is the positive class of a two-class task (default: the one the dataset's
     label policy calls sensitive, :func:`default_positive`).
     """
+    from .models import resolve_model
     from .sensitivity import load_policy
 
-    X, rows, dropped = probe_features(name, spec, input, random_weights=random_weights, backend=backend)
+    model = resolve_model(model)
+    spec = model.spec
+    X, rows, dropped = probe_features(name, model, input)
     train_mask = None
     if use_split:
         split = rows["split"].astype("string")

@@ -105,13 +105,14 @@ def projection_frame(dataset, xy: np.ndarray, columns: list[str] | None = None) 
     return out
 
 
-def project_dataset(name: str, spec: str, method: str = "umap", *, random_weights: bool = False, backend=None,
-                    columns: list[str] | None = None, **kwargs) -> pd.DataFrame:
-    """:func:`project` the cached embeddings of dataset ``name`` under ``spec`` -> :func:`projection_frame`."""
+def project_dataset(name: str, model, method: str = "umap", *, columns: list[str] | None = None,
+                    **kwargs) -> pd.DataFrame:
+    """:func:`project` the cached embeddings of dataset ``name`` under ``model`` (a
+    :class:`lib.models.ResolvedModel` or a spec string) -> :func:`projection_frame` (n_rows, x, y, ...)."""
     from . import dataset as ds_mod
     from .embeddings import load_embeddings
 
     ds = ds_mod.load(name)
-    emb = load_embeddings(name, spec, random_weights=random_weights, backend=backend)
+    emb = load_embeddings(name, model)
     meta = [c for c in ds.images.columns if c not in ("width", "height", "format", "caption")]
     return projection_frame(ds, project(emb, method, **kwargs), columns if columns is not None else meta)

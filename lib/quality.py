@@ -687,11 +687,11 @@ def find_near_duplicates(ds: ds_mod.Dataset, space=None, *, threshold: float | N
     return nd
 
 
-def near_duplicate_groups(name: str, spec: str | None = None, *, threshold: float | None = DEFAULT_THRESHOLD,
-                          use_hash: bool = True, random_weights: bool = False, backend=None,
+def near_duplicate_groups(name: str, spec=None, *, threshold: float | None = DEFAULT_THRESHOLD,
+                          use_hash: bool = True,
                           progress: Callable[[int, int], None] | None = None) -> NearDuplicates:
-    """:func:`find_near_duplicates` of dataset ``name`` by name: under model ``spec`` (its
-    embeddings must be cached) and/or the perceptual hash. For training code: use
+    """:func:`find_near_duplicates` of dataset ``name`` by name: under model ``spec`` (a
+    ResolvedModel or a spec string; its embeddings must be cached) and/or the perceptual hash. For training code: use
     ``.groups_of(ids)`` to keep groups whole on one side of a split, or
     :func:`near_duplicates_of` to drop the near-duplicates of a test set from training."""
     ds = ds_mod.load(name)
@@ -699,7 +699,7 @@ def near_duplicate_groups(name: str, spec: str | None = None, *, threshold: floa
     if spec is not None:
         from .neighbors import open_space
 
-        space = open_space(name, spec, random_weights=random_weights, backend=backend)
+        space = open_space(name, spec)
     return find_near_duplicates(ds, space, threshold=threshold if space is not None else None, use_hash=use_hash,
                                 progress=progress)
 
@@ -1111,18 +1111,21 @@ class QualityReport:
         return out
 
 
-def run_quality(name: str, spec: str, *, threshold: float = DEFAULT_THRESHOLD, use_hash: bool = False,
+def run_quality(name: str, spec, *, threshold: float = DEFAULT_THRESHOLD, use_hash: bool = False,
                 hash_only: bool = False, hash_max_distance: int = HASH_MAX_DISTANCE, against: str | None = None,
-                k: int = KNN_K, folds: int = 5, seed: int = 0, random_weights: bool = False, backend=None,
+                k: int = KNN_K, folds: int = 5, seed: int = 0,
                 workers: int | None = None, progress: Callable[[int, int], None] | None = None) -> QualityReport:
-    """The data-quality report of dataset ``name`` under model ``spec`` (embeddings cached).
+    """The data-quality report of dataset ``name`` under model ``spec`` (a
+    :class:`lib.models.ResolvedModel` or a spec string; embeddings cached).
 
     ``hash_only`` takes near-duplicates from the perceptual hash alone (the model still
     gives similarities, label issues and outliers); ``against`` also finds leaks between
     ``name`` and dataset ``against`` (embedded with the same model).
     """
+    from .models import resolve_model
     from .neighbors import open_space
 
+    spec = resolve_model(spec)
     threshold = check_threshold(threshold)
     hash_max_distance = check_hash_distance(hash_max_distance)
     if k < 1:
@@ -1132,14 +1135,14 @@ def run_quality(name: str, spec: str, *, threshold: float = DEFAULT_THRESHOLD, u
     other = ds_mod.load(against) if against else None
     if other is not None and other.name == ds.name:
         raise QualityError(f"--against {against!r} is the dataset itself: name another dataset")
-    space = open_space(name, spec, random_weights=random_weights, backend=backend, index_kind="auto")
+    space = open_space(name, spec, index_kind="auto")
     notes = []
     nd = find_near_duplicates(ds, space, threshold=None if hash_only else threshold, use_hash=use_hash,
                               hash_max_distance=hash_max_distance, workers=workers, progress=progress)
     dups = duplicates_table(ds, nd, space, nd.codes)
     leaks = split_leaks(ds, nd)
     if other is not None:
-        ospace = open_space(against, spec, random_weights=random_weights, backend=backend)
+        ospace = open_space(against, spec)
         cross = dataset_leaks(ds, other, space, ospace, threshold=None if hash_only else threshold,
                               use_hash=use_hash, hash_max_distance=hash_max_distance, progress=progress)
         leaks = pd.concat([leaks, cross], ignore_index=True) if len(leaks) else cross
@@ -1150,7 +1153,7 @@ def run_quality(name: str, spec: str, *, threshold: float = DEFAULT_THRESHOLD, u
     except QualityError as e:
         notes.append(str(e))
         issues = pd.DataFrame(columns=LABEL_ISSUE_COLUMNS)
-    return QualityReport(name, spec, nd, dups, leaks, issues, outl, notes, against, use_hash, len(ds.images))
+    return QualityReport(name, spec.spec, nd, dups, leaks, issues, outl, notes, against, use_hash, len(ds.images))
 
 
 # =========================================================================== manifests
@@ -1319,9 +1322,9 @@ def leak_rows(ds: ds_mod.Dataset, leaks: pd.DataFrame) -> pd.DataFrame:
 
 def annotation_label_for(name: str, labels: Sequence[str], cls) -> str | None:
     """The annotation label (of the store's label set ``labels``) that stands for dataset class
-    ``cls`` (:func:`lib.workflow.class_mapping`: Blur for the sensitive class, Ok for the safe
+    ``cls`` (:func:`lib.expansion.class_mapping`: Blur for the sensitive class, Ok for the safe
     one), or the class itself when it is a label of the set; None when no label says it."""
-    from .workflow import class_mapping
+    from .expansion import class_mapping
 
     for label, c in class_mapping(name).items():
         if c is not None and str(c) == str(cls) and label in labels:

@@ -278,18 +278,17 @@ class RetrievalEval:
 
 def run_retrieval_eval(
     dataset_name: str,
-    spec: str,
+    model,
     group_col: str | None = None,
     *,
     ks: Sequence[int] = KS,
     pooled: bool = True,
     beyond_gallery: str = "one",
-    random_weights: bool = False,
-    backend=None,
     out: str | Path | None = None,
     write: bool = True,
 ) -> RetrievalEval:
-    """Recall@K (T2I and I2T) on the dataset rows that have a ``caption``.
+    """Recall@K (T2I and I2T) on the dataset rows that have a ``caption``, under ``model``
+    (a :class:`lib.models.ResolvedModel`, or a spec string for its defaults).
 
     Rows without a caption are skipped; images come from the embedding cache (filled
     first), captions are embedded with the model's text tower. The table is written as CSV
@@ -302,9 +301,11 @@ def run_retrieval_eval(
     """
     from . import dataset as ds_mod
     from .embeddings import embed, load_embeddings
-    from .models import load_model
+    from .models import resolve_model
     from .zeroshot import require_text
 
+    model = resolve_model(model)
+    spec = model.spec
     ds = ds_mod.load(dataset_name)
     images = ds.images
     cap = images["caption"] if "caption" in images else pd.Series([None] * len(images))
@@ -315,11 +316,10 @@ def run_retrieval_eval(
     if group_col is not None and group_col not in images:
         raise DatasetError(f"no column {group_col!r} in dataset {dataset_name!r}; "
                            f"columns: {', '.join(map(str, images.columns))}")
-    if backend is None:
-        backend = load_model(spec, random_weights=random_weights)
+    backend = model.backend
     require_text(backend, "caption retrieval evaluation")
-    embed(dataset_name, spec, random_weights=random_weights, backend=backend)
-    emb = load_embeddings(dataset_name, spec, random_weights=random_weights, backend=backend)
+    embed(dataset_name, model)
+    emb = load_embeddings(dataset_name, model)
     rows = np.flatnonzero(has)
     captions = cap.iloc[rows].astype(str).tolist()
     text_vecs = np.concatenate([backend.encode_texts(captions[i:i + 256]) for i in range(0, len(captions), 256)])

@@ -218,25 +218,33 @@ def model_status(name: str) -> pd.DataFrame:
     return _model_status(_home(), name, _token(name))
 
 
-@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
-def _backend(spec: str, random_weights: bool):
-    from .models import load_model
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _resolved(spec: str, random_weights: bool):
+    from .models import resolve_model
 
-    return load_model(spec, random_weights=random_weights)
+    return resolve_model(spec, random_weights=random_weights)
+
+
+def resolved(choice: ModelChoice):
+    """``choice`` resolved once per process (:class:`lib.models.ResolvedModel`), the value every
+    run_* takes; its backend loads at first use and is shared by every session."""
+    return _resolved(choice.spec, choice.random_weights)
 
 
 def load_backend(choice: ModelChoice):
-    """The model (one per spec and process)."""
-    return _backend(choice.spec, choice.random_weights)
+    """The loaded model (one per spec and process)."""
+    model = resolved(choice)
+    if model.loaded:
+        return model.backend
+    with st.spinner("Loading the model…"):
+        return model.backend
 
 
 @st.cache_resource(show_spinner="Opening the embedding space…", max_entries=16)
 def _space(home: str, name: str, spec: str, random_weights: bool, token: str):
     from .neighbors import open_space
 
-    # A random-weight model's fingerprint is only known once built (it is tiny): pass it.
-    backend = _backend(spec, True) if random_weights else None
-    return open_space(name, spec, random_weights=random_weights, backend=backend)
+    return open_space(name, _resolved(spec, random_weights))
 
 
 def load_space(name: str, choice: ModelChoice):
@@ -391,8 +399,7 @@ def _projection(home: str, name: str, spec: str, random_weights: bool, method: s
     from .projection import project
 
     ds = load_dataset(name)
-    emb = load_embeddings(name, spec, random_weights=random_weights,
-                          backend=_backend(spec, True) if random_weights else None)
+    emb = load_embeddings(name, _resolved(spec, random_weights))
     xy = project(emb, method)
     return pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "id": ds.images["id"].to_numpy(),
                          "label": ds.images["label"].to_numpy(), "row": np.arange(len(ds))})
@@ -410,8 +417,7 @@ def projection_cached(name: str, choice: ModelChoice, method: str) -> bool:
 
     if method == "pca":
         return True
-    emb = load_embeddings(name, choice.spec, random_weights=choice.random_weights,
-                          backend=load_backend(choice) if choice.random_weights else None)
+    emb = load_embeddings(name, resolved(choice))
     return cache_path(emb.key, projection_params(method)).exists()
 
 
@@ -420,9 +426,8 @@ def _zeroshot(home: str, name: str, spec: str, random_weights: bool, classes_key
               label_column: str | None, token: str, _classes=None):
     from .zeroshot import run_zeroshot
 
-    backend = _backend(spec, random_weights)
-    return run_zeroshot(name, spec, classes=_classes, templates=list(templates), label_column=label_column,
-                        random_weights=random_weights, backend=backend)
+    return run_zeroshot(name, _resolved(spec, random_weights), classes=_classes, templates=list(templates),
+                        label_column=label_column)
 
 
 def zeroshot_run(name: str, choice: ModelChoice, classes, templates: Sequence[str], label_column: str | None = None):
@@ -439,8 +444,7 @@ def zeroshot_run(name: str, choice: ModelChoice, classes, templates: Sequence[st
 def _probe(home: str, name: str, spec: str, random_weights: bool, token: str):
     from .probe import run_probe
 
-    backend = _backend(spec, random_weights) if random_weights else None
-    return run_probe(name, spec, "image", random_weights=random_weights, backend=backend)
+    return run_probe(name, _resolved(spec, random_weights), "image")
 
 
 def probe_run(name: str, choice: ModelChoice):
@@ -452,9 +456,7 @@ def probe_run(name: str, choice: ModelChoice):
 def _overlap(home: str, name: str, keys: tuple, k: int, token: str):
     from .compare import neighbourhood_overlap
 
-    choices = [ModelChoice.from_key(x) for x in keys]
-    backends = {c.spec: _backend(c.spec, True) for c in choices if c.random_weights}
-    return neighbourhood_overlap(name, [c.spec for c in choices], k, backends=backends)
+    return neighbourhood_overlap(name, [resolved(ModelChoice.from_key(x)) for x in keys], k)
 
 
 def overlap(name: str, choices: Sequence[ModelChoice], k: int):
@@ -466,8 +468,7 @@ def overlap(name: str, choices: Sequence[ModelChoice], k: int):
 def _retrieval_eval(home: str, name: str, spec: str, random_weights: bool, group_col: str | None, token: str):
     from .retrieval import run_retrieval_eval
 
-    return run_retrieval_eval(name, spec, group_col, random_weights=random_weights,
-                              backend=_backend(spec, random_weights), write=False)
+    return run_retrieval_eval(name, _resolved(spec, random_weights), group_col, write=False)
 
 
 def retrieval_eval(name: str, choice: ModelChoice, group_col: str | None = None):
@@ -967,7 +968,7 @@ def short(cid: str, n: int = 10) -> str:
 
 
 # =========================================================================== annotation workflow
-# Helpers of pages 7-9 (Annotate, Expand, Agreement); the logic lives in lib/workflow.py.
+# Helpers of pages 7-9 (Annotate, Expand, Agreement); the logic lives in lib/workflow.py and lib/expansion.py.
 
 PAGES.update({"annotate": "pages/7_Annotate.py", "expand": "pages/8_Expand.py", "agreement": "pages/9_Agreement.py"})
 
@@ -1155,14 +1156,14 @@ def annotator_name() -> str | None:
 
 @st.cache_resource(show_spinner="Loading the expansion…", max_entries=8)
 def _expansion(home: str, name: str, expansion: str, stamp: int):
-    from .workflow import load_expansion
+    from .expansion import load_expansion
 
     return load_expansion(name, expansion)
 
 
 def load_expansion(name: str, expansion: str):
-    """A saved expansion (:func:`lib.workflow.load_expansion`; shared, never modify it)."""
-    from .workflow import expansion_path
+    """A saved expansion (:func:`lib.expansion.load_expansion`; shared, never modify it)."""
+    from .expansion import expansion_path
 
     meta = expansion_path(name, expansion) / "meta.json"
     return _expansion(_home(), name, expansion, meta.stat().st_mtime_ns if meta.exists() else 0)
@@ -1285,8 +1286,7 @@ def quality_report(ctx: Ctx, threshold: float, use_hash: bool, hash_only: bool, 
     choice = ctx.model
     key = ("quality", _home(), ctx.name, choice.key, float(threshold), bool(use_hash), bool(hash_only), int(k),
            _token(ctx.name))
-    backend = load_backend(choice) if choice.random_weights else None
+    model = resolved(choice)
     return _with_progress(key, lambda cb: quality.run_quality(
-        ctx.name, choice.spec, threshold=threshold, use_hash=use_hash, hash_only=hash_only, k=k,
-        random_weights=choice.random_weights, backend=backend, progress=cb),
+        ctx.name, model, threshold=threshold, use_hash=use_hash, hash_only=hash_only, k=k, progress=cb),
         "Hashing images (once; cached on disk)", max_entries=8)

@@ -1,68 +1,45 @@
-"""The MedGore annotation loop, end to end: seeds, expansion, review, agreement, export.
+"""The MedGore annotation loop around the expansion: seeds, queues, review, agreement, export.
 
-1. Annotators label seed images (:func:`seed_queue` lists the images to pick from).
+1. Annotators label seed images (:func:`seed_queue` lists the images to pick from;
+   :func:`seeds_from_annotations` turns their labels into seeds).
 2. The k nearest neighbours (1..99) of every seed inherit its class
-   (:func:`run_expansion`, saved under ``<home>/results/<dataset>/expansion-<name>/``).
+   (:func:`lib.expansion.run_expansion`, saved under ``<home>/results/<dataset>/expansion-<name>/``).
 3. Two annotators review a sample of seed-neighbour pairs per band of ranks
-   (:func:`review_sample`, :func:`review_queue`).
-4. A Beta-binomial estimate per band says how far the inherited labels can be trusted,
-   from the review labels and, for comparison, from the dataset's own labels
-   (:func:`band_homogeneity`, :func:`homogeneity_comparison`).
+   (:func:`lib.expansion.review_sample`, saved with :func:`save_review_sample`; :func:`review_queue`).
+4. A Beta-binomial estimate per band says how far the inherited labels can be trusted
+   (:func:`lib.expansion.homogeneity_comparison`: review truth against the dataset's labels).
 5. Disagreements are resolved (:func:`to_resolve`, then ``AnnotationStore.resolve``) and the
    expanded, reviewed set is exported as a manifest ``python -m lib ingest`` reads back
    (:func:`export_table`, :func:`write_manifest`).
 
-Annotation labels are not classes: :func:`class_mapping` maps the default label set
-(``Blur`` / ``Maybe`` / ``Ok``) to the dataset's classes by its label policy (Blur to the
-label it calls sensitive, Ok to the safe one; :data:`LABEL_TO_CLASS` where it names no
-single one), ``Maybe`` to none (unjudged).
+Labels become classes in :mod:`lib.expansion` (:func:`lib.expansion.to_classes`,
+:func:`lib.expansion.review_truth`), the one owner of review truth. ``WorkflowError`` is
+defined there too and imported here, so ``workflow.WorkflowError`` names the same class.
 No Streamlit here: the pages only draw what these functions return.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import os
 import re
 import shlex
-import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from . import config
 from . import dataset as ds_mod
 from .annotations import CONSENSUS, AnnotationStore
-from .errors import WorkbenchError
-from .files import results_dir, slug, write_table, write_text
-from .neighbors import (
-    RESOLUTION_RULES,
+from .expansion import (
     ExpansionResult,
-    Space,
-    expand,
-    homogeneity,
-    rank_band,
+    SavedExpansion,
+    WorkflowError,
+    review_truth,
     sample_by_rank,
+    to_classes,
 )
-from .neighbors import review_sample as review_sample_per_rank
-
-
-class WorkflowError(WorkbenchError):
-    """A step of the annotation workflow cannot run as asked (the message says why)."""
-
-
-#: Annotation label -> dataset class; None: the annotator could not decide (unjudged).
-#: Labels missing from the mapping are taken as class names themselves (a label set
-#: that spells the classes, e.g. ``sensitive`` / ``non_sensitive``).
-LABEL_TO_CLASS: dict[str, str | None] = {"Blur": "sensitive", "Ok": "non_sensitive", "Maybe": None}
-
-#: Dataset class -> annotation label (to show or simulate a class as a label).
-CLASS_TO_LABEL: dict[str, str] = {"sensitive": "Blur", "non_sensitive": "Ok"}
+from .files import write_table
 
 #: The columns of an annotation queue (one row per image to label).
 QUEUE_COLUMNS = ["id", "row", "task", "seed_id", "seed_label", "rank", "band_label", "pairs"]
@@ -74,116 +51,7 @@ ORDERS = ("eb_desc", "eb_asc", "random", "dataset")
 EXPORT_COLUMNS = ["path", "label", "split", "seed_id", "rank", "score", "reviewer", "review_label", "conflict",
                   "label_source", "expansion_label"]
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,120}$")
-
-
-# =========================================================================== labels -> classes
-
-
-def to_classes(labels: pd.Series | Sequence, mapping: Mapping[str, str | None] | None = None) -> pd.Series:
-    """Annotation labels as classes (object Series, None where unjudged).
-
-    ``mapping`` (default :data:`LABEL_TO_CLASS`) is matched case-insensitively; a label
-    it does not name is its own class; a missing label stays None.
-    """
-    mapping = LABEL_TO_CLASS if mapping is None else mapping
-    folded = {str(k).casefold(): v for k, v in mapping.items()}
-    s = labels if isinstance(labels, pd.Series) else pd.Series(list(labels), dtype=object)
-
-    def one(v):
-        if v is None or (isinstance(v, float) and v != v) or v is pd.NA:
-            return None
-        return folded.get(str(v).casefold(), str(v))
-
-    return pd.Series([one(v) for v in s.tolist()], index=s.index, dtype=object, name=s.name)
-
-
-def consensus_labels(store: AnnotationStore, dataset: str, annotators: Sequence[str] | None = None,
-                     min_votes: int = 1) -> pd.DataFrame:
-    """One decision per image from everyone's current labels.
-
-    A resolved label (annotator ``consensus``) wins; otherwise an image whose annotators
-    all give the same label gets it (``unanimous``, or ``single`` with one vote); an image
-    they label differently (or with fewer than ``min_votes`` votes) gets none.
-
-    Parameters
-    ----------
-    annotators : names whose labels count (default: everyone); the consensus always counts.
-
-    Returns
-    -------
-    DataFrame, one row per labelled image, sorted by id: ``image_id, label`` (NaN when
-    undecided), ``source`` (``resolved``, ``unanimous``, ``single``, ``disagree``,
-    ``too_few``), ``reviewer`` (``consensus`` or the annotators joined by ``+``), ``votes``
-    (``name:label`` joined by spaces), ``n_votes``.
-    """
-    cur = store.current(dataset)
-    cols = ["image_id", "label", "source", "reviewer", "votes", "n_votes"]
-    if cur.empty:
-        return pd.DataFrame(columns=cols).astype({"n_votes": int})
-    resolved = cur[cur["annotator"] == CONSENSUS].set_index("image_id")["label"]
-    votes = cur[cur["annotator"] != CONSENSUS]
-    if annotators is not None:
-        votes = votes[votes["annotator"].isin(list(annotators))]
-    rows = []
-    grouped = {i: g for i, g in votes.groupby("image_id", sort=True)}
-    for image_id in sorted(set(grouped) | set(resolved.index)):
-        g = grouped.get(image_id)
-        names = g["annotator"].tolist() if g is not None else []
-        labs = g["label"].tolist() if g is not None else []
-        vote_txt = " ".join(f"{a}:{b}" for a, b in zip(names, labs, strict=True))
-        if image_id in resolved.index:
-            rows.append((image_id, resolved[image_id], "resolved", CONSENSUS, vote_txt, len(names)))
-        elif len(set(labs)) > 1:
-            rows.append((image_id, None, "disagree", "+".join(names), vote_txt, len(names)))
-        elif len(names) < min_votes:
-            rows.append((image_id, None, "too_few", "+".join(names), vote_txt, len(names)))
-        else:
-            rows.append((image_id, labs[0], "single" if len(names) == 1 else "unanimous", "+".join(names),
-                         vote_txt, len(names)))
-    return pd.DataFrame(rows, columns=cols)
-
-
-def review_labels(store: AnnotationStore, dataset: str, who: str = CONSENSUS) -> pd.DataFrame:
-    """Image labels from one annotator, or (``who='consensus'``) from :func:`consensus_labels`.
-
-    Returns
-    -------
-    DataFrame with ``image_id, label, reviewer`` (label NaN where undecided).
-    """
-    if who == CONSENSUS:
-        return consensus_labels(store, dataset)[["image_id", "label", "reviewer"]]
-    cur = store.current(dataset, who)
-    return pd.DataFrame({"image_id": cur["image_id"].to_numpy(), "label": cur["label"].to_numpy(),
-                         "reviewer": who})
-
-
-def class_mapping(dataset: str) -> dict[str, str | None]:
-    """Review label -> class of dataset ``dataset`` by its label policy
-    (:func:`lib.sensitivity.review_class_map`): with MedGore's labels, Blur -> Blur and Ok -> Normal."""
-    from .sensitivity import load_policy, review_class_map
-
-    if not ds_mod.exists(dataset):
-        return dict(LABEL_TO_CLASS)
-    labels = ds_mod.load(dataset).images["label"].dropna().astype(str).unique().tolist()
-    return review_class_map(labels, load_policy(dataset), LABEL_TO_CLASS)
-
-
-def review_truth(store: AnnotationStore, dataset: str, who: str = CONSENSUS,
-                 mapping: Mapping[str, str | None] | None = None) -> pd.Series:
-    """Review labels as classes, indexed by image id (None where Maybe or undecided): the
-    ``truth`` of :func:`band_homogeneity`. ``mapping`` defaults to :func:`class_mapping`."""
-    mapping = class_mapping(dataset) if mapping is None else mapping
-    df = review_labels(store, dataset, who)
-    return pd.Series(to_classes(df["label"], mapping).to_numpy(), index=df["image_id"].to_numpy(), name="truth",
-                     dtype=object)
-
-
-def dataset_truth(ds: ds_mod.Dataset) -> pd.Series:
-    """The dataset's labels indexed by image id (first row of each id)."""
-    images = ds.images.drop_duplicates("id")
-    labels = images["label"].astype(object).where(images["label"].notna(), None)
-    return pd.Series(labels.to_numpy(), index=images["id"].to_numpy(), name="truth", dtype=object)
+# =========================================================================== seeds
 
 
 def seeds_from_annotations(store: AnnotationStore, ds: ds_mod.Dataset, who: str = CONSENSUS,
@@ -369,207 +237,7 @@ def label_context(rec: Mapping, queue: str) -> dict:
     return out
 
 
-# =========================================================================== expansions on disk
-
-
-@dataclass
-class SavedExpansion:
-    """An expansion with where it lives and how it was made (``meta``: spec, k, rule, seeds' origin, ...)."""
-
-    name: str
-    path: Path
-    result: ExpansionResult
-    meta: dict
-
-    @property
-    def dataset(self) -> str:
-        return self.meta["dataset"]
-
-
-def _check_expansion_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise WorkflowError(f"invalid expansion name {name!r}: letters, digits, '_', '.', '+' and '-'")
-    return name
-
-
-def expansion_path(dataset: str, name: str) -> Path:
-    """``<home>/results/<dataset>/expansion-<name>/``."""
-    return results_dir(dataset) / f"expansion-{_check_expansion_name(name)}"
-
-
-def seeds_digest(seeds: Mapping[str, Sequence[str]]) -> str:
-    """8 hex digits that change with the seed set (its (class, id) pairs, order ignored)."""
-    pairs = sorted((str(c), str(i)) for c, ids in seeds.items() for i in ids)
-    return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()[:8]
-
-
-def expansion_name(spec: str, k: int, rule: str, seeds: Mapping[str, Sequence[str]],
-                   random_weights: bool = False) -> str:
-    """Default name: ``<model slug>[-random]-k<k>-<rule>-<seeds digest>``."""
-    return f"{slug(spec, 60)}{'-random' if random_weights else ''}-k{int(k)}-{rule}-{seeds_digest(seeds)}"
-
-
-def save_expansion(result: ExpansionResult, dataset: str, name: str, meta: Mapping | None = None) -> SavedExpansion:
-    """Write an expansion to :func:`expansion_path` (``meta.json`` last: a folder with it is complete)."""
-    path = config.ensure(expansion_path(dataset, name))
-    for part in ("seeds", "hits", "labelled", "conflicts"):
-        write_table(path / f"{part}.parquet", getattr(result, part))
-    write_table(path / "counts.csv", result.counts)
-    info = {
-        "name": name, "dataset": dataset, "k": int(result.k), "rule": result.rule,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "seeds": {str(c): int(n) for c, n in result.seeds["label"].value_counts().sort_index().items()},
-        "labelled": int(result.labelled["label"].notna().sum()), "conflicts": int(len(result.conflicts)),
-        **dict(meta or {}),
-    }
-    write_text(path / "meta.json", json.dumps(info, indent=2, default=str))
-    return SavedExpansion(name, path, result, info)
-
-
-def run_expansion(space: Space, seeds: Mapping[str, Sequence[str]], k: int = 99, rule: str = "best_rank", *,
-                  origin: str = "", name: str | None = None, random_weights: bool = False,
-                  save: bool = True) -> SavedExpansion:
-    """:func:`lib.neighbors.expand` with checked inputs, saved under the data home.
-
-    Parameters
-    ----------
-    space : the dataset under one model (:func:`lib.neighbors.open_space`)
-    seeds : ``{class: [image id, ...]}``; at least one class with a seed
-    k : neighbours per seed, 1..99 (MedGore's range)
-    origin : how the seeds were chosen (kept in ``meta.json``), e.g. ``annotations:consensus``
-    name : default :func:`expansion_name`
-    """
-    if not 1 <= int(k) <= 99:
-        raise WorkflowError(f"k must lie in 1..99, got {k}")
-    if rule not in RESOLUTION_RULES:
-        raise WorkflowError(f"rule {rule!r}: choose one of {', '.join(RESOLUTION_RULES)}")
-    seeds = {str(c): list(v) for c, v in seeds.items() if len(v)}
-    if not seeds:
-        raise WorkflowError("no seeds: label some images first, or draw seeds from the dataset's labels")
-    result = expand(space, seeds, k=int(k), rule=rule)
-    name = name or expansion_name(space.spec, k, rule, seeds, random_weights)
-    meta = {"spec": space.spec, "random_weights": bool(random_weights), "fingerprint": space.emb.fingerprint,
-            "origin": origin}
-    if not save:
-        return SavedExpansion(name, expansion_path(space.dataset.name, name), result,
-                              {"name": name, "dataset": space.dataset.name, "k": int(k), "rule": rule, **meta})
-    return save_expansion(result, space.dataset.name, name, meta)
-
-
-def _legacy_expansion(path: Path, dataset: str) -> SavedExpansion:
-    """An ``expand`` verb output (``X.parquet`` + ``X-hits.parquet`` + ...) read as an expansion."""
-    stem = path.with_suffix("")
-    hits_p, conf_p, counts_p = (Path(f"{stem}-hits.parquet"), Path(f"{stem}-conflicts.parquet"),
-                                Path(f"{stem}-counts.csv"))
-    if not hits_p.exists():
-        raise WorkflowError(f"{path} has no hits table beside it ({hits_p.name}): is it an `expand` output?")
-    labelled = pd.read_parquet(path)
-    hits = pd.read_parquet(hits_p)
-    seeds = labelled.loc[labelled["is_seed"], ["id", "seed_label"]].rename(columns={"seed_label": "label"})
-    ds = ds_mod.load(dataset)
-    seeds["row"] = _first_rows(ds.images).reindex(seeds["id"].to_numpy()).to_numpy()
-    res_values = set(labelled["resolution"].astype(str))
-    rule = next((r for r in ("majority", "drop") if r in res_values), "best_rank")
-    result = ExpansionResult(int(hits["rank"].max()), rule, seeds.reset_index(drop=True), hits, labelled,
-                             pd.read_parquet(conf_p) if conf_p.exists() else labelled.iloc[:0],
-                             pd.read_csv(counts_p) if counts_p.exists() else pd.DataFrame())
-    meta = {"name": stem.name, "dataset": dataset, "k": result.k, "rule": rule, "origin": f"file:{path}"}
-    return SavedExpansion(stem.name, path, result, meta)
-
-
-def load_expansion(dataset: str, name: str | os.PathLike) -> SavedExpansion:
-    """A saved expansion: by name (``results/<dataset>/expansion-<name>``), by folder, or an
-    ``expand`` verb parquet (its seeds are the rank-0 rows; the rule is inferred)."""
-    p = Path(name)
-    if p.suffix == ".parquet" and p.is_file():
-        return _legacy_expansion(p, dataset)
-    path = p if p.is_dir() else expansion_path(dataset, str(name))
-    meta_p = path / "meta.json"
-    if not meta_p.exists():
-        known = ", ".join(list_expansions(dataset)["name"]) or "none yet"
-        raise WorkflowError(f"no saved expansion {str(name)!r} for dataset {dataset!r} (known: {known})")
-    meta = json.loads(meta_p.read_text())
-    counts = pd.read_csv(path / "counts.csv") if (path / "counts.csv").exists() else pd.DataFrame()
-    parts = {part: pd.read_parquet(path / f"{part}.parquet") for part in ("seeds", "hits", "labelled", "conflicts")}
-    result = ExpansionResult(int(meta["k"]), meta["rule"], parts["seeds"], parts["hits"], parts["labelled"],
-                             parts["conflicts"], counts)
-    return SavedExpansion(meta.get("name", path.name.removeprefix("expansion-")), path, result, meta)
-
-
-def list_expansions(dataset: str) -> pd.DataFrame:
-    """Saved expansions of ``dataset``, newest first: ``name, created, spec, k, rule, seeds, labelled,
-    conflicts, origin, path``."""
-    cols = ["name", "created", "spec", "k", "rule", "seeds", "labelled", "conflicts", "origin", "path"]
-    root = results_dir(dataset)
-    rows = []
-    if root.is_dir():
-        for d in root.glob("expansion-*/meta.json"):
-            try:
-                m = json.loads(d.read_text())
-            except (OSError, ValueError):
-                continue
-            rows.append({"name": m.get("name"), "created": m.get("created"), "spec": m.get("spec"),
-                         "k": m.get("k"), "rule": m.get("rule"),
-                         "seeds": ", ".join(f"{c}={n}" for c, n in m.get("seeds", {}).items()),
-                         "labelled": m.get("labelled"), "conflicts": m.get("conflicts"),
-                         "origin": m.get("origin", ""), "path": str(d.parent), "_mtime": d.stat().st_mtime})
-    df = pd.DataFrame(rows, columns=[*cols, "_mtime"])
-    return df.sort_values("_mtime", ascending=False, kind="stable").drop(columns="_mtime").reset_index(drop=True)
-
-
 # =========================================================================== review samples
-
-
-def _hits_with(expansion: ExpansionResult, ds: ds_mod.Dataset | None, column: str | None) -> pd.DataFrame:
-    """The hits, with dataset column ``column`` of each neighbour added when it is not a hits column."""
-    hits = expansion.hits
-    if column is None or column in hits:
-        return hits
-    if ds is None or column not in ds.images:
-        raise WorkflowError(f"stratify column {column!r} is neither a hits column ({', '.join(hits.columns)}) "
-                            "nor a dataset column")
-    values = ds.images[column].astype(object).where(ds.images[column].notna(), "(none)").astype(str).to_numpy()
-    return hits.assign(**{column: values[hits["row"].to_numpy()]})
-
-
-def review_sample(expansion: ExpansionResult | SavedExpansion, ds: ds_mod.Dataset | None = None, *,
-                  band_width: int = 20, per_rank: int | None = 10, per_band: int | None = None,
-                  stratify: str | None = None, seed: int = 0) -> pd.DataFrame:
-    """Seed-neighbour pairs for two annotators to review, per band of ranks.
-
-    Parameters
-    ----------
-    band_width : ranks per band (1-20, 21-40, ...)
-    per_rank : pairs drawn at every rank (and stratum): :func:`lib.neighbors.review_sample`
-    per_band : instead, pairs drawn per band (and stratum), without replacement
-    stratify : a hits column (``seed_label``) or a dataset column of the neighbour (``source``)
-    seed : random seed of the draw
-
-    Returns
-    -------
-    DataFrame: rows of the hits (plus the ``stratify`` column) with ``band, rank_lo, rank_hi,
-    band_label``, sorted by rank. An image may stand in several pairs; it is reviewed once.
-    """
-    res = expansion.result if isinstance(expansion, SavedExpansion) else expansion
-    if band_width < 1:
-        raise WorkflowError(f"band width must be >= 1, got {band_width}")
-    if (per_rank is None) == (per_band is None):
-        raise WorkflowError("give exactly one of per_rank or per_band")
-    n = per_rank if per_rank is not None else per_band
-    if n < 1:
-        raise WorkflowError(f"the number of pairs to draw must be >= 1, got {n}")
-    hits = _hits_with(res, ds, stratify)
-    if per_rank is not None:
-        return review_sample_per_rank(dataclasses.replace(res, hits=hits), band_width=band_width, per_rank=per_rank,
-                                stratify_col=stratify, seed=seed)
-    banded = pd.concat([hits.reset_index(drop=True), rank_band(hits["rank"].to_numpy(), band_width, res.k)],
-                       axis=1)
-    rng = np.random.default_rng(seed)
-    keys = ["band"] if stratify is None else ["band", stratify]
-    picks = [g.iloc[np.sort(rng.choice(len(g), size=min(per_band, len(g)), replace=False))]
-             for _, g in banded.groupby(keys, sort=True)]
-    out = pd.concat(picks) if picks else banded.iloc[:0]
-    return out.sort_values(["rank", "seed_id"], kind="stable").reset_index(drop=True)
 
 
 def sample_file_name(band_width: int, per_rank: int | None, per_band: int | None, stratify: str | None,
@@ -611,80 +279,6 @@ def review_summary(sample: pd.DataFrame, store: AnnotationStore | None = None, d
             done = set(store.current(dataset, who)["image_id"])
             out[f"done:{who}"] = [int(d["id"].drop_duplicates().isin(done).sum()) for _, d in g]
     return out.drop(columns="band")
-
-
-# =========================================================================== homogeneity
-
-
-def sample_pairs(expansion: ExpansionResult, pairs: pd.DataFrame | None) -> ExpansionResult:
-    """The expansion restricted to the seed-neighbour pairs of a review sample (all pairs when None)."""
-    if pairs is None:
-        return expansion
-    key = ["seed_id", "rank", "id"]
-    wanted = pairs[key].drop_duplicates()
-    hits = expansion.hits.merge(wanted, on=key, how="inner")
-    return dataclasses.replace(expansion, hits=hits)
-
-
-def band_homogeneity(expansion: ExpansionResult | SavedExpansion, truth: pd.Series, band_width: int = 20,
-                     pairs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per band of ranks and per seed class (and ``all``): confirmed / rejected pairs and the
-    Beta(confirmed + 1, rejected + 1) mean and sd (:func:`lib.neighbors.homogeneity`).
-
-    ``pairs`` (a review sample) restricts the count to the sampled pairs; otherwise every
-    pair of the expansion whose neighbour has a truth counts.
-    """
-    res = expansion.result if isinstance(expansion, SavedExpansion) else expansion
-    truth = truth[~truth.index.duplicated()]
-    return homogeneity(sample_pairs(res, pairs), truth, band_width=band_width, by_class=True)
-
-
-def homogeneity_comparison(expansion: ExpansionResult | SavedExpansion, truths: Mapping[str, pd.Series],
-                           band_width: int = 20, pairs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """:func:`band_homogeneity` for several truths (e.g. ``{"review": ..., "dataset": ...}``),
-    stacked with a ``truth`` column."""
-    parts = [band_homogeneity(expansion, t, band_width, pairs).assign(truth=name) for name, t in truths.items()]
-    return pd.concat(parts, ignore_index=True)
-
-
-def homogeneity_comparison_figure(table: pd.DataFrame, title: str = "Neighbour homogeneity per band of ranks"):
-    """One panel per scope (each seed class, then ``all``): Beta mean +-1 sd per band, one line per truth."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    scopes = list(dict.fromkeys(table["scope"]))
-    fig = make_subplots(rows=1, cols=len(scopes), shared_yaxes=True,
-                        subplot_titles=[f"{s} seeds" if s != "all" else "all seeds" for s in scopes])
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
-    for j, (name, t) in enumerate(table.groupby("truth", sort=False)):
-        for i, scope in enumerate(scopes, start=1):
-            d = t[t["scope"] == scope].sort_values("band")
-            fig.add_trace(go.Scatter(
-                x=d["band_label"], y=d["mean"], name=str(name), legendgroup=str(name), showlegend=i == 1,
-                mode="lines+markers", line={"color": palette[j % len(palette)]},
-                error_y={"type": "data", "array": d["sd"], "visible": True},
-                customdata=np.stack([d["confirmed"], d["rejected"], d["unjudged"]], axis=1),
-                hovertemplate="ranks %{x}<br>mean %{y:.3f}<br>confirmed %{customdata[0]}, rejected "
-                              "%{customdata[1]}, unjudged %{customdata[2]}<extra>" + f"{name} · {scope}</extra>"),
-                row=1, col=i)
-    fig.update_yaxes(range=[0, 1.05], row=1, col=1, title_text="share confirmed (Beta mean ± sd)")
-    fig.update_xaxes(title_text="neighbour ranks")
-    fig.update_layout(title=title, height=380, legend_title="truth", margin={"t": 70})
-    return fig
-
-
-def score_by_rank_figure(hits: pd.DataFrame, band_width: int = 20):
-    """Cosine score of each seed-neighbour pair against its rank: a box per band, one colour per seed class."""
-    import plotly.express as px
-
-    bands = rank_band(hits["rank"].to_numpy(), band_width)
-    df = pd.DataFrame({"band": bands["band_label"].to_numpy(), "order": bands["band"].to_numpy(),
-                       "score": hits["score"].to_numpy(), "seed class": hits["seed_label"].astype(str).to_numpy()})
-    df = df.sort_values("order", kind="stable")
-    fig = px.box(df, x="band", y="score", color="seed class", points=False,
-                 title="Cosine score of the neighbours per band of ranks")
-    fig.update_layout(height=360, xaxis_title="neighbour ranks", yaxis_title="cosine score")
-    return fig
 
 
 # =========================================================================== agreement
@@ -784,7 +378,7 @@ def export_table(ds: ds_mod.Dataset, expansion: ExpansionResult | SavedExpansion
     ----------
     reviews : :func:`review_labels` (``image_id, label, reviewer``) or None
     first_n, last_n : only the images reached at ranks 1..n (or k-n+1..k), labels resolved
-        again within that band (:func:`lib.neighbors.sample_by_rank`)
+        again within that band (:func:`lib.expansion.sample_by_rank`)
     include_seeds : keep the seeds (rank 0)
     val_frac, test_frac, seed : :func:`assign_splits`
     keep_columns : dataset columns copied along (e.g. ``source``, ``caption``, ``mask``)

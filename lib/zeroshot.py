@@ -322,13 +322,11 @@ def default_output(dataset_name: str, classes: ClassSet, templates: TemplateSet,
 
 def run_zeroshot(
     dataset_name: str,
-    spec: str,
+    model,
     *,
     classes: ClassSet | Sequence[str] | str = "medgore",
     templates: TemplateSet | Sequence[str] | str | None = None,
     label_column: str | None = None,
-    random_weights: bool = False,
-    backend=None,
     out: str | Path | None = None,
     write: bool = True,
     positive: str | None = None,
@@ -339,10 +337,10 @@ def run_zeroshot(
 
     Parameters
     ----------
+    model : a :class:`lib.models.ResolvedModel` (or a spec string, for its defaults)
     classes : class set name, JSON file, comma-separated names or a list
     templates : template set; default the class set's own, else ``generic``
     label_column : dataset column holding the truth; default the class set's (``label``)
-    backend : an already loaded model for ``spec`` (the app and tests reuse theirs)
     out : predictions parquet path; default ``<home>/results/<dataset>/zeroshot-...parquet``
     write : False to skip writing the parquet
     positive : the positive class of a two-class set (default: the set's own, see
@@ -357,22 +355,23 @@ def run_zeroshot(
     from . import dataset as ds_mod
     from .embeddings import embed, load_embeddings
     from .metrics import classification_metrics, confusion_table, per_class_report
-    from .models import load_model
+    from .models import resolve_model
     from .sensitivity import load_policy
 
+    model = resolve_model(model)
+    spec = model.spec
     cs = load_classes(classes)
     if positive is not None:
         if positive not in cs.classes or len(cs.classes) != 2:
             raise PromptError(f"--positive {positive!r}: give one of the two classes {list(cs.classes)}")
         cs = replace(cs, positive=positive)
     ts = load_templates(templates or cs.templates or DEFAULT_TEMPLATES)
-    if backend is None:
-        backend = load_model(spec, random_weights=random_weights)
+    backend = model.backend
     require_text(backend)
     ds = ds_mod.load(dataset_name)
     class_emb = class_embeddings(backend, cs, ts)
-    embed(dataset_name, spec, random_weights=random_weights, backend=backend)
-    emb = load_embeddings(dataset_name, spec, random_weights=random_weights, backend=backend)
+    embed(dataset_name, model)
+    emb = load_embeddings(dataset_name, model)
     probs = np.concatenate([predict(chunk, class_emb, backend.logit_scale) for _, chunk in emb.iter_chunks()]) \
         if len(emb) else np.zeros((0, len(cs.classes)))
 

@@ -173,7 +173,7 @@ with ui.guard():
     if go_embed:
         with emb:
             choice = ModelChoice(spec, bool(rnd) and spec != "color")
-            backend = ui.load_backend(choice)
+            backend = ui.load_backend(choice)  # loads it under a spinner, before the progress bar
             bar = st.progress(0.0, text="Embedding…")
             from lib.signals import index
 

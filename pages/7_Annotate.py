@@ -3,6 +3,7 @@
 import streamlit as st
 
 from lib import detector as det_mod
+from lib import expansion as ex
 from lib import ui
 from lib import workflow as wf
 from lib.annotations import scope
@@ -127,7 +128,7 @@ with ui.guard():
                                               store.current(where, who)["image_id"]) or 0
         queue_name = "quality-review"
     else:
-        exps = wf.list_expansions(ctx.name)
+        exps = ex.list_expansions(ctx.name)
         if exps.empty:
             st.info("**No expansion yet.** Run one on the Expand page, build a review sample there and send it here.")
             ui.nav_link("expand", "Open Expand", ctx, icon=":material/account_tree:")

@@ -3,10 +3,10 @@
 import streamlit as st
 
 from lib import dataset as ds_mod
+from lib import expansion as ex
 from lib import gallery, ui
 from lib import workflow as wf
 from lib.annotations import CONSENSUS
-from lib.neighbors import RESOLUTION_RULES, seeds_from_labels
 
 ctx = ui.setup("Expand", ":material/account_tree:")
 st.title("Seed expansion")
@@ -30,7 +30,7 @@ with ui.guard():
             who = c[0].selectbox("Whose labels", [CONSENSUS, *annotators], key="ex-who",
                                  help="consensus: the resolved label, else the label every annotator agrees on.")
             n_max = int(c[1].number_input("At most per class (0: all)", 0, 100000, 0, key="ex-nmax"))
-            mapping = ", ".join(f"{k} → {v or 'unjudged'}" for k, v in wf.class_mapping(ctx.name).items())
+            mapping = ", ".join(f"{k} → {v or 'unjudged'}" for k, v in ex.class_mapping(ctx.name).items())
             st.caption(f"Labels become classes: {mapping}.")
             try:
                 seeds = wf.seeds_from_annotations(store, ds, who, n_per_class=n_max or None)
@@ -43,21 +43,21 @@ with ui.guard():
             ctx.require_labels("drawing seeds from the dataset's labels")
             n_per = int(c[0].number_input("Seeds per label", 1, 100000, 10, key="ex-nper"))
             draw = int(c[1].number_input("Random seed", 0, 10**6, 0, key="ex-draw"))
-            seeds = seeds_from_labels(ds, n_per, seed=draw)
+            seeds = ex.seeds_from_labels(ds, n_per, seed=draw)
             origin = f"labels:{n_per}/seed{draw}"
         k = int(c[2].slider("k (neighbours per seed)", 1, 99, 99, key="ex-k"))
-        rule = c[3].selectbox("Images reached by several classes", RESOLUTION_RULES, key="ex-rule",
+        rule = c[3].selectbox("Images reached by several classes", ex.RESOLUTION_RULES, key="ex-rule",
                               help="best_rank: the class reaching it at the best rank; majority: from most seeds; "
                                    "drop: leave it unlabelled. Seeds keep their own label.")
         st.caption(f"Model: **{ctx.model.label}** (choose it in the sidebar).")
         if st.button("Run expansion", type="primary", key="ex-run", disabled=not seeds,
                      icon=":material/play_arrow:"):
             space = ctx.require_space()
-            saved = wf.run_expansion(space, seeds, k, rule, origin=origin, random_weights=ctx.model.random_weights)
+            saved = ex.run_expansion(space, seeds, k, rule, origin=origin, random_weights=ctx.model.random_weights)
             ss["ex-name"] = saved.name
             st.success(f"Expansion `{saved.name}` saved in `{saved.path}`.")
 
-        exps = wf.list_expansions(ctx.name)
+        exps = ex.list_expansions(ctx.name)
         if exps.empty:
             st.info("No expansion yet: choose seeds and run one.")
             st.stop()
@@ -76,7 +76,7 @@ with ui.guard():
         m[2].metric("Conflicts", len(res.conflicts), help="Images reached by seeds of more than one class")
         m[3].metric("Unresolved", int(res.labelled["label"].isna().sum()))
         st.dataframe(res.counts, hide_index=True, width="stretch")
-        st.plotly_chart(wf.score_by_rank_figure(res.hits), width="stretch")
+        st.plotly_chart(ex.score_by_rank_figure(res.hits), width="stretch")
         with st.expander(f"Conflicts ({len(res.conflicts)}): images reached from several classes"):
             if len(res.conflicts):
                 st.dataframe(res.conflicts.assign(id=res.conflicts["id"].str[:12]), hide_index=True,
@@ -103,7 +103,7 @@ with ui.guard():
         if st.button("Build review sample", type="primary", key="rv-build", icon=":material/casino:"):
             per_rank, per_band = (n, None) if how == "per rank" else (None, n)
             stratify = None if strat == "(none)" else strat
-            sample = wf.review_sample(saved, ds, band_width=band, per_rank=per_rank, per_band=per_band,
+            sample = ex.review_sample(saved, ds, band_width=band, per_rank=per_rank, per_band=per_band,
                                       stratify=stratify, seed=draw)
             file_name = wf.sample_file_name(band, per_rank, per_band, stratify, draw)
             wf.save_review_sample(saved, sample, file_name)
@@ -137,15 +137,15 @@ with ui.guard():
         band_h = int(c[2].number_input("Band width", 1, 99, 20, key="hm-band"))
         pairs = wf.load_review_sample(saved.path / scope.removeprefix("sample: ")) if scope.startswith("sample") \
             else None
-        truths = {"review": wf.review_truth(store, ctx.name, truth_who)}
+        truths = {"review": ex.review_truth(store, ctx.name, truth_who)}
         if ds.has_labels:
-            truths["dataset labels"] = wf.dataset_truth(ds)
-        table = wf.homogeneity_comparison(saved, truths, band_h, pairs)
+            truths["dataset labels"] = ex.dataset_truth(ds)
+        table = ex.homogeneity_comparison(saved, truths, band_h, pairs)
         judged = table[(table["truth"] == "review") & (table["scope"] == "all")]
         if int(judged["confirmed"].sum() + judged["rejected"].sum()) == 0:
             st.info("No reviewed pair yet: label the review sample on the Annotate page (Blur / Ok; Maybe counts as "
                     "unjudged)." + (" The dataset labels' curve is shown for comparison." if ds.has_labels else ""))
-        st.plotly_chart(wf.homogeneity_comparison_figure(table), width="stretch", key="hm-chart")
+        st.plotly_chart(ex.homogeneity_figure(table), width="stretch", key="hm-chart")
         st.caption("Share of seed-neighbour pairs whose neighbour keeps the seed's class: Beta(confirmed + 1, "
                    "rejected + 1) mean ± 1 sd per band.")
         st.dataframe(table[["truth", "scope", "band_label", "pairs", "confirmed", "rejected", "unjudged", "mean",
@@ -170,7 +170,7 @@ with ui.guard():
         keep_cols = c[3].multiselect("Also keep columns", [col for col in ds.images.columns if col not in (
             "id", "path", "label", "split", "width", "height", "format", "duplicate_of")], key="xp-keep")
         absolute = c[3].checkbox("Absolute paths", False, key="xp-abs")
-        reviews = None if rev_who == "(ignore reviews)" else wf.review_labels(store, ctx.name, rev_who)
+        reviews = None if rev_who == "(ignore reviews)" else ex.review_labels(store, ctx.name, rev_who)
         manifest = wf.export_table(ds, saved, reviews=reviews, first_n=first_n, last_n=last_n,
                                    include_seeds=seeds_in, unresolved=unresolved, val_frac=float(val),
                                    test_frac=float(test), seed=split_seed, keep_columns=keep_cols, absolute=absolute)

@@ -62,6 +62,14 @@ def tiny_model():
 
 
 @pytest.fixture(scope="session")
+def tiny(tiny_model):
+    """The tiny random-weight model resolved once (what every run_* takes)."""
+    from lib.models import resolve_model
+
+    return resolve_model(TINY, random_weights=True, backend=tiny_model)
+
+
+@pytest.fixture(scope="session")
 def corpus_tiny(corpus, tiny_model):
     """The corpus embedded with the tiny random-weight open_clip model."""
     from lib.embeddings import embed

@@ -13,9 +13,11 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from lib import dataset as ds_mod
+from lib import expansion as ex
 from lib import workflow as wf
 from lib.annotations import CONSENSUS, AnnotationStore
-from lib.neighbors import open_space, seeds_from_labels
+from lib.expansion import seeds_from_labels
+from lib.neighbors import open_space
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 120
@@ -42,7 +44,7 @@ def workflow_corpus(corpus_color):
 
     gallery.eb_scores(corpus_color)
     space = open_space("corpus", "color")
-    saved = wf.run_expansion(space, seeds_from_labels(space.dataset, 5, seed=11), k=40, origin="apptest")
+    saved = ex.run_expansion(space, seeds_from_labels(space.dataset, 5, seed=11), k=40, origin="apptest")
     return saved
 
 
@@ -96,7 +98,7 @@ def test_annotate_labels_go_to_the_store(workflow_corpus):
 def test_annotate_review_queue_sent_from_expand(workflow_corpus):
     saved = workflow_corpus
     ds = ds_mod.load("corpus")
-    sample = wf.review_sample(saved, ds, per_rank=None, per_band=3, seed=2)
+    sample = ex.review_sample(saved, ds, per_rank=None, per_band=3, seed=2)
     name = wf.sample_file_name(20, None, 3, None, 2)
     wf.save_review_sample(saved, sample, name)
 
@@ -125,7 +127,7 @@ def test_expand_page_runs_samples_and_exports(workflow_corpus, tmp_path):
     at.button(key="ex-run").click().run()
     no_errors(at)
     name = at.session_state["ex-name"]
-    saved = wf.load_expansion("corpus", name)
+    saved = ex.load_expansion("corpus", name)
     assert saved.result.k == 30 and saved.meta["seeds"] == {"non_sensitive": 4, "sensitive": 4}
     assert any(name in s.value for s in at.success)
 
@@ -156,7 +158,7 @@ def test_expand_page_runs_samples_and_exports(workflow_corpus, tmp_path):
 def test_expand_send_switches_to_annotate(workflow_corpus):
     ds = ds_mod.load("corpus")
     name = wf.sample_file_name(20, None, 2, None, 5)
-    wf.save_review_sample(workflow_corpus, wf.review_sample(workflow_corpus, ds, per_rank=None, per_band=2,
+    wf.save_review_sample(workflow_corpus, ex.review_sample(workflow_corpus, ds, per_rank=None, per_band=2,
                                                             seed=5), name)
     at = page("8_Expand.py")
     at.run()

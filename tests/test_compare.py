@@ -92,9 +92,8 @@ def test_metrics_and_agreement_tables():
     assert dis["id"].tolist() == ["w", "x"]
 
 
-def test_compare_models_on_corpus(corpus_color, corpus_tiny, tiny_model, tmp_path):
-    backends = {TINY: tiny_model}
-    res = compare.compare_models("corpus", ["color", TINY], k=10, random_weights=True, backends=backends)
+def test_compare_models_on_corpus(corpus_color, corpus_tiny, tiny_model, tmp_path, tiny):
+    res = compare.compare_models("corpus", ["color", tiny], k=10)
     # Jaccard@10 against a brute-force numpy reference on the same vectors
     from lib import dataset
     from lib.embeddings import load_embeddings
@@ -102,7 +101,7 @@ def test_compare_models_on_corpus(corpus_color, corpus_tiny, tiny_model, tmp_pat
     ds = dataset.load("corpus")
     rows = np.flatnonzero(~ds.images["id"].duplicated().to_numpy())
     na = brute_knn(load_embeddings("corpus", "color").take(rows), 10)
-    nb = brute_knn(load_embeddings("corpus", TINY, backend=tiny_model).take(rows), 10)
+    nb = brute_knn(load_embeddings("corpus", tiny).take(rows), 10)
     ref = np.mean([len(set(x) & set(y)) / len(set(x) | set(y)) for x, y in zip(na, nb, strict=True)])
     assert res.overlap.loc[0, "n"] == 656
     assert res.overlap.loc[0, "mean_jaccard"] == pytest.approx(ref, abs=0.005)

@@ -109,12 +109,13 @@ def _copy(corpus_dir: Path, rows: pd.DataFrame, dest: Path, folder_of=lambda r: 
 def expo(corpus_dir, tiny_model, tmp_path_factory):
     """The six datasets, embedded, with reviews, a policy, a known-safe mark, a prediction
     table and an expansion; returns each one's expected decision."""
+    from lib import expansion as ex
     from lib import sensitivity
-    from lib import workflow as wf
     from lib.annotations import AnnotationStore
     from lib.cli import main
     from lib.embeddings import embed
-    from lib.neighbors import open_space, seeds_from_labels
+    from lib.expansion import seeds_from_labels
+    from lib.neighbors import open_space
 
     work = tmp_path_factory.mktemp("expo")
     m = pd.read_csv(corpus_dir / "manifest.csv")
@@ -183,7 +184,7 @@ def expo(corpus_dir, tiny_model, tmp_path_factory):
     embed("expo-label", TINY, random_weights=True, backend=tiny_model)
     embed("expo-wild", TINY, random_weights=True, backend=tiny_model)
     space = open_space("expo-label", "color")
-    wf.run_expansion(space, seeds_from_labels(ds_lab, 4, seed=0), 15, "best_rank", origin="labels:4")
+    ex.run_expansion(space, seeds_from_labels(ds_lab, 4, seed=0), 15, "best_rank", origin="labels:4")
     for name, truth in out.items():  # each dataset must test both sides where it can
         n_raw = sum(not r["censored"] for r in truth.values())
         print(f"{name}: {len(truth)} images, {len(truth) - n_raw} censored, {n_raw} raw")

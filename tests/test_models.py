@@ -215,3 +215,26 @@ def test_load_available_skips_only_missing_weights(tmp_path):
         load_available(["color", "no-such-model"])
     with pytest.raises(ModelError, match="unknown open_clip architecture"):
         load_available(["open_clip:No-Such-Arch@x.safetensors"])
+
+
+def test_resolved_model_is_resolved_once(tiny_model, monkeypatch):
+    """One value carries spec, random_weights, device/precision and fingerprint; the backend
+    loads at first use, once; passing a ResolvedModel on resolves nothing again."""
+    import lib.models as models
+    from lib.models import ResolvedModel, has_weights, resolve_model
+
+    color = resolve_model("color")
+    assert isinstance(color, ResolvedModel) and color.kind == "color" and not has_weights("color")
+    assert color.fingerprint == load_model("color").fingerprint and not color.loaded  # known without loading
+    assert resolve_model(color) is color
+    calls = []
+    real = models.load_model
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+    tiny = resolve_model("open_clip:WB-Tiny-ViT", random_weights=True, precision="fp32")
+    assert tiny.spec == "open_clip:WB-Tiny-ViT" and tiny.random_weights and tiny.precision == "fp32"
+    assert tiny.backend is tiny.backend and len(calls) == 1 and calls[0][1]["random_weights"] is True
+    assert tiny.fingerprint == tiny_model.fingerprint
+    wrapped = resolve_model(tiny_model)  # a loaded backend: wrapped, not loaded again
+    assert wrapped.loaded and wrapped.backend is tiny_model and len(calls) == 1
+    with pytest.raises(ModelError, match="unknown model spec"):
+        resolve_model("no-such-model")  # a bad spec fails when resolved, before any work

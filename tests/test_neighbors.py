@@ -1,4 +1,4 @@
-"""Seed expansion, rank sampling and homogeneity (lib/neighbors.py).
+"""Seed expansion, rank sampling and homogeneity (lib/expansion.py, on lib/neighbors.py search).
 
 References: brute-force numpy cosine top-k, a hand-built geometry whose neighbours are
 known by construction, a plain-Python re-implementation of the conflict rules, the
@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lib import dataset as ds_mod
+from lib import expansion as ex
 from lib import neighbors as nb
 from lib.dataset import Dataset
 from lib.embeddings import DatasetEmbeddings
@@ -53,7 +55,7 @@ def circle(tmp_path):
 
 
 def test_expand_known_geometry(circle):
-    res = nb.expand(circle, {"pos": ["a"], "neg": ["b"]}, k=3)
+    res = ex.expand(circle, {"pos": ["a"], "neg": ["b"]}, k=3)
     got = {(r.seed_id, r.id): r.rank for r in res.hits.itertuples()}
     assert got == {("a", "x1"): 1, ("a", "x3"): 2, ("a", "x2"): 3,
                    ("b", "x2"): 1, ("b", "x3"): 2, ("b", "x1"): 3}
@@ -84,7 +86,7 @@ def test_expand_known_geometry(circle):
 
 
 def test_seeds_keep_their_label_when_reached_by_another_class(circle):
-    res = nb.expand(circle, {"pos": ["a"], "neg": ["b"]}, k=4)  # now a and b reach each other at rank 4
+    res = ex.expand(circle, {"pos": ["a"], "neg": ["b"]}, k=4)  # now a and b reach each other at rank 4
     lab = res.labelled.set_index("id")
     assert lab.loc["a", "label"] == "pos" and lab.loc["b", "label"] == "neg"
     assert lab.loc["a", "conflict"] and lab.loc["a", "resolution"] == "seed"
@@ -92,16 +94,16 @@ def test_seeds_keep_their_label_when_reached_by_another_class(circle):
 
 
 def test_drop_rule_and_bad_seeds(circle):
-    res = nb.expand(circle, {"pos": ["a"], "neg": ["b"]}, k=3, rule="drop")
+    res = ex.expand(circle, {"pos": ["a"], "neg": ["b"]}, k=3, rule="drop")
     lab = res.labelled.set_index("id")
     assert lab.loc[["x1", "x2", "x3"], "label"].isna().all()
     assert (lab.loc[["x1", "x2", "x3"], "resolution"] == "drop").all()
-    with pytest.raises(nb.ds_mod.DatasetError, match="both"):
-        nb.expand(circle, {"pos": ["a"], "neg": ["a"]}, k=3)
-    with pytest.raises(nb.ds_mod.DatasetError, match="not in dataset"):
-        nb.expand(circle, {"pos": ["nope"]}, k=3)
+    with pytest.raises(ds_mod.DatasetError, match="both"):
+        ex.expand(circle, {"pos": ["a"], "neg": ["a"]}, k=3)
+    with pytest.raises(ds_mod.DatasetError, match="not in dataset"):
+        ex.expand(circle, {"pos": ["nope"]}, k=3)
     with pytest.raises(ValueError):
-        nb.expand(circle, {"pos": ["a"]}, k=3, rule="vote")
+        ex.expand(circle, {"pos": ["a"]}, k=3, rule="vote")
 
 
 def reference_resolution(vectors, ids, seeds, k, rule):
@@ -147,7 +149,7 @@ def test_resolution_matches_reference(tmp_path, rule):
     ids = [f"i{n:03d}" for n in range(150)]
     space = synthetic_space(tmp_path, vectors, ids)
     seeds = {"A": ids[:6], "B": ids[6:10], "C": ids[10:13]}
-    res = nb.expand(space, seeds, k=15, rule=rule)
+    res = ex.expand(space, seeds, k=15, rule=rule)
     want = reference_resolution(vectors, ids, seeds, 15, rule)
     got = dict(zip(res.labelled["id"], res.labelled["label"].astype(object).where(res.labelled["label"].notna()),
                    strict=True))
@@ -161,8 +163,8 @@ def test_majority_and_best_rank_differ(tmp_path):
     ids = ["a1", "a2", "n", "p", "q"]
     space = synthetic_space(tmp_path, on_circle([-3, -3.5, 2.5, 0, 50]), ids)
     # from a1 (-3): p 3.0 (a2 is nearer at 0.5) -> rank 2; from a2: a1, p -> rank 2; from n: p at 2.5 -> rank 1
-    best = nb.expand(space, {"A": ["a1", "a2"], "N": ["n"]}, k=2).labelled.set_index("id")
-    major = nb.expand(space, {"A": ["a1", "a2"], "N": ["n"]}, k=2, rule="majority").labelled.set_index("id")
+    best = ex.expand(space, {"A": ["a1", "a2"], "N": ["n"]}, k=2).labelled.set_index("id")
+    major = ex.expand(space, {"A": ["a1", "a2"], "N": ["n"]}, k=2, rule="majority").labelled.set_index("id")
     assert best.loc["p", "label"] == "N" and best.loc["p", "rank"] == 1
     assert major.loc["p", "label"] == "A" and major.loc["p", "resolution"] == "majority"
 
@@ -171,11 +173,11 @@ def test_expand_matches_brute_force_on_corpus(corpus_color):
     space = nb.open_space("corpus", "color")
     images = space.dataset.images
     dup_id = images.loc[images["id"].duplicated(), "id"].iloc[0]  # a file stored twice in the corpus
-    seeds = nb.seeds_from_labels(space.dataset, 4, seed=1)
+    seeds = ex.seeds_from_labels(space.dataset, 4, seed=1)
     seeds["sensitive" if images.loc[images["id"] == dup_id, "label"].iloc[0] == "sensitive"
           else "non_sensitive"].append(dup_id)
     k = 30
-    res = nb.expand(space, seeds, k=k)
+    res = ex.expand(space, seeds, k=k)
 
     first = ~images["id"].duplicated().to_numpy()
     X = space.emb.matrix()[first]
@@ -194,7 +196,7 @@ def test_expand_matches_brute_force_on_corpus(corpus_color):
 
 def test_counts_and_unique_share(corpus_color):
     space = nb.open_space("corpus", "color")
-    res = nb.expand(space, nb.seeds_from_labels(space.dataset, 5, seed=0), k=40)
+    res = ex.expand(space, ex.seeds_from_labels(space.dataset, 5, seed=0), k=40)
     for cls, row in res.counts.set_index("class").iterrows():
         h = res.hits if cls == "all" else res.hits[res.hits["seed_label"] == cls]
         assert row["hits"] == len(h) == (row["seeds"] * 40)
@@ -205,8 +207,8 @@ def test_counts_and_unique_share(corpus_color):
 
 def test_homogeneity_matches_manifest_counts_and_beta_closed_form(corpus_color, corpus_dir):
     space = nb.open_space("corpus", "color")
-    res = nb.expand(space, nb.seeds_from_labels(space.dataset, 10, seed=0), k=99)
-    table = nb.homogeneity(res, nb.truth_from_dataset(space.dataset), band_width=20)
+    res = ex.expand(space, ex.seeds_from_labels(space.dataset, 10, seed=0), k=99)
+    table = ex.homogeneity(res, ex.dataset_truth(space.dataset), band_width=20)
 
     # By hand: the neighbour's label read straight from the manifest, by path.
     manifest = pd.read_csv(corpus_dir / "manifest.csv").set_index("path")["label"]
@@ -228,10 +230,10 @@ def test_homogeneity_matches_manifest_counts_and_beta_closed_form(corpus_color, 
 
 
 def test_homogeneity_with_partial_review(circle):
-    res = nb.expand(circle, {"pos": ["a"], "neg": ["b"]}, k=3)
+    res = ex.expand(circle, {"pos": ["a"], "neg": ["b"]}, k=3)
     # x3 has a review row without a label (pd.NA), x4 none at all: both unjudged
     truth = pd.Series(["pos", "pos", pd.NA], index=["x1", "x2", "x3"], dtype=pd.StringDtype(na_value=pd.NA))
-    t = nb.homogeneity(res, truth, band_width=2).set_index(["scope", "band"])
+    t = ex.homogeneity(res, truth, band_width=2).set_index(["scope", "band"])
     # pos seed a: x1 rank1 ok, x3 rank2 unjudged | x2 rank3 ok
     assert tuple(t.loc[("pos", 0), ["confirmed", "rejected", "unjudged"]]) == (1, 0, 1)
     assert tuple(t.loc[("pos", 1), ["confirmed", "rejected", "unjudged"]]) == (1, 0, 0)
@@ -239,62 +241,62 @@ def test_homogeneity_with_partial_review(circle):
     assert tuple(t.loc[("neg", 0), ["confirmed", "rejected", "unjudged"]]) == (0, 1, 1)
     assert t.loc[("neg", 1), "band_label"] == "3-3"
     assert t.loc[("all", 0), "pairs"] == 4
-    fig = nb.homogeneity_figure(t.reset_index())
+    fig = ex.homogeneity_figure(t.reset_index())
     assert [tr.name for tr in fig.data] == ["neg", "pos", "all"]  # classes sorted, then all
     np.testing.assert_allclose(fig.data[1].error_y.array, t.loc["pos", "sd"].to_numpy())
 
 
 def test_sample_by_rank_resolves_within_band(circle):
-    res = nb.expand(circle, {"pos": ["a"], "neg": ["b"]}, k=3)
-    first = nb.sample_by_rank(res, first_n=1).set_index("id")["label"].to_dict()
+    res = ex.expand(circle, {"pos": ["a"], "neg": ["b"]}, k=3)
+    first = ex.sample_by_rank(res, first_n=1).set_index("id")["label"].to_dict()
     assert first == {"x1": "pos", "x2": "neg"}
     # Rank 3: a reaches x2 and b reaches x1, so the last-1 labels are the opposite ones.
-    last = nb.sample_by_rank(res, last_n=1).set_index("id")["label"].to_dict()
+    last = ex.sample_by_rank(res, last_n=1).set_index("id")["label"].to_dict()
     assert last == {"x2": "pos", "x1": "neg"}
-    with_seeds = nb.sample_by_rank(res, first_n=1, include_seeds=True)
+    with_seeds = ex.sample_by_rank(res, first_n=1, include_seeds=True)
     assert set(with_seeds["id"]) == {"a", "b", "x1", "x2"}
     with pytest.raises(ValueError):
-        nb.sample_by_rank(res, first_n=1, last_n=1)
+        ex.sample_by_rank(res, first_n=1, last_n=1)
     with pytest.raises(ValueError):
-        nb.sample_by_rank(res, first_n=5)
+        ex.sample_by_rank(res, first_n=5)
 
 
 def test_sample_by_rank_and_review_sample_on_corpus(corpus_color):
     space = nb.open_space("corpus", "color")
-    res = nb.expand(space, nb.seeds_from_labels(space.dataset, 6, seed=2), k=50)
+    res = ex.expand(space, ex.seeds_from_labels(space.dataset, 6, seed=2), k=50)
     hits = res.hits
     for kw, lo, hi in (({"first_n": 3}, 1, 3), ({"last_n": 3}, 48, 50)):
-        sub = nb.sample_by_rank(res, **kw)
+        sub = ex.sample_by_rank(res, **kw)
         band = hits[hits["rank"].between(lo, hi)]
         assert set(sub["id"]) <= set(band["id"])
         for r in sub.itertuples():  # the label comes from an in-band hit of a seed of that class
             assert ((band["id"] == r.id) & (band["seed_label"] == r.label)).any()
-    small = nb.sample_by_rank(res, first_n=3, n_per_class=4, seed=1)
+    small = ex.sample_by_rank(res, first_n=3, n_per_class=4, seed=1)
     assert small["label"].value_counts().max() <= 4
-    assert small.equals(nb.sample_by_rank(res, first_n=3, n_per_class=4, seed=1))
+    assert small.equals(ex.sample_by_rank(res, first_n=3, n_per_class=4, seed=1))
 
-    rev = nb.review_sample(res, band_width=20, per_rank=2, stratify_col="seed_label", seed=5)
+    rev = ex.review_sample(res, band_width=20, per_rank=2, stratify="seed_label", seed=5)
     per = rev.groupby(["rank", "seed_label"]).size()
     assert (per == 2).all() and len(per) == 50 * 2
     assert rev.merge(hits, on=["seed_id", "rank", "id"]).shape[0] == len(rev)  # real hits
     assert (rev["rank"].between(rev["rank_lo"], rev["rank_hi"])).all()
     assert set(rev["band_label"]) == {"1-20", "21-40", "41-50"}
-    assert rev.equals(nb.review_sample(res, band_width=20, per_rank=2, stratify_col="seed_label", seed=5))
-    plain = nb.review_sample(res, per_rank=3)
+    assert rev.equals(ex.review_sample(res, band_width=20, per_rank=2, stratify="seed_label", seed=5))
+    plain = ex.review_sample(res, per_rank=3)
     assert (plain.groupby("rank").size() == 3).all()
 
 
 def test_read_seeds(corpus_color, tmp_path):
-    ds = nb.ds_mod.load("corpus")
+    ds = ds_mod.load("corpus")
     a, b = ds.images["id"].iloc[0], ds.images["id"].iloc[-1]
     p = tmp_path / "seeds.csv"
     pd.DataFrame({"id": [a[:12], b], "label": ["sensitive", "non_sensitive"]}).to_csv(p, index=False)
-    assert nb.read_seeds(p, ds) == {"sensitive": [a], "non_sensitive": [b]}
+    assert ex.read_seeds(p, ds) == {"sensitive": [a], "non_sensitive": [b]}
     j = tmp_path / "seeds.json"
     j.write_text(json.dumps({"sensitive": [a]}))
-    assert nb.read_seeds(j, ds) == {"sensitive": [a]}
-    seeds = nb.seeds_from_labels(ds, 3, seed=7)
-    assert seeds == nb.seeds_from_labels(ds, 3, seed=7)
+    assert ex.read_seeds(j, ds) == {"sensitive": [a]}
+    seeds = ex.seeds_from_labels(ds, 3, seed=7)
+    assert seeds == ex.seeds_from_labels(ds, 3, seed=7)
     lab = ds.images.drop_duplicates("id").set_index("id")["label"]
     assert all(lab[i] == c for c, ids in seeds.items() for i in ids)
 
@@ -302,21 +304,28 @@ def test_read_seeds(corpus_color, tmp_path):
 def test_cli_expand_and_homogeneity(corpus_color, tmp_path, capsys):
     from lib.cli import main
 
-    out = tmp_path / "exp.parquet"
+    out = tmp_path / "exp"
     assert main(["expand", "corpus", "--model", "color", "--seeds-from-labels", "3", "--k", "25",
                  "--out", str(out)]) == 0
-    labelled = pd.read_parquet(out)
     space = nb.open_space("corpus", "color")
-    ref = nb.expand(space, nb.seeds_from_labels(space.dataset, 3, seed=0), k=25)
-    assert sorted(labelled["id"]) == sorted(ref.labelled["id"])
-    assert (tmp_path / "exp-hits.parquet").exists() and (tmp_path / "exp-counts.csv").exists()
+    ref = ex.expand(space, ex.seeds_from_labels(space.dataset, 3, seed=0), k=25)
+    back, meta = ex.ExpansionResult.load(out)  # the one save format, as the app writes it
+    assert meta["format"] == ex.SAVE_FORMAT and meta["k"] == 25 and meta["spec"] == "color"
+    for part in ("seeds", "hits", "labelled", "conflicts"):
+        pd.testing.assert_frame_equal(getattr(back, part), getattr(ref, part))
     assert "share_unique" in capsys.readouterr().out
+    # without --out it lands where the app lists expansions
+    assert main(["expand", "corpus", "--model", "color", "--seeds-from-labels", "3", "--k", "25"]) == 0
+    listed = ex.list_expansions("corpus")
+    assert ex.expansion_name("color", 25, "best_rank", ex.seeds_from_labels(space.dataset, 3, seed=0)) \
+        in set(listed["name"])
+    capsys.readouterr()
 
     csv = tmp_path / "h.csv"
     assert main(["homogeneity", "corpus", "--model", "color", "--k", "25", "--band", "10",
                  "--seeds-per-class", "3", "--out", str(csv)]) == 0
     table = pd.read_csv(csv)
-    want = nb.homogeneity(ref, nb.truth_from_dataset(space.dataset), band_width=10)
+    want = ex.homogeneity(ref, ex.dataset_truth(space.dataset), band_width=10)
     np.testing.assert_array_equal(table["confirmed"], want["confirmed"])
     assert "21-25" in capsys.readouterr().out
     assert main(["expand", "corpus", "--model", "color"]) == 2  # no seeds: a user error

@@ -70,16 +70,16 @@ def test_color_probe_on_corpus(corpus_color, tmp_path):
     assert pd.read_csv(paths[1])["roc_auc"].iloc[0] == pytest.approx(auc)
 
 
-def test_text_probe_errors_on_corpus(corpus_tiny, tiny_model):
+def test_text_probe_errors_on_corpus(corpus_tiny, tiny_model, tiny):
     # The corpus's only captions belong to one class: a clear error, not a crash.
     with pytest.raises(probe.ProbeError, match="no caption"):
-        probe.run_probe("corpus", TINY, "text", random_weights=True, backend=tiny_model)
+        probe.run_probe("corpus", tiny, "text")
     with pytest.raises(ModelError, match="text tower"):
         probe.run_probe("corpus", "color", "text")
 
 
 @pytest.fixture(scope="module")
-def captioned(corpus_dir, tiny_model, tmp_path_factory):
+def captioned(corpus_dir, tiny_model, tmp_path_factory, tiny):
     """40 corpus images with captions (6 left empty) and a train/test split."""
     from lib import dataset
     from lib.embeddings import embed
@@ -94,30 +94,30 @@ def captioned(corpus_dir, tiny_model, tmp_path_factory):
     rows.to_csv(path, index=False)
     if not dataset.exists("captioned"):
         dataset.ingest(path, "captioned", root=corpus_dir)
-    embed("captioned", TINY, random_weights=True, backend=tiny_model)
+    embed("captioned", tiny)
     return rows
 
 
-def test_text_and_multimodal_probe(captioned, tiny_model, monkeypatch):
-    text = probe.run_probe("captioned", TINY, "text", folds=3, random_weights=True, backend=tiny_model)
+def test_text_and_multimodal_probe(captioned, tiny_model, monkeypatch, tiny):
+    text = probe.run_probe("captioned", tiny, "text", folds=3)
     assert text.dropped["no_caption"] == 6 and len(text.predictions) == 34
     assert text.n_features == tiny_model.dim
     # two distinct captions, one per class: two points, perfectly separable
     assert text.metrics["roc_auc"] == 1.0
     # the caption vectors are the text tower's, aligned with the rows
-    X, rows, _ = probe.probe_features("captioned", TINY, "text", random_weights=True, backend=tiny_model)
+    X, rows, _ = probe.probe_features("captioned", tiny, "text")
     np.testing.assert_allclose(X, tiny_model.encode_texts(rows["caption"].tolist()), atol=1e-5)
 
     # cached: a second run needs no text tower
     monkeypatch.setattr(tiny_model, "encode_texts", lambda texts: (_ for _ in ()).throw(AssertionError("recomputed")))
-    both = probe.run_probe("captioned", TINY, "both", folds=3, random_weights=True, backend=tiny_model)
+    both = probe.run_probe("captioned", tiny, "both", folds=3)
     assert both.n_features == 2 * tiny_model.dim and len(both.predictions) == 34
-    image = probe.run_probe("captioned", TINY, "image", folds=3, random_weights=True, backend=tiny_model)
+    image = probe.run_probe("captioned", tiny, "image", folds=3)
     assert len(image.predictions) == 40 and "no_caption" not in image.dropped
 
 
-def test_split_probe_on_dataset(captioned, tiny_model):
-    res = probe.run_probe("captioned", TINY, "image", use_split=True, random_weights=True, backend=tiny_model)
+def test_split_probe_on_dataset(captioned, tiny_model, tiny):
+    res = probe.run_probe("captioned", tiny, "image", use_split=True)
     assert res.mode == "split" and len(res.predictions) == 10  # every 4th row is test
     assert (res.predictions["fold"] == 0).all()
     with pytest.raises(probe.ProbeError, match="split"):

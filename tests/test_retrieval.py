@@ -118,10 +118,10 @@ def test_evaluate_retrieval_chunking_matches_full_matrix():
 
 
 @pytest.fixture(scope="session")
-def tiny_space(corpus_tiny, tiny_model):
+def tiny_space(corpus_tiny, tiny_model, tiny):
     from lib.neighbors import open_space
 
-    return open_space("corpus", TINY, random_weights=True, backend=tiny_model)
+    return open_space("corpus", tiny)
 
 
 def _single_row(space) -> int:
@@ -189,8 +189,8 @@ def test_text_search_refuses_color(corpus_color):
 # --------------------------------------------------------------------------- caption evaluation
 
 
-def test_run_retrieval_eval_on_corpus_captions(corpus_tiny, tiny_model, tiny_space, tmp_path):
-    res = run_retrieval_eval("corpus", TINY, "source", random_weights=True, backend=tiny_model,
+def test_run_retrieval_eval_on_corpus_captions(corpus_tiny, tiny_model, tiny_space, tmp_path, tiny):
+    res = run_retrieval_eval("corpus", tiny, "source",
                              out=tmp_path / "r.csv")
     assert res.pairs == 28 and res.skipped == 630
     t = res.table.set_index("group")
@@ -208,18 +208,18 @@ def test_run_retrieval_eval_on_corpus_captions(corpus_tiny, tiny_model, tiny_spa
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "r.csv"), res.table, check_dtype=False)
 
 
-def test_run_retrieval_eval_errors(corpus_tiny, tiny_model, tmp_path, monkeypatch):
+def test_run_retrieval_eval_errors(corpus_tiny, tiny_model, tmp_path, monkeypatch, tiny):
     from lib import dataset
 
     with pytest.raises(DatasetError, match="no column 'nope'"):
-        run_retrieval_eval("corpus", TINY, "nope", backend=tiny_model)
+        run_retrieval_eval("corpus", tiny, "nope")
     folder = tmp_path / "nocap" / "cls"
     folder.mkdir(parents=True)
     for i in range(2):
         Image.new("RGB", (16, 16), (40 * i, 90, 10)).save(folder / f"{i}.png")
     dataset.ingest(tmp_path / "nocap", "nocaptions", workers=0)
     with pytest.raises(DatasetError, match="has no captions"):
-        run_retrieval_eval("nocaptions", TINY, backend=tiny_model)
+        run_retrieval_eval("nocaptions", tiny)
 
 
 def test_cli_retrieve_eval_and_search(corpus_tiny, capsys, tmp_path):

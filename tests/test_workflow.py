@@ -14,10 +14,12 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 from lib import dataset as ds_mod
+from lib import expansion as ex
 from lib import workflow as wf
 from lib.annotations import CONSENSUS, AnnotationStore
 from lib.embeddings import load_embeddings
-from lib.neighbors import open_space, seeds_from_labels
+from lib.expansion import seeds_from_labels
+from lib.neighbors import open_space
 
 
 @pytest.fixture
@@ -39,7 +41,7 @@ def space(corpus_color):
 @pytest.fixture(scope="module")
 def saved(space):
     seeds = seeds_from_labels(space.dataset, 10, seed=3)
-    return wf.run_expansion(space, seeds, k=99, origin="test:labels")
+    return ex.run_expansion(space, seeds, k=99, origin="test:labels")
 
 
 def truth_by_id(ds, manifest) -> dict[str, str]:
@@ -70,10 +72,32 @@ def direct_counts(pairs: pd.DataFrame, truth: dict, band_width: int) -> pd.DataF
 
 
 def test_to_classes_mapping():
-    got = wf.to_classes(pd.Series(["Blur", "ok", "MAYBE", None, "sensitive"]))
+    got = ex.to_classes(pd.Series(["Blur", "ok", "MAYBE", None, "sensitive"]))
     assert got.tolist() == ["sensitive", "non_sensitive", None, None, "sensitive"]
-    custom = wf.to_classes(["Blur", "Ok"], {"blur": "wound", "ok": None})
+    custom = ex.to_classes(["Blur", "Ok"], {"blur": "wound", "ok": None})
     assert custom.tolist() == ["wound", None]
+
+
+def test_an_unmapped_review_label_is_unjudged(store, space):
+    """One review truth: a label the mapping does not name and that spells no class
+    (a typo, a label of another set) is not evidence. It used to count as a class of its
+    own in workflow.review_truth (rejecting every neighbour it touched) while
+    neighbors.truth_from_store called it NaN."""
+    res = ex.expand(space, seeds_from_labels(space.dataset, 2, seed=0), k=5)
+    a, b, c = res.hits["id"].drop_duplicates().tolist()[:3]
+    cls_of_c = ds_mod.load("corpus").images.set_index("id")["label"].astype(str).to_dict()[c]
+    store.set_label_set("corpus", ["Blur", "Maybe", "Ok", "Unsure", cls_of_c])
+    store.set_label("corpus", a, "ann", "Unsure")  # in the label set, but mapped to no class
+    store.set_label("corpus", b, "ann", "Blur")
+    store.set_label("corpus", c, "ann", cls_of_c)  # spells a dataset class: counts as it
+    truth = ex.review_truth(store, "corpus", "ann")
+    assert truth[a] is None
+    assert truth[b] == ex.class_mapping("corpus")["Blur"] and truth[c] == cls_of_c
+    table = ex.homogeneity(res, truth, band_width=5, by_class=False)
+    pairs_a, pairs_b = (res.hits["id"] == a).sum(), (res.hits["id"] == b).sum()
+    assert table["confirmed"].sum() + table["rejected"].sum() == pairs_b + (res.hits["id"] == c).sum()
+    assert table["unjudged"].sum() == len(res.hits) - pairs_b - (res.hits["id"] == c).sum() >= pairs_a
+    assert not hasattr(__import__("lib.neighbors").neighbors, "truth_from_store")
 
 
 def test_consensus_labels_rules(store):
@@ -84,17 +108,17 @@ def test_consensus_labels_rules(store):
         for who, lab in votes.items():
             store.set_label(d, image, who, lab)
     store.resolve(d, "i4", "Ok", by="carol")
-    got = wf.consensus_labels(store, d).set_index("image_id")
+    got = ex.consensus_labels(store, d).set_index("image_id")
     assert got.loc["i1", "label"] == "Blur" and got.loc["i1", "source"] == "unanimous"
     assert pd.isna(got.loc["i2", "label"]) and got.loc["i2", "source"] == "disagree"
     assert got.loc["i3", "label"] == "Ok" and got.loc["i3", "source"] == "single"
     assert got.loc["i4", "label"] == "Ok" and got.loc["i4", "reviewer"] == CONSENSUS
     assert got.loc["i5", "label"] == "Maybe"
-    assert wf.consensus_labels(store, d, min_votes=2).set_index("image_id").loc["i3", "source"] == "too_few"
-    truth = wf.review_truth(store, d)
+    assert ex.consensus_labels(store, d, min_votes=2).set_index("image_id").loc["i3", "source"] == "too_few"
+    truth = ex.review_truth(store, d)
     assert truth.to_dict() == {"i1": "sensitive", "i2": None, "i3": "non_sensitive", "i4": "non_sensitive",
                                "i5": None}
-    assert wf.review_truth(store, d, "bob").to_dict() == {"i1": "sensitive", "i2": "non_sensitive",
+    assert ex.review_truth(store, d, "bob").to_dict() == {"i1": "sensitive", "i2": "non_sensitive",
                                                          "i4": "non_sensitive", "i5": None}
 
 
@@ -181,38 +205,59 @@ def test_expansion_conflicts_match_brute_force_and_reload(saved, space):
     assert set(res.conflicts["id"]) == conflicts
     assert set(res.labelled.loc[res.labelled["conflict"], "id"]) == conflicts
 
-    back = wf.load_expansion("corpus", saved.name)
+    back = ex.load_expansion("corpus", saved.name)
     assert back.meta["spec"] == "color" and back.meta["k"] == 99 and back.meta["origin"] == "test:labels"
     for part in ("seeds", "hits", "labelled", "conflicts"):
         pd.testing.assert_frame_equal(getattr(back.result, part), getattr(res, part))
-    assert saved.path == wf.expansion_path("corpus", saved.name)
+    assert saved.path == ex.expansion_path("corpus", saved.name)
     assert saved.path.parent.name == "corpus" and saved.path.name.startswith("expansion-")
-    listed = wf.list_expansions("corpus")
+    listed = ex.list_expansions("corpus")
     assert saved.name in set(listed["name"])
     with pytest.raises(wf.WorkflowError):
-        wf.load_expansion("corpus", "no-such-expansion")
+        ex.load_expansion("corpus", "no-such-expansion")
     with pytest.raises(wf.WorkflowError):
-        wf.run_expansion(space, {"sensitive": res.seeds["id"].tolist()[:1]}, k=100)
+        ex.run_expansion(space, {"sensitive": res.seeds["id"].tolist()[:1]}, k=100)
 
 
-def test_expand_verb_output_reads_as_expansion(space, tmp_path):
-    from lib import cli
+def write_format1(res, path):
+    """An expansion saved the old way (the expand verb before the one save format): the
+    labelled table at ``path`` and ``-hits`` / ``-conflicts`` / ``-counts`` beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    res.labelled.to_parquet(path)
+    res.hits.to_parquet(path.with_name(f"{path.stem}-hits.parquet"))
+    res.conflicts.to_parquet(path.with_name(f"{path.stem}-conflicts.parquet"))
+    res.counts.to_csv(path.with_name(f"{path.stem}-counts.csv"), index=False)
 
-    out = tmp_path / "exp.parquet"
-    assert cli.main(["expand", "corpus", "--model", "color", "--seeds-from-labels", "4", "--seed", "2",
-                     "--k", "30", "--out", str(out)]) == 0
-    legacy = wf.load_expansion("corpus", out)
-    fresh = wf.run_expansion(space, seeds_from_labels(space.dataset, 4, seed=2), k=30, save=False)
-    assert legacy.result.k == 30 and legacy.result.rule == "best_rank"
-    assert sorted(legacy.result.seeds["id"]) == sorted(fresh.result.seeds["id"])
-    pd.testing.assert_frame_equal(legacy.result.labelled, fresh.result.labelled)
+
+def test_old_expand_output_is_migrated_once(space, tmp_path):
+    fresh = ex.run_expansion(space, seeds_from_labels(space.dataset, 4, seed=2), k=30, save=False)
+    old = tmp_path / "exp.parquet"
+    write_format1(fresh.result, old)
+
+    first = ex.load_expansion("corpus", old)
+    assert first.path == tmp_path / "expansion-exp" == ex.migrated_path(old)
+    assert first.meta["format"] == ex.SAVE_FORMAT and first.meta["migrated_from"] == str(old.resolve())
+    assert first.result.k == 30 and first.result.rule == "best_rank"
+    assert sorted(first.result.seeds["id"]) == sorted(fresh.result.seeds["id"])
+    pd.testing.assert_frame_equal(first.result.labelled, fresh.result.labelled)
+    pd.testing.assert_frame_equal(first.result.hits, fresh.result.hits)
+    assert old.exists()  # the user's files are left alone
+
+    stamp = (first.path / "meta.json").stat().st_mtime_ns
+    old.with_name("exp-hits.parquet").unlink()  # later loads read the migrated folder, not the old files
+    again = ex.load_expansion("corpus", old)
+    assert (first.path / "meta.json").stat().st_mtime_ns == stamp
+    pd.testing.assert_frame_equal(again.result.hits, fresh.result.hits)
+    assert ex.load_expansion("corpus", first.path).name == "exp"
+    # and what is migrated is an ordinary expansion: review samples and exports work on it
+    assert len(ex.review_sample(again, per_rank=1)) > 0
 
 
 # --------------------------------------------------------------------------- review samples
 
 
 def test_review_sample_per_band_stratified_by_source(saved, corpus, manifest):
-    sample = wf.review_sample(saved, corpus, band_width=20, per_rank=None, per_band=6, stratify="source", seed=1)
+    sample = ex.review_sample(saved, corpus, band_width=20, per_rank=None, per_band=6, stratify="source", seed=1)
     src = dict(zip(manifest["path"], manifest["source"], strict=True))
     hits = saved.result.hits.assign(
         source=[src[p] for p in corpus.images["path"].to_numpy()[saved.result.hits["row"].to_numpy()]],
@@ -224,13 +269,13 @@ def test_review_sample_per_band_stratified_by_source(saved, corpus, manifest):
     key = ["seed_id", "rank", "id"]
     assert not sample.duplicated(key).any()
     assert len(sample.merge(saved.result.hits[key], on=key)) == len(sample)  # real pairs only
-    assert wf.review_sample(saved, corpus, per_rank=None, per_band=6, stratify="source", seed=1).equals(sample)
+    assert ex.review_sample(saved, corpus, per_rank=None, per_band=6, stratify="source", seed=1).equals(sample)
 
-    per_rank = wf.review_sample(saved, corpus, per_rank=3, stratify="seed_label")
+    per_rank = ex.review_sample(saved, corpus, per_rank=3, stratify="seed_label")
     counts = per_rank.groupby(["rank", "seed_label"]).size()
     assert counts.max() == 3 and set(per_rank["band_label"]) == {"1-20", "21-40", "41-60", "61-80", "81-99"}
     with pytest.raises(wf.WorkflowError):
-        wf.review_sample(saved, corpus, stratify="no_such_column")
+        ex.review_sample(saved, corpus, stratify="no_such_column")
 
     path = wf.save_review_sample(saved, sample, wf.sample_file_name(20, None, 6, "source", 1))
     assert path in wf.list_review_samples(saved)
@@ -249,7 +294,7 @@ def test_review_sample_per_band_stratified_by_source(saved, corpus, manifest):
 
 def test_homogeneity_from_corpus_labels_matches_direct_count(saved, corpus, manifest):
     truth = truth_by_id(corpus, manifest)
-    table = wf.band_homogeneity(saved, wf.dataset_truth(corpus), band_width=20)
+    table = ex.homogeneity(saved, ex.dataset_truth(corpus), band_width=20)
     ref = direct_counts(saved.result.hits, truth, 20)
     merged = table.merge(ref, on=["scope", "band"], suffixes=("", "_ref"))
     assert len(merged) == len(table) == len(ref)
@@ -264,7 +309,7 @@ def simulate_reviews(store, dataset: str, ids, truth: dict, flips: set, maybes: 
     a, b = names
     rows = []
     for i in ids:
-        lab = wf.CLASS_TO_LABEL[truth[i]]
+        lab = ex.CLASS_TO_LABEL[truth[i]]
         rows.append({"dataset": dataset, "image_id": i, "annotator": a, "label": lab, "task": "review"})
         other = "Maybe" if i in maybes else ({"Blur": "Ok", "Ok": "Blur"}[lab] if i in flips else lab)
         rows.append({"dataset": dataset, "image_id": i, "annotator": b, "label": other, "task": "review"})
@@ -273,7 +318,7 @@ def simulate_reviews(store, dataset: str, ids, truth: dict, flips: set, maybes: 
 
 def test_review_homogeneity_agreement_resolution(saved, corpus, manifest, store):
     truth = truth_by_id(corpus, manifest)
-    sample = wf.review_sample(saved, corpus, band_width=20, per_rank=2, stratify="seed_label", seed=0)
+    sample = ex.review_sample(saved, corpus, band_width=20, per_rank=2, stratify="seed_label", seed=0)
     ids = list(dict.fromkeys(sample["id"]))
     flips, maybes = set(ids[::9]), set(ids[4::13]) - set(ids[::9])
     simulate_reviews(store, "corpus", ids, truth, flips, maybes)
@@ -291,7 +336,7 @@ def test_review_homogeneity_agreement_resolution(saved, corpus, manifest, store)
     assert (todo["reason"] == "disagree").all()  # ann never says Maybe: every Maybe is a disagreement
 
     # before resolving: disagreements are unjudged
-    before = wf.band_homogeneity(saved, wf.review_truth(store, "corpus"), 20, pairs=sample)
+    before = ex.homogeneity(saved, ex.review_truth(store, "corpus"), 20, pairs=sample)
     undecided = {i: t for i, t in truth.items() if i in set(ids) - flips - maybes}
     ref = direct_counts(sample, undecided, 20)
     got = before.merge(ref, on=["scope", "band"], suffixes=("", "_ref"))
@@ -301,15 +346,15 @@ def test_review_homogeneity_agreement_resolution(saved, corpus, manifest, store)
 
     # resolve every disagreement with the ground truth: review homogeneity = dataset homogeneity on the sample
     for i in todo["image_id"]:
-        store.resolve("corpus", i, wf.CLASS_TO_LABEL[truth[i]], by="carol")
+        store.resolve("corpus", i, ex.CLASS_TO_LABEL[truth[i]], by="carol")
     assert wf.to_resolve(store, "corpus", "ann", "bob", unresolved_only=True).empty
-    comp = wf.homogeneity_comparison(saved, {"review": wf.review_truth(store, "corpus"),
-                                             "dataset": wf.dataset_truth(corpus)}, 20, pairs=sample)
+    comp = ex.homogeneity_comparison(saved, {"review": ex.review_truth(store, "corpus"),
+                                             "dataset": ex.dataset_truth(corpus)}, 20, pairs=sample)
     r = comp[comp["truth"] == "review"].reset_index(drop=True)
     d = comp[comp["truth"] == "dataset"].reset_index(drop=True)
     pd.testing.assert_frame_equal(r.drop(columns="truth"), d.drop(columns="truth"))
     assert (r["unjudged"] == 0).all() and (r["pairs"] > 0).all()
-    fig = wf.homogeneity_comparison_figure(comp)
+    fig = ex.homogeneity_figure(comp)
     assert len(fig.data) == 2 * comp["scope"].nunique()
 
 
@@ -339,8 +384,8 @@ def test_export_round_trip_through_ingest(saved, corpus, manifest, store, tmp_pa
     other = {"sensitive": "Ok", "non_sensitive": "Blur"}[expanded["label"].iloc[0]]
     store.set_label("corpus", changed, "ann", other)
     store.set_label("corpus", maybe, "ann", "Maybe")
-    store.set_label("corpus", kept, "ann", wf.CLASS_TO_LABEL[expanded["label"].iloc[2]])
-    reviews = wf.review_labels(store, "corpus")
+    store.set_label("corpus", kept, "ann", ex.CLASS_TO_LABEL[expanded["label"].iloc[2]])
+    reviews = ex.review_labels(store, "corpus")
 
     m = wf.export_table(corpus, saved, reviews=reviews, val_frac=0.2, seed=0, keep_columns=["source"])
     assert list(m.columns) == wf.EXPORT_COLUMNS + ["source"]
@@ -349,7 +394,7 @@ def test_export_round_trip_through_ingest(saved, corpus, manifest, store, tmp_pa
     first_rows = corpus.images.drop_duplicates("id")
     path_of = dict(zip(first_rows["id"], first_rows["path"], strict=True))
     assert path_of[maybe] not in by_path.index
-    assert by_path.loc[path_of[changed], "label"] == wf.to_classes([other])[0]
+    assert by_path.loc[path_of[changed], "label"] == ex.to_classes([other])[0]
     assert by_path.loc[path_of[changed], "label_source"] == "review"
     assert by_path.loc[path_of[changed], "review_label"] == other
     assert by_path.loc[path_of[kept], "label_source"] == "review"

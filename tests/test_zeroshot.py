@@ -105,9 +105,9 @@ def test_predict_is_softmax_of_scaled_cosine():
     np.testing.assert_allclose(p, e / e.sum(1, keepdims=True), rtol=1e-6)
 
 
-def test_run_zeroshot_on_corpus(corpus_tiny, tiny_model, reference_clip, corpus_dir, tmp_path):
+def test_run_zeroshot_on_corpus(corpus_tiny, tiny_model, reference_clip, corpus_dir, tmp_path, tiny):
     out = tmp_path / "preds.parquet"
-    res = run_zeroshot("corpus", TINY, classes="medgore", random_weights=True, backend=tiny_model, out=out)
+    res = run_zeroshot("corpus", tiny, classes="medgore", out=out)
     df = res.predictions
     assert len(df) == len(corpus_tiny.images) == 658
     assert list(df.columns[:6]) == ["id", "path", "label", "truth", "pred", "p_Blur"]
@@ -133,10 +133,10 @@ def test_run_zeroshot_on_corpus(corpus_tiny, tiny_model, reference_clip, corpus_
     assert res.confusion.to_numpy().sum() == 658
 
 
-def test_run_zeroshot_other_label_column_and_unmapped(corpus_tiny, tiny_model, tmp_path):
+def test_run_zeroshot_other_label_column_and_unmapped(corpus_tiny, tiny_model, tmp_path, tiny):
     # 'subclass' values: chest_xray etc.; only foot_ulcer maps (case-insensitive class name match).
-    res = run_zeroshot("corpus", TINY, classes=["Foot_Ulcer", "chest x-ray"], templates="an image of {c}",
-                       label_column="subclass", backend=tiny_model, write=False)
+    res = run_zeroshot("corpus", tiny, classes=["Foot_Ulcer", "chest x-ray"], templates="an image of {c}",
+                       label_column="subclass", write=False)
     n_foot = int((corpus_tiny.images["subclass"] == "foot_ulcer").sum())
     assert res.n_scored == n_foot and res.n_unmapped == 658 - n_foot
     assert res.path is None and "subclass" in res.predictions

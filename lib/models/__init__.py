@@ -22,14 +22,22 @@ backend is one entry in that table.
 
 Random weights are never used silently: ``random_weights=True`` (CLI ``--random-weights``)
 is required, and the fingerprint records it.
+
+A spec is resolved once (:func:`resolve_model`) into a :class:`ResolvedModel`: spec,
+``random_weights``, seed, device and precision, the fingerprint (known without loading
+where it can be), and the backend, loaded the first time something needs it. Every
+``run_*`` of the analysis modules takes that value, so pages and the CLI resolve a model
+once and pass it on, instead of each function resolving ``(spec, random_weights, backend)``
+again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import config
@@ -38,7 +46,7 @@ from .base import PRECISIONS, Backend, fingerprint_of, l2_normalize, select_devi
 
 __all__ = ["Backend", "Kind", "ModelSpec", "PRECISIONS", "REGISTRY", "load_model", "parse_spec",
            "resolve_fingerprint", "fingerprint_of", "l2_normalize", "select_device", "aliases", "KINDS",
-           "load_available"]
+           "load_available", "ResolvedModel", "resolve_model", "has_weights"]
 
 _ALIASES = Path(__file__).with_name("aliases.json")
 
@@ -73,6 +81,7 @@ class Kind:
         loaded); the memo of fingerprints is keyed by it
     fingerprint : ModelSpec -> str, for kinds whose fingerprint is known without loading
     example : shown in the "unknown spec" message
+    has_weights : False for kinds with nothing to randomise (``color``)
     """
 
     name: str
@@ -82,6 +91,7 @@ class Kind:
     weights_identity: Callable[[ModelSpec], str | None]
     fingerprint: Callable[[ModelSpec], str] | None = None
     example: str = ""
+    has_weights: bool = True
 
 
 # ---------------------------------------------------------------- the kinds
@@ -249,7 +259,7 @@ def _finetuned_ident(s: ModelSpec) -> str | None:
 
 #: The kinds, in the order specs are matched against their prefixes.
 REGISTRY: dict[str, Kind] = {k.name: k for k in (
-    Kind("color", "color", _parse_color, _load_color, lambda s: "", _color_fingerprint, "color"),
+    Kind("color", "color", _parse_color, _load_color, lambda s: "", _color_fingerprint, "color", has_weights=False),
     Kind("open_clip", "open_clip:", _parse_open_clip, _load_open_clip, _open_clip_ident,
          example="open_clip:ARCH@PRETRAINED, open_clip:hf-hub:ORG/NAME, open_clip:ARCH@/path/to/weights.safetensors"),
     Kind("hf", "hf:", _parse_hf, _load_hf, _hf_ident, example="hf:MODEL_ID_OR_PATH"),
@@ -354,3 +364,93 @@ def resolve_fingerprint(spec: str, *, random_weights: bool = False, seed: int = 
     if key is None or not path.exists():
         return None
     return json.loads(path.read_text()).get(key)
+
+
+def has_weights(spec: str) -> bool:
+    """Whether ``spec``'s kind has weights (``random_weights`` means something for it)."""
+    return REGISTRY[parse_spec(spec).kind].has_weights
+
+
+# ---------------------------------------------------------------- the resolved model
+
+
+@dataclass(eq=False)
+class ResolvedModel:
+    """A spec resolved once, what every ``run_*`` takes (from :func:`resolve_model`).
+
+    Attributes
+    ----------
+    spec : the spec as given (an alias stays an alias: result tables and file names use it)
+    parsed : its :class:`ModelSpec`
+    random_weights, seed : seeded random weights instead of the pretrained ones
+    device, precision : as for :func:`load_model` (None / ``auto``: the best available)
+
+    ``backend`` loads the model the first time it is read and keeps it (thread-safe: the
+    app shares one ResolvedModel between sessions); ``fingerprint`` avoids loading where it
+    can (kinds that know it, the memo of earlier loads).
+    """
+
+    spec: str
+    parsed: ModelSpec
+    random_weights: bool = False
+    seed: int = 0
+    device: str | None = None
+    precision: str = "auto"
+    _backend: Backend | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def kind(self) -> str:
+        return self.parsed.kind
+
+    @property
+    def loaded(self) -> bool:
+        return self._backend is not None
+
+    @property
+    def backend(self) -> Backend:
+        """The loaded backend (loaded now if it is not yet)."""
+        if self._backend is None:
+            with self._lock:
+                if self._backend is None:
+                    self._backend = load_model(self.spec, random_weights=self.random_weights, seed=self.seed,
+                                               device=self.device, precision=self.precision)
+        return self._backend
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The embedding-cache fingerprint: the loaded backend's, else known without loading,
+        else (random weights: nothing to read, so building them is cheap) the backend's; None
+        when only loading pretrained weights would tell."""
+        if self._backend is not None:
+            return self._backend.fingerprint
+        fp = resolve_fingerprint(self.spec, random_weights=self.random_weights, seed=self.seed)
+        if fp is None and self.random_weights:
+            return self.backend.fingerprint
+        return fp
+
+    @property
+    def has_text(self) -> bool:
+        return self.backend.has_text
+
+    def describe(self) -> dict:
+        """``spec, kind, random_weights`` and, once loaded, the backend's description."""
+        out = {"spec": self.spec, "kind": self.kind, "random_weights": self.random_weights}
+        return {**out, **self._backend.describe()} if self._backend is not None else out
+
+
+def resolve_model(model: str | ResolvedModel | Backend, *, random_weights: bool = False, seed: int = 0,
+                  device: str | None = None, precision: str = "auto", backend: Backend | None = None
+                  ) -> ResolvedModel:
+    """The one way to turn a spec into the value the ``run_*`` functions take.
+
+    ``model`` may already be a ResolvedModel (returned as it is) or a loaded Backend
+    (wrapped: its own spec). ``backend`` hands over an already loaded model for ``model``'s
+    spec (notebooks reuse theirs). Parsing errors (:class:`ModelError`) surface here, at once.
+    """
+    if isinstance(model, ResolvedModel):
+        return model
+    if isinstance(model, Backend):
+        model, backend = model.spec, model
+    return ResolvedModel(model, parse_spec(model), bool(random_weights), seed, device, precision, _backend=backend)
+
