@@ -835,3 +835,24 @@ def score_by_rank_figure(hits: pd.DataFrame, band_width: int = 20):
     fig.update_layout(height=360, xaxis_title="neighbour ranks", yaxis_title="cosine score")
     return fig
 
+
+
+#: MedGore's k (neighbours per seed); the Expand page's default only on collections large enough for it.
+MEDGORE_K = 99
+
+
+def default_k(n_images: int, n_seeds: int) -> int:
+    """A k (neighbours per seed) for a dataset of ``n_images`` expanded from ``n_seeds`` seeds:
+    the seeds' neighbourhoods together reach about half the dataset, between 5 and
+    :data:`MEDGORE_K` (MedGore's 99 on a small set makes almost every image a conflict)."""
+    if n_images <= 1:
+        return 1
+    k = round(0.5 * n_images / max(int(n_seeds), 1))
+    return int(min(max(k, 5), MEDGORE_K, n_images - 1))
+
+
+def mapping_text(mapping: dict, limit: int = 6) -> str:
+    """``label → class`` pairs for a caption, the first ``limit`` and how many more."""
+    items = [f"{k} → {v or 'unjudged'}" for k, v in mapping.items()]
+    more = len(items) - limit
+    return ", ".join(items[:limit]) + (f" and {more} more" if more > 0 else "")

@@ -30,8 +30,7 @@ with ui.guard():
             who = c[0].selectbox("Whose labels", [CONSENSUS, *annotators], key="ex-who",
                                  help="consensus: the resolved label, else the label every annotator agrees on.")
             n_max = int(c[1].number_input("At most per class (0: all)", 0, 100000, 0, key="ex-nmax"))
-            mapping = ", ".join(f"{k} → {v or 'unjudged'}" for k, v in ex.class_mapping(ctx.name).items())
-            st.caption(f"Labels become classes: {mapping}.")
+            st.caption(f"Labels become classes: {ex.mapping_text(ex.class_mapping(ctx.name))}.")
             try:
                 seeds = wf.seeds_from_annotations(store, ds, who, n_per_class=n_max or None)
                 origin = f"annotations:{who}"
@@ -45,7 +44,10 @@ with ui.guard():
             draw = int(c[1].number_input("Random seed", 0, 10**6, 0, key="ex-draw"))
             seeds = ex.seeds_from_labels(ds, n_per, seed=draw)
             origin = f"labels:{n_per}/seed{draw}"
-        k = int(c[2].slider("k (neighbours per seed)", 1, 99, 99, key="ex-k"))
+        n_seeds = sum(len(v) for v in seeds.values()) if isinstance(seeds, dict) else len(seeds)
+        k = int(c[2].slider("k (neighbours per seed)", 1, ex.MEDGORE_K, ex.default_k(len(ds.images), n_seeds),
+                            key="ex-k", help=f"MedGore uses {ex.MEDGORE_K}; the default reaches about half the "
+                                             "dataset from these seeds."))
         rule = c[3].selectbox("Images reached by several classes", ex.RESOLUTION_RULES, key="ex-rule",
                               help="best_rank: the class reaching it at the best rank; majority: from most seeds; "
                                    "drop: leave it unlabelled. Seeds keep their own label.")

@@ -462,3 +462,13 @@ def test_include_maybe_means_the_same_for_disagreements_and_to_resolve(tmp_path)
     todo = wf.to_resolve(store, "d", "ann", "bob")
     assert dict(zip(todo["image_id"], todo["reason"], strict=True)) == {"i1": "disagree", "i2": "disagree",
                                                                          "i3": "maybe"}
+
+
+def test_expand_default_k_fits_the_dataset_and_captions_stay_short():
+    from lib import expansion as ex
+
+    assert ex.default_k(658, 20) == 16  # the corpus, 10 seeds per class: about half the images reached
+    assert ex.default_k(24, 4) == 5 and ex.default_k(3, 2) == 2  # never below 5 unless the set is smaller
+    assert ex.default_k(100_000, 20) == ex.MEDGORE_K == 99  # MedGore's k on a large collection
+    text = ex.mapping_text({f"l{i}": "sensitive" if i % 2 else None for i in range(13)})
+    assert text.count("→") == 6 and text.endswith("and 7 more") and "unjudged" in text
