@@ -936,9 +936,12 @@ def fit_detector(X: np.ndarray, y: np.ndarray, ids: Sequence[str], *, groups: Se
         gone = exclude([ids[i] for i in va], [ids[i] for i in tr])
         keep = np.array([ids[i] not in gone for i in tr], dtype=bool)
         dropped = int((~keep).sum())
-        tr = tr[keep]
-        check_counts(int(y[tr].sum()), int((~y[tr]).sum()), " in training once near-duplicates of validation "
-                     "images are left out (keep them with --keep-near-duplicates)")
+        if keep.all() or (y[tr[keep]].any() and (~y[tr[keep]]).any()):
+            tr = tr[keep]
+        else:
+            raise LabelError(f"once the {dropped} near-duplicate(s) of validation images are left out, training holds "
+                             f"{int(y[tr[keep]].sum())} sensitive and {int((~y[tr[keep]]).sum())} safe images; "
+                             "label more images, or keep them with --keep-near-duplicates")
     step(1)
 
     folds = min(CALIBRATION_FOLDS, int(y[tr].sum()), int((~y[tr]).sum()))
