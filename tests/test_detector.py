@@ -278,7 +278,7 @@ def test_thresholds_hit_their_recall_targets_on_validation(det):
     assert own and det.threshold == min(t.loc["R95", "threshold"], *own)
     # the split: stratified, seeded, each content id once
     s = det.meta["split"]
-    assert s["n_val"] == pytest.approx(0.2 * (s["n_train"] + s["n_val"] + s["near_duplicates_dropped"]), abs=2)
+    assert s["n_val"] == pytest.approx(0.2 * (s["n_train"] + s["n_val"] + (s["near_duplicates_dropped"] or 0)), abs=2)
     assert set(det.arrays["train_ids"].tolist()).isdisjoint(det.arrays["val_ids"].tolist())
 
 
@@ -482,7 +482,9 @@ def test_flips_and_rotations_go_through_per_transform_caches(det, cut, screened)
 
     ds = cut["screen"]
     stores = [D.tta_store(det.fingerprint, t) for t in D.TTA_TRANSFORMS]
-    assert len({s.dir for s in stores}) == 7 and all(len(s) == len(ds.unique_ids) for s in stores)
+    # one store per transform, each holding every image of the screened set (the stores are
+    # per model fingerprint, shared with any other dataset screened in this data home)
+    assert len({s.dir for s in stores}) == 7 and all(s.missing(list(ds.unique_ids)) == [] for s in stores)
     # a view is the backend's vector of the transformed file
     backend = load_model("color")
     row = 3

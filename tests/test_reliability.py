@@ -801,7 +801,15 @@ def test_streamlit_config_is_local_only_with_xsrf_on():
     server = cfg["server"]
     assert server["address"] == "127.0.0.1"
     assert server["enableXsrfProtection"] is True
-    assert server.get("enableStaticServing", False) is False
+    if server.get("enableStaticServing", False):
+        # static/ serves plotly.js for the map's hover thumbnails and nothing else: no image
+        # (nor any other file) can be reached through it; its one writer is ui.plotly_js_url.
+        from lib import ui
+
+        assert ui.plotly_js_url() == "/app/static/plotly.min.js"
+        assert sorted(p.name for p in (REPO / "static").iterdir()) == ["plotly.min.js"]
+        writers = [p for p in (REPO / "lib").rglob("*.py") if '"static"' in p.read_text()]
+        assert writers == [REPO / "lib" / "ui.py"], writers
     assert 0 < server["maxUploadSize"] <= 20  # MB; lib.gallery.MAX_UPLOAD_BYTES is the same 20 MB
     assert cfg["browser"]["gatherUsageStats"] is False
     assert cfg["client"]["showErrorDetails"] in ("none", False)  # no tracebacks (paths) in the browser
