@@ -175,7 +175,7 @@ def compare_with_papers(table: pd.DataFrame, papers: pd.DataFrame | None = None,
 # =========================================================================== data
 
 
-def test_split(name: str, *, test_frac: float = 0.2, seed: int = 0) -> pd.DataFrame:
+def test_split(name: str, *, test_frac: float = 0.2, seed: int = 0, positive: str | None = None) -> pd.DataFrame:
     """The labelled images of dataset ``name``, one per content id, with their binary truth and part.
 
     Returns
@@ -191,12 +191,12 @@ def test_split(name: str, *, test_frac: float = 0.2, seed: int = 0) -> pd.DataFr
     from sklearn.model_selection import train_test_split
 
     from . import dataset as ds_mod
-    from .sensitivity import SENSITIVE, binary_truth, load_policy
+    from .sensitivity import SENSITIVE, binary_truth, run_policy
 
     ds = ds_mod.load(name)
     df = ds.images.reset_index(drop=True).assign(row=lambda d: np.arange(len(d)))
     df = df[~df["id"].duplicated()]
-    truth = binary_truth(df["label"], load_policy(name))
+    truth = binary_truth(df["label"], run_policy(name, positive, df["label"].dropna().unique()))
     df = df[truth.notna().to_numpy()].assign(y=(truth.dropna() == SENSITIVE).astype(int).to_numpy())
     counts = np.bincount(df["y"].to_numpy(), minlength=2) if len(df) else np.zeros(2, int)
     if counts.min() < 4:
@@ -313,7 +313,7 @@ def _task_probe(ctx, name: str) -> list[dict]:
     split = images["split"].astype("string") if "split" in images else pd.Series(pd.NA, index=images.index)
     use_split = bool(split.eq("train").any() and split.eq("test").any())
     try:
-        res = run_probe(name, ctx.model, "image", use_split=use_split, seed=ctx.seed)
+        res = run_probe(name, ctx.model, "image", use_split=use_split, seed=ctx.seed, positive=ctx.positive)
     except ProbeError as e:
         raise Skip(str(e)) from None
     return _rows("probe", res.mode, res.metrics, res.metrics["n"], CLASSIFICATION_KEYS,
@@ -357,7 +357,7 @@ def _binary_rows(task: str, y: np.ndarray, p: np.ndarray, thresholds: dict[str, 
 def _task_detector(ctx, name: str) -> list[dict]:
     from .detector import fit_detector
 
-    parts = test_split(name, test_frac=ctx.test_frac, seed=ctx.seed)
+    parts = ctx.parts(name)
     emb = _embedded(ctx, name)
     tr, te = parts[parts["part"] == "train"], parts[parts["part"] == "test"]
     det = fit_detector(emb.take(tr["row"].to_numpy()), tr["y"].to_numpy(bool), tr["id"].tolist(), seed=ctx.seed)
@@ -373,11 +373,12 @@ def _task_eb(ctx, name: str) -> list[dict]:
     from . import colorscore
     from . import dataset as ds_mod
     from .metrics import classification_metrics, eb_operating_points
-    from .sensitivity import SENSITIVE, binary_truth, load_policy
+    from .sensitivity import SENSITIVE, binary_truth, run_policy
 
     ds = ds_mod.load(name)
     scores = colorscore.score_dataset(ds)
-    truth = binary_truth(ds.images["label"].reset_index(drop=True), load_policy(name))
+    labels = ds.images["label"].reset_index(drop=True)
+    truth = binary_truth(labels, run_policy(name, ctx.positive, labels.dropna().unique()))
     ok = truth.notna().to_numpy() & np.isfinite(scores["eb"].to_numpy(float))
     ok &= ~ds.images["id"].reset_index(drop=True).duplicated().to_numpy()
     y = (truth[ok] == SENSITIVE).astype(int).to_numpy()
@@ -446,12 +447,12 @@ def _task_grid(ctx, name: str) -> list[dict]:
     from .expansion import expand, sample_by_rank, seeds_from_labels
     from .index import VectorIndex
     from .neighbors import Space
-    from .sensitivity import SENSITIVE, binary_truth, load_policy
+    from .sensitivity import SENSITIVE, binary_truth, run_policy
 
-    parts = test_split(name, test_frac=ctx.test_frac, seed=ctx.seed)
+    parts = ctx.parts(name)
     emb = _embedded(ctx, name)
     ds = ds_mod.load(name)
-    policy = load_policy(name)
+    policy = run_policy(name, ctx.positive, ds.images["label"].dropna().unique())
     tr, te = parts[parts["part"] == "train"], parts[parts["part"] == "test"]
     X_te, y_te = emb.take(te["row"].to_numpy()), te["y"].to_numpy()
     # The expansion runs over the training part only: no test image can become a training label.
@@ -534,11 +535,11 @@ def _task_finetune(ctx, name: str) -> list[dict]:
 
     if not ctx.backend.uses_torch:
         raise Skip(f"model {ctx.spec} has no trainable weights")
-    parts = test_split(name, test_frac=ctx.test_frac, seed=ctx.seed)
+    parts = ctx.parts(name)
     te = parts[parts["part"] == "test"]
     out_dir = ctx.out / "finetune" / f"{name}-{slug(ctx.spec)}"
     res = finetune(name, ctx.spec, out_dir, random_weights=ctx.random_weights, epochs=ctx.finetune_epochs,
-                   seed=ctx.seed, exclude_ids=te["id"].tolist())
+                   seed=ctx.seed, exclude_ids=te["id"].tolist(), positive=ctx.positive)
     w, b, meta = load_head(out_dir)
     spec, rnd = res.best["spec"], bool(res.best.get("random_weights"))
     embed(name, spec, random_weights=rnd)
@@ -574,6 +575,11 @@ class _Context:
     grid_cap: int
     finetune_epochs: int
     out: Path
+    positive: str | None = None  # --positive: this label sensitive, the others safe (None: each policy)
+
+    def parts(self, name: str) -> pd.DataFrame:
+        """:func:`test_split` of dataset ``name`` under this run's seed, share and classes."""
+        return test_split(name, test_frac=self.test_frac, seed=self.seed, positive=self.positive)
 
     @property
     def model(self):
@@ -586,8 +592,8 @@ class _Context:
 def run_benchmark(datasets: Sequence[str], models: Sequence[str], tasks: Sequence[str] = DEFAULT_TASKS, *,
                   out: str | Path | None = None, random_weights: bool = False, seed: int = 0, test_frac: float = 0.2,
                   classes: str = "medgore", paper_datasets: dict[str, str] | None = None, grid_seeds: int = 10,
-                  grid_k: int = 99, grid_cap: int = 2000, finetune_epochs: int = 10, progress: bool = False,
-                  write: bool = True) -> BenchmarkResult:
+                  grid_k: int = 99, grid_cap: int = 2000, finetune_epochs: int = 10, positive: str | None = None,
+                  progress: bool = False, write: bool = True) -> BenchmarkResult:
     """Run every task on every (dataset, model) and write the table, the comparison and the report.
 
     Parameters
@@ -596,6 +602,8 @@ def run_benchmark(datasets: Sequence[str], models: Sequence[str], tasks: Sequenc
     random_weights : build every model that has weights with seeded random weights (``color``
         has none and is built as it is); the table marks the rows
     paper_datasets : {local dataset: the paper's dataset name} for data that is the paper's own
+    positive : a label value that is the sensitive class in every dataset, the others safe
+        (default: each dataset's label policy); a dataset without it is refused up front
     out : folder (default ``<home>/results/benchmark``)
 
     Returns
@@ -617,8 +625,11 @@ def run_benchmark(datasets: Sequence[str], models: Sequence[str], tasks: Sequenc
     models = list(dict.fromkeys(models))
     if not datasets or not models:
         raise BenchmarkError("give at least one dataset and one model")
+    from .sensitivity import run_policy
+
     for name in datasets:
         ds_mod.load(name)  # an unknown dataset is a typo: stop before running anything
+        run_policy(name, positive)  # ... and so is a --positive that is not one of its labels
     out_dir = Path(out) if out else results_dir("benchmark")
     started = time.time()
     rows: list[dict] = []
@@ -638,7 +649,7 @@ def run_benchmark(datasets: Sequence[str], models: Sequence[str], tasks: Sequenc
     for task in free_tasks:
         for name in datasets:
             _run_cell(add, skip, _Context("", None, False, seed, test_frac, classes, grid_seeds, grid_k, grid_cap,
-                                          finetune_epochs, out_dir), name, MODEL_FREE[task], False, task)
+                                          finetune_epochs, out_dir, positive), name, MODEL_FREE[task], False, task)
             bar.update(1)
     for spec in models:
         try:
@@ -652,7 +663,7 @@ def run_benchmark(datasets: Sequence[str], models: Sequence[str], tasks: Sequenc
             bar.update(len(datasets) * len(model_tasks))
             continue
         ctx = _Context(spec, backend, rnd, seed, test_frac, classes, grid_seeds, grid_k, grid_cap, finetune_epochs,
-                       out_dir)
+                       out_dir, positive)
         for name in datasets:
             for task in model_tasks:
                 _run_cell(add, skip, ctx, name, spec, rnd, task)
@@ -667,6 +678,7 @@ def run_benchmark(datasets: Sequence[str], models: Sequence[str], tasks: Sequenc
             "datasets": datasets, "models": models, "tasks": tasks, "seed": seed, "random_weights": random_weights,
             "test_frac": test_frac, "classes": classes, "paper_datasets": paper_datasets or {},
             "grid": {"seeds": grid_seeds, "k": grid_k, "cap": grid_cap}, "finetune_epochs": finetune_epochs,
+            "positive": positive,
             "started": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
             "seconds": round(time.time() - started, 1)})
     return BenchmarkResult(table, comparison, files)

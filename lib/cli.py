@@ -1012,6 +1012,9 @@ def _detector_train_args(p) -> None:
     p.add_argument("--calibration", default="sigmoid", choices=["sigmoid", "isotonic"])
     p.add_argument("--screening", default="R95", choices=list(RULES),
                    help="the operating point that clears images (default R95: 95%% validation recall)")
+    p.add_argument("--positive", default=None, metavar="LABEL",
+                   help="this label value is the sensitive class and every other one safe (default: each "
+                        "dataset's label policy decides)")
 
 
 def _print_thresholds(det) -> None:
@@ -1049,7 +1052,7 @@ def cmd_train(a) -> int:
         a.names, a.model, a.detector, random_weights=a.random_weights, labels_file=a.labels,
         from_annotations=a.from_annotations, dataset_labels=not a.no_dataset_labels, val_frac=a.val_frac,
         seed=a.seed, C=a.C, calibration=a.calibration, screening=a.screening,
-        near_duplicates=not a.keep_near_duplicates)
+        near_duplicates=not a.keep_near_duplicates, positive=a.positive)
     print(f"detector {a.detector!r}: {a.model} on {', '.join(a.names)}")
     print("\nlabels per source (each distinct image once; file > reviews > dataset labels):")
     _print_table(labels.counts)
@@ -1099,6 +1102,7 @@ def _print_detector_slices(name: str, table, truth, slice_col: str | None, thres
                    help="compute the 7 flips / rotations (uncertain) even for a costly model (on by default for color)"),
     p.add_argument("--no-tta", dest="tta", action="store_false", help="leave the flips / rotations out"),
     _add_slice_arg(p),
+    _positive_arg(p),
 ))
 def cmd_predict(a) -> int:
     from pathlib import Path
@@ -1118,7 +1122,7 @@ def cmd_predict(a) -> int:
     print(f"{a.name} screened by {det.name!r} ({det.spec}; screening threshold p >= {det.threshold:.4f}, "
           f"rule {det.meta['screening']['rule']}): {len(table)} images")
     _print_table(detector.screen_counts(table).round({"share": 4}))
-    truth = detector.dataset_truth(a.name)
+    truth = detector.dataset_truth(a.name, a.positive)
     known = truth.notna().to_numpy()
     if known.any():
         t = table[known].assign(truth=truth[known].to_numpy()).drop_duplicates("id")
@@ -1126,7 +1130,8 @@ def cmd_predict(a) -> int:
         m = detector.evaluate(t["truth"].eq("sensitive").to_numpy(), t["p"].to_numpy(), det.threshold,
                               t["unfamiliar"].to_numpy(bool), unc)
         keys = ["n", "sensitive", "safe", "auc", "ap", "recall", "specificity", "safe_cleared", "sensitive_cleared"]
-        print(f"\nagainst the dataset's labels ({m['n']} labelled distinct images):")
+        pos = f"positive class {a.positive!r}, every other label safe" if a.positive else "classes by its label policy"
+        print(f"\nagainst the dataset's labels ({m['n']} labelled distinct images; {pos}):")
         _print_table(pd.DataFrame({"metric": keys, "value": [
             str(m[k]) if isinstance(m[k], int) else f"{m[k]:.4f}" for k in keys]}))
         _print_detector_slices(a.name, table, truth, a.slice_col, det.threshold)
@@ -1259,6 +1264,8 @@ def _finetune_args(p) -> None:
     p.add_argument("--rule", default="R95", help="with --apply: the validation threshold that flags "
                                                  "(max-F1, R90, R95, thesis; default R95)")
     p.add_argument("--table", default=None, help="with --apply: where to write the prediction table")
+    p.add_argument("--positive", default=None, metavar="LABEL",
+                   help="this label value is the sensitive class and every other one safe (default: the label policy)")
 
 
 @verb("finetune", "fine-tune a backbone and a linear head on a dataset's binary labels (MedGore Table 3 protocol)")
@@ -1276,7 +1283,7 @@ def cmd_finetune(a) -> int:
         raise WorkbenchError("finetune needs --model SPEC and --out CKPT (or --apply CKPT)")
     res = ft.finetune(a.name, a.model, a.out, random_weights=a.random_weights, mode=a.mode, epochs=a.epochs,
                       lr=a.lr, batch_size=a.batch_size, val_frac=a.val_frac, seed=a.seed, select=a.select,
-                      device=a.device, restart=a.restart, progress=True)
+                      positive=a.positive, device=a.device, restart=a.restart, progress=True)
     if res.resumed_from:
         print(f"resumed after epoch {res.resumed_from}")
     _print_table(res.history.round(4))
@@ -1307,6 +1314,9 @@ def _benchmark_args(p) -> None:
     p.add_argument("--grid-k", type=int, default=99, help="grid task: neighbours per seed (MedGore: 99)")
     p.add_argument("--grid-cap", type=int, default=2000, help="grid task: cap of each training set (MedGore: 2,000)")
     p.add_argument("--finetune-epochs", type=int, default=10, help="finetune task: epochs (MedGore: 10)")
+    p.add_argument("--positive", default=None, metavar="LABEL",
+                   help="this label value is the sensitive (positive) class in every dataset and every other one "
+                        "safe (default: each dataset's label policy)")
 
 
 @verb("benchmark", "the papers' matrix: datasets x models x tasks in one long table, with the papers' numbers beside")
@@ -1327,7 +1337,7 @@ def cmd_benchmark(a) -> int:
     res = run_benchmark(names(a.datasets), names(a.models), names(a.tasks), out=a.out,
                         random_weights=a.random_weights, seed=a.seed, test_frac=a.test_frac, classes=a.classes,
                         paper_datasets=paper_ds, grid_seeds=a.grid_seeds, grid_k=a.grid_k, grid_cap=a.grid_cap,
-                        finetune_epochs=a.finetune_epochs, progress=True)
+                        finetune_epochs=a.finetune_epochs, positive=a.positive, progress=True)
     from .benchmark import paper_side_by_side, summary_tables
 
     skipped = res.table[res.table["metric"] == "skipped"]

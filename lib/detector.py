@@ -377,21 +377,24 @@ def image_groups(ids: Iterable[str], dataset_names: Iterable[str], datasets: Seq
 
 
 def gather_labels(names: Sequence[str], *, dataset_labels: bool = True, labels_file: str | Path | pd.DataFrame | None = None,
-                  from_annotations: bool = False, store=None) -> Labels:
+                  from_annotations: bool = False, store=None, positive: str | None = None) -> Labels:
     """The labels of datasets ``names`` from the chosen sources (see the module docstring).
+
+    ``positive`` (``--positive``): this label value is the sensitive class and every other
+    value safe, instead of each dataset's policy (:func:`lib.sensitivity.run_policy`).
 
     ``labels_file`` is a path, or a DataFrame with ``label`` and ``id`` or ``path``. Rows
     that match nothing or several images are listed in the result and left out; when no
     row matches, :class:`LabelError` lists them.
     """
     from . import dataset as ds_mod
-    from .sensitivity import SENSITIVE, latest_reviews, load_policy
+    from .sensitivity import SENSITIVE, latest_reviews, run_policy
 
     names = list(dict.fromkeys(names))
     if not names:
         raise LabelError("name at least one dataset to take labels from")
     datasets = [ds_mod.load(n) for n in names]
-    policies = {n: load_policy(n) for n in names}
+    policies = {ds.name: run_policy(ds.name, positive, ds.images["label"].dropna().unique()) for ds in datasets}
     rank = {"file": 0, "reviews": 1, "labels": 2}
     rows: list[tuple[str, str, str, str]] = []  # (id, class, source, dataset)
     unknown: dict[str, int] = {}
@@ -1362,8 +1365,8 @@ def train(names: Sequence[str], spec: str, det_name: str, *, random_weights: boo
           labels_file: str | Path | pd.DataFrame | None = None, from_annotations: bool = False,
           dataset_labels: bool = True, val_frac: float = VAL_FRAC, seed: int = 0, C: float = 1.0,
           calibration: str = "sigmoid", screening: str = SCREENING_RULE,
-          min_group_positives: int = MIN_GROUP_POSITIVES, near_duplicates: bool = True, store=None, backend=None,
-          progress: Progress = None) -> tuple[Detector, Labels]:
+          min_group_positives: int = MIN_GROUP_POSITIVES, near_duplicates: bool = True, positive: str | None = None,
+          store=None, backend=None, progress: Progress = None) -> tuple[Detector, Labels]:
     """Gather the labels of datasets ``names``, fit on their cached ``spec`` embeddings,
     save as ``det_name``; returns the detector and the labels used.
 
@@ -1373,6 +1376,9 @@ def train(names: Sequence[str], spec: str, det_name: str, *, random_weights: boo
 
     Each image's group (for the split and the worst-group screening threshold) is its
     dataset, refined by the dataset's ``source`` column when it has one (``Labels.table["group"]``).
+
+    ``positive``: the label value that is the sensitive class, every other value safe
+    (:func:`gather_labels`); kept in the recipe.
 
     The label file is copied into the detector's folder (``labels.csv``) so :func:`retrain`
     finds it. A detector of the same name is replaced; its learning history is kept (same
@@ -1387,7 +1393,7 @@ def train(names: Sequence[str], spec: str, det_name: str, *, random_weights: boo
     kind = parse_spec(spec).kind
     names = list(dict.fromkeys(names))
     labels = gather_labels(names, dataset_labels=dataset_labels, labels_file=labels_file,
-                           from_annotations=from_annotations, store=store)
+                           from_annotations=from_annotations, store=store, positive=positive)
     check_counts(labels.n_sensitive, labels.n_safe, f" of {', '.join(names)}")
     fp = _model_fingerprint(spec, random_weights, backend)
     store_ = EmbeddingStore(fp) if fp else None
@@ -1428,7 +1434,8 @@ def train(names: Sequence[str], spec: str, det_name: str, *, random_weights: boo
         "recipe": {"datasets": names, "dataset_labels": bool(dataset_labels), "labels_file": label_file,
                    "from_annotations": bool(from_annotations), "val_frac": float(val_frac), "seed": int(seed),
                    "C": float(C), "calibration": calibration, "screening": screening,
-                   "min_group_positives": int(min_group_positives), "near_duplicates": bool(near_duplicates)},
+                   "min_group_positives": int(min_group_positives), "near_duplicates": bool(near_duplicates),
+                   "positive": positive},
         "history": previous + [{"at": _now(), "labels": len(ids), "sensitive": labels.n_sensitive,
                                 "safe": labels.n_safe, "auc": v["auc"], "ap": v["ap"], "recall": v["recall"],
                                 "specificity": v["specificity"], "threshold": det.threshold}],
@@ -1474,7 +1481,8 @@ def retrain(det_name: str, *, add_datasets: Iterable[str] = (), from_annotations
                  seed=int(r.get("seed", 0)), C=float(r.get("C", 1.0)), calibration=r.get("calibration", "sigmoid"),
                  screening=r.get("screening", SCREENING_RULE),
                  min_group_positives=int(r.get("min_group_positives", MIN_GROUP_POSITIVES)),
-                 near_duplicates=bool(r.get("near_duplicates", True)), store=store, backend=backend, progress=progress)
+                 near_duplicates=bool(r.get("near_duplicates", True)), positive=r.get("positive"), store=store,
+                 backend=backend, progress=progress)
 
 
 def predict(name: str, det: Detector | str, *, tta: bool | None = None, backend=None, progress: Progress = None,
@@ -1634,13 +1642,15 @@ def evaluate(truth: np.ndarray, p: np.ndarray, threshold: float, unfamiliar: np.
             "uncertain": float(unc.mean()) if uncertain is not None and len(y) else nan}
 
 
-def dataset_truth(name: str) -> pd.Series:
-    """sensitive / safe / None per row of dataset ``name`` by its label policy (labels only)."""
+def dataset_truth(name: str, positive: str | None = None) -> pd.Series:
+    """sensitive / safe / None per row of dataset ``name`` by its label policy (labels only),
+    or with label value ``positive`` as the sensitive class and the others safe."""
     from . import dataset as ds_mod
-    from .sensitivity import binary_truth, load_policy
+    from .sensitivity import binary_truth, run_policy
 
     ds = ds_mod.load(name)
-    return binary_truth(ds.images["label"].reset_index(drop=True), load_policy(name))
+    labels = ds.images["label"].reset_index(drop=True)
+    return binary_truth(labels, run_policy(name, positive, labels.dropna().unique()))
 
 
 # =========================================================================== suggestions

@@ -85,6 +85,34 @@ def decide_dataset(ds, *, eb_threshold: float | None = sensitivity.EB_THRESHOLD,
         screening=None if predictions is None else screening_from_file(predictions, pred_threshold))
 
 
+def contact_sheet(ds, rows, *, decision: pd.DataFrame | None = None, captions=None, reasons: bool = False,
+                  mode: str = "blur", side: int = 128, cols: int = 6):
+    """A contact sheet of dataset rows through the safe view's decision (what the notebooks show).
+
+    Parameters
+    ----------
+    rows : n dataset row positions.
+    decision : :func:`decide_dataset` of ``ds`` (computed here when None); a tile is shown
+        raw only where its row is not ``censored``.
+    captions : n short texts; with ``reasons`` each is followed by the row's reason.
+
+    Returns
+    -------
+    PIL RGB image (:func:`lib.safety.safe_grid`).
+    """
+    from .safety import safe_grid
+
+    rows = [int(r) for r in rows]
+    d = decide_dataset(ds) if decision is None else decision
+    flags = d["censored"].to_numpy()[rows].tolist()
+    caps = list(captions) if captions is not None else [""] * len(rows)
+    if reasons:
+        why = d["reason"].to_numpy()[rows]
+        caps = [f"{c} · {w}" if c else str(w) for c, w in zip(caps, why, strict=True)]
+    return safe_grid([ds.abspath(p) for p in ds.images["path"].to_numpy()[rows]], flags, mode=mode, side=side,
+                     cols=cols, captions=caps if (captions is not None or reasons) else None)
+
+
 def image_evidence(image_id: str, *, label, policy: sensitivity.LabelPolicy, eb: pd.DataFrame | None = None,
                    eb_threshold: float = sensitivity.EB_THRESHOLD, nudity: pd.DataFrame | None = None,
                    screening: sensitivity.Screening | None = None, labels: pd.DataFrame | None = None,

@@ -82,6 +82,7 @@ class Recipe:
     select: str = "val_loss"
     weight_decay: float = 0.0
     excluded: str = ""  # sha256 of the sorted excluded ids ("" when none)
+    positive: str | None = None  # --positive: this label sensitive, the others safe (None: the policy)
 
     def same_run(self, other: dict) -> list[str]:
         """Fields (other than ``epochs``) that differ from a saved recipe."""
@@ -93,8 +94,9 @@ class Recipe:
 
 
 def training_rows(name: str, *, val_frac: float = 0.1, seed: int = 0,
-                  exclude_ids: Sequence[str] = ()) -> pd.DataFrame:
-    """The labelled rows of dataset ``name`` a fine-tuning run uses, one per content id.
+                  exclude_ids: Sequence[str] = (), positive: str | None = None) -> pd.DataFrame:
+    """The labelled rows of dataset ``name`` a fine-tuning run uses, one per content id
+    (classes by the label policy, or label ``positive`` sensitive and the others safe).
 
     Returns
     -------
@@ -108,14 +110,14 @@ def training_rows(name: str, *, val_frac: float = 0.1, seed: int = 0,
     from sklearn.model_selection import train_test_split
 
     from . import dataset as ds_mod
-    from .sensitivity import SENSITIVE, binary_truth, load_policy
+    from .sensitivity import SENSITIVE, binary_truth, run_policy
 
     if not 0 < val_frac < 1:
         raise FinetuneError(f"--val-frac must lie strictly between 0 and 1, got {val_frac}")
     ds = ds_mod.load(name)
     df = ds.images.reset_index(drop=True).assign(row=lambda d: np.arange(len(d)))
     df = df[~df["id"].duplicated()]
-    truth = binary_truth(df["label"], load_policy(name))
+    truth = binary_truth(df["label"], run_policy(name, positive, df["label"].dropna().unique()))
     split = df["split"].astype("string").str.lower() if "split" in df else pd.Series(pd.NA, index=df.index)
     keep = truth.notna().to_numpy() & ~split.eq("test").fillna(False).to_numpy(bool) \
         & ~df["id"].isin(set(exclude_ids)).to_numpy()
@@ -242,7 +244,7 @@ class FinetuneResult:
 def finetune(name: str, spec: str, out: str | Path, *, random_weights: bool = False, mode: str = "full",
              epochs: int = 10, lr: float | None = None, batch_size: int = 16, val_frac: float = 0.1, seed: int = 0,
              select: str = "val_loss", weight_decay: float = 0.0, exclude_ids: Sequence[str] = (),
-             device: str | None = None, restart: bool = False, progress: bool = False,
+             positive: str | None = None, device: str | None = None, restart: bool = False, progress: bool = False,
              on_epoch: Callable[[int, dict], None] | None = None, backend=None) -> FinetuneResult:
     """Fine-tune ``spec`` on dataset ``name`` into the checkpoint folder ``out`` (see the module docstring).
 
@@ -272,7 +274,7 @@ def finetune(name: str, spec: str, out: str | Path, *, random_weights: bool = Fa
         raise FinetuneError(f"--lr must be positive, got {lr}")
     excluded = hashlib.sha256("\n".join(sorted(map(str, exclude_ids))).encode()).hexdigest() if exclude_ids else ""
     recipe = Recipe(name, spec, bool(random_weights), mode, int(epochs), lr, int(batch_size), float(val_frac),
-                    int(seed), select, float(weight_decay), excluded)
+                    int(seed), select, float(weight_decay), excluded, positive)
     out = Path(out).expanduser().resolve()
     last_json = out / "last.json"
     saved = json.loads(last_json.read_text()) if last_json.is_file() else None
@@ -284,7 +286,7 @@ def finetune(name: str, spec: str, out: str | Path, *, random_weights: bool = Fa
     if saved is not None and restart:
         saved = None
 
-    rows = training_rows(name, val_frac=val_frac, seed=seed, exclude_ids=exclude_ids)
+    rows = training_rows(name, val_frac=val_frac, seed=seed, exclude_ids=exclude_ids, positive=positive)
     tr, va = rows[rows["part"] == "train"], rows[rows["part"] == "val"]
     y_tr, y_va = tr["y"].to_numpy(), va["y"].to_numpy()
 

@@ -280,6 +280,39 @@ def load_policy(name: str) -> LabelPolicy:
     return LabelPolicy.from_json(_json_file(path), str(path))
 
 
+def with_positive(policy: LabelPolicy, labels: Iterable, positive, *, where: str = "this dataset") -> LabelPolicy:
+    """``policy`` for one run where label value ``positive`` (a ``--positive`` flag) is the
+    sensitive class and every other label value safe; ``positive=None`` keeps ``policy``.
+
+    Only labels count then (all-sensitive and known-safe are off for the run). Raises
+    :class:`PolicyError` naming the known values when ``positive`` is not one of ``labels``.
+    """
+    if positive is None:
+        return policy
+    known = sorted({str(v) for v in labels if normal_form(v)})
+    forms = {normal_form(k): k for k in known}
+    pos = forms.get(normal_form(positive))
+    if pos is None:
+        shown = ", ".join(map(repr, known)) or "none (no labels)"
+        raise PolicyError(f"--positive {positive!r} is not a label of {where}; its labels are {shown}")
+    return replace(policy, sensitive=(pos,), safe=tuple(k for k in known if k != pos), all_sensitive=False,
+                   known_safe=None)
+
+
+def run_policy(name: str, positive=None, labels: Iterable | None = None) -> LabelPolicy:
+    """The label policy a run over dataset ``name`` uses to decide its binary classes: the
+    dataset's own (:func:`load_policy`), or with ``positive`` as the sensitive class
+    (:func:`with_positive`; ``labels`` default to the dataset's)."""
+    pol = load_policy(name)
+    if positive is None:
+        return pol
+    if labels is None:
+        from .dataset import load
+
+        labels = load(name).images["label"].dropna().unique()
+    return with_positive(pol, labels, positive, where=f"dataset {name!r}")
+
+
 def save_policy(name: str, policy: LabelPolicy) -> Path:
     from .files import write_json
 

@@ -276,6 +276,33 @@ def test_single_image_and_unlabelled_folder_are_censored(corpus_dir, tmp_path):
     assert d.loc[0, "reason"] == "not yet screened"
 
 
+def test_notebook_contact_sheet_follows_the_decision(wound_folder):
+    """The notebooks' contact sheets: each tile raw exactly where the decision clears its row."""
+    from PIL import Image
+
+    from lib.evidence import contact_sheet, decide_dataset
+    from lib.safety import safe_thumbnail
+
+    dataset.ingest(wound_folder, "sv-sheet")
+    sv.set_policy("sv-sheet", safe=["healthy-skin"])
+    ds = dataset.load("sv-sheet")
+    d = decide_dataset(ds, eb_threshold=None)
+    rows = list(range(len(ds.images)))
+    assert d["censored"].any() and not d["censored"].all()  # both kinds occur
+    sheet = contact_sheet(ds, rows, decision=d, side=64, cols=len(rows))
+    for i in rows:
+        tile = np.asarray(sheet.crop((4 + i * 68, 4, 4 + i * 68 + 64, 4 + 64)), np.int16)
+        want = {}
+        for flag in (True, False):
+            t = safe_thumbnail(Image.open(ds.abspath(ds.images["path"].iat[i])), sensitive=flag, side=64)
+            cell = Image.new("RGB", (64, 64), (255, 255, 255))
+            cell.paste(t, ((64 - t.width) // 2, (64 - t.height) // 2))
+            want[flag] = np.abs(tile - np.asarray(cell, np.int16)).mean()
+        assert want[bool(d["censored"].iat[i])] == 0, (i, want)  # the tile is the decided rendering
+    with_reasons = contact_sheet(ds, rows[:2], decision=d, reasons=True, side=64)
+    assert with_reasons.height > 64 + 8  # a caption line under each tile
+
+
 # ----------------------------------------------------------------------------- positive class
 
 
@@ -327,6 +354,65 @@ def test_metrics_on_blur_normal_equal_the_original_with_blur_positive(blur_norma
     assert "positive class Normal" in capsys.readouterr().out
     assert main(["probe", blur_normal, "--model", "color", "--positive", "Wound"]) == 2
     assert "not a label" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def dog_cat(corpus_color, corpus_dir, tmp_path_factory):
+    """A copy of the corpus labelled with words the vocabulary does not know: dog / cat."""
+    m = pd.read_csv(corpus_dir / "manifest.csv")
+    m["label"] = m["label"].map({"sensitive": "dog", "non_sensitive": "cat"})
+    path = tmp_path_factory.mktemp("dc") / "manifest.csv"
+    m.to_csv(path, index=False)
+    dataset.ingest(path, "corpus-dc", root=corpus_dir)
+    from lib.embeddings import embed
+
+    embed("corpus-dc", "color")
+    return "corpus-dc"
+
+
+def test_positive_on_train_predict_and_benchmark(dog_cat, capsys, tmp_path):
+    """--positive names the sensitive class where the policy knows neither label: training,
+    screening metrics and the benchmark matrix then equal those on the original labels."""
+    from lib import detector as D
+
+    assert main(["train", dog_cat, "--model", "color", "--detector", "dc-none"]) == 2  # no class by the policy
+    assert "0 sensitive" in capsys.readouterr().err
+    assert main(["train", dog_cat, "--model", "color", "--detector", "dc", "--positive", "Dog"]) == 0
+    out = capsys.readouterr().out
+    det = D.load("dc")
+    assert sv.normal_form(det.meta["recipe"]["positive"]) == "dog"
+    n = dataset.load(dog_cat).images.drop_duplicates("id")["label"].value_counts()
+    assert det.meta["split"]["val_sensitive"] >= 0.2 * n["dog"] - 2  # the dogs are the sensitive class
+    assert "labels:corpus-dc" in out
+    labels = D.gather_labels([dog_cat], positive="dog").counts.set_index("source")
+    assert labels.loc["all", "sensitive"] == n["dog"] and labels.loc["all", "safe"] == n["cat"]
+    # a retrain keeps the positive class of its recipe
+    assert D.retrain("dc", from_annotations=False)[0].meta["recipe"]["positive"] == "Dog"
+    # predict: the metrics against the labels need the positive class too
+    assert main(["predict", dog_cat, "--detector", "dc", "--no-tta"]) == 0
+    assert "against the dataset's labels" not in capsys.readouterr().out
+    assert main(["predict", dog_cat, "--detector", "dc", "--no-tta", "--positive", "dog"]) == 0
+    out = capsys.readouterr().out
+    assert "positive class 'dog', every other label safe" in out
+    truth = D.dataset_truth(dog_cat, "dog")
+    assert truth.value_counts().to_dict() == D.dataset_truth("corpus").value_counts().to_dict()
+    assert main(["predict", dog_cat, "--detector", "dc", "--no-tta", "--positive", "wolf"]) == 2
+    assert "'cat', 'dog'" in capsys.readouterr().err
+    # fine-tuning's rows: the same classes and split as on the original labels
+    from lib.finetune import training_rows
+
+    ft_a, ft_b = training_rows("corpus"), training_rows(dog_cat, positive="dog")
+    assert ft_a[["id", "y", "part"]].equals(ft_b[["id", "y", "part"]])
+    # the benchmark: EB rows on dog/cat with --positive dog equal the original's
+    from lib.benchmark import run_benchmark
+
+    a = run_benchmark(["corpus"], ["color"], ["eb"], write=False).table
+    b = run_benchmark([dog_cat], ["color"], ["eb"], positive="dog", write=False).table
+    assert len(a) and a[["variant", "metric", "value"]].reset_index(drop=True).equals(
+        b[["variant", "metric", "value"]].reset_index(drop=True))
+    assert main(["benchmark", "--datasets", dog_cat, "--models", "color", "--tasks", "eb", "--positive", "wolf",
+                 "--out", str(tmp_path)]) == 2
+    assert "--positive 'wolf' is not a label of dataset 'corpus-dc'" in capsys.readouterr().err
 
 
 def test_policy_json_round_trip_and_validation(tmp_path):
