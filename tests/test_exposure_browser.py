@@ -422,6 +422,47 @@ def test_gallery_and_neighbours_reveal_one_image_at_a_time(page, server, expo): 
     check_images(page, server.base, truth, where="gallery, reloaded")
 
 
+def test_moderator_settings_blur_strength_and_grey_reveals(page, server, expo):  # noqa: F811
+    """The sidebar's blur strength changes every censored image's bytes (a stronger blur keeps
+    less detail); with greyscale on, a revealed image is served without colour while images
+    the decision clears stay in colour."""
+    from lib.safety import thumbnail_rendering_bytes
+
+    truth = expo["expo-wild"]
+    visit(page, server.base, "Gallery", "Gallery", dataset="expo-wild", model="color")
+    wait_images(page, 24)
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    slider = sidebar.get_by_role("slider", name="Blur strength (% of the image)")
+    slider.focus()
+    for _ in range(8):  # 8% -> 16%
+        page.keyboard.press("ArrowRight")
+    settle(page)
+    sidebar.get_by_text("Revealed images in greyscale").click()
+    settle(page)
+    wait_images(page, 24)
+    by_alt = {im["alt"][len("image "):]: im["data"] for im in fetch_images(page, server.base)
+              if im["alt"].startswith("image ")}
+    censored = [k for k in by_alt if truth[k]["censored"]]
+    sharp = [k for k in by_alt if not truth[k]["censored"]]
+    assert censored and sharp
+    for k in censored:
+        side = 512 if max(Image.open(io.BytesIO(by_alt[k])).size) > 256 else 256
+        want = thumbnail_rendering_bytes(truth[k]["path"], "blur", side=side, strength=0.16)
+        assert by_alt[k] == want, k
+        assert by_alt[k] != expected(truth[k], True, side)  # not the default 8% blur
+        default = expected(truth[k], True, side)
+        assert band_energy(by_alt[k]) <= band_energy(default) + 0.5, k  # stronger keeps no more detail
+    for k in sharp:  # cleared images: raw and in colour (greyscale is for revealed images only)
+        assert by_alt[k] == expected(truth[k], False, 256), k
+    target = censored[0]
+    reveal(page, target, "full")
+    im = next(i for i in fetch_images(page, server.base) if i["alt"] == f"image {target}")
+    assert im["data"] == thumbnail_rendering_bytes(truth[target]["path"], "raw", side=256, grey=True)
+    rgb = np.asarray(Image.open(io.BytesIO(im["data"])).convert("RGB"), np.int16)
+    assert np.abs(rgb[..., 0] - rgb[..., 1]).max() <= 3 and np.abs(rgb[..., 1] - rgb[..., 2]).max() <= 3
+    shot(page, "exposure-moderator-settings")
+
+
 def test_policy_changed_in_the_app_changes_what_is_served(page, server, expo):  # noqa: F811
     """The Home page's policy table: a label set to safe is served sharp at once, no re-ingest."""
     from lib import sensitivity
