@@ -334,7 +334,7 @@ def load_for_scoring(path: str, params: ColorParams) -> Image.Image:
     return open_reduced(path, params.max_side)[0]
 
 
-def _score_one(path: str, params: ColorParams) -> tuple[float, float, str | None]:
+def score_file(path: str, params: ColorParams) -> tuple[float, float, str | None]:
     """(blood, skin, error) of one file; NaNs and the reason when it cannot be scored."""
     try:
         blood, skin = color_fractions(load_for_scoring(path, params), params)
@@ -346,7 +346,7 @@ def _score_one(path: str, params: ColorParams) -> tuple[float, float, str | None
 
 
 def _score_chunk(paths: list[str], params: ColorParams) -> list[tuple[float, float, str | None]]:
-    return [_score_one(p, params) for p in paths]
+    return [score_file(p, params) for p in paths]
 
 
 def _id_chunk(paths: list[str]) -> list[tuple[str | None, str | None]]:

@@ -272,7 +272,7 @@ def plain_png_pixels(im: Image.Image) -> Image.Image | None:
         im.fp.seek(pos)
     except (AttributeError, OSError, ValueError):  # no file held open (or closed)
         return None
-    if not _intact_without_exif(data):
+    if not intact_png_without_exif(data):
         return None
     try:
         arr = pyspng.load(data)
@@ -284,7 +284,7 @@ def plain_png_pixels(im: Image.Image) -> Image.Image | None:
     return Image.fromarray(arr).convert("RGB") if arr.ndim == 2 else Image.fromarray(arr)
 
 
-def _intact_without_exif(png: bytes) -> bool:
+def intact_png_without_exif(png: bytes) -> bool:
     """Every chunk up to IEND is whole with a matching CRC, and none is eXIf.
 
     pyspng tells libspng to ignore CRCs, so damage that PIL reports would pass silently;

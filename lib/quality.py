@@ -247,7 +247,8 @@ def _hash_file(path: str) -> tuple[np.ndarray | None, str | None]:
         return None, f"{path}: {type(e).__name__}: {e}"
 
 
-def _hash_chunk(paths: list[str]) -> list[tuple[np.ndarray | None, str | None]]:
+def hash_files(paths: list[str]) -> list[tuple[np.ndarray | None, str | None]]:
+    """(codes (8, 8) uint8, None) or (None, reason) per file: one worker's chunk of :func:`hash_ids`."""
     return [_hash_file(p) for p in paths]
 
 
@@ -312,7 +313,7 @@ def hash_ids(ds: ds_mod.Dataset, ids: Sequence[str] | None = None, *, workers: i
 
     w = default_workers() if workers is None else max(1, int(workers))
     try:
-        run_chunks(_hash_chunk, paths, (), w if len(paths) >= 64 else 1, 32, got)
+        run_chunks(hash_files, paths, (), w if len(paths) >= 64 else 1, 32, got)
     finally:
         flush()
     return codes, errors

@@ -228,8 +228,8 @@ def files(sample_paths, tmp_path) -> list[Path]:
 
 def test_score_paths_values_and_errors(files, monkeypatch):
     calls = []
-    real = cs._score_one
-    monkeypatch.setattr(cs, "_score_one", lambda p, params: calls.append(p) or real(p, params))
+    real = cs.score_file
+    monkeypatch.setattr(cs, "score_file", lambda p, params: calls.append(p) or real(p, params))
     df = cs.score_paths([*files, files[0]], workers=1, cache=False)
     assert list(df.columns) == ["id", "path", "blood", "skin", "error"]
     assert df.path.tolist() == [str(p) for p in [*files, files[0]]]
@@ -249,8 +249,8 @@ def test_score_paths_values_and_errors(files, monkeypatch):
 
 def test_cache_second_call_computes_nothing(files, home, monkeypatch):
     calls = []
-    real = cs._score_one
-    monkeypatch.setattr(cs, "_score_one", lambda p, params: calls.append(p) or real(p, params))
+    real = cs.score_file
+    monkeypatch.setattr(cs, "score_file", lambda p, params: calls.append(p) or real(p, params))
     pairs = [(f"id{i}", p) for i, p in enumerate(files[:4])]
     first = cs.score_paths(pairs, workers=1)
     assert len(calls) == 4
