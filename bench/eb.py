@@ -42,12 +42,12 @@ def _per_stage(paths: list[str]) -> dict[str, float]:
 
 def run(rec: Recorder) -> None:
     from lib.colorscore import default_workers, score_paths
-    from lib.images import content_id
+    from lib.files import sha256_file
 
     fresh_home("eb")
     paths = sorted(str(p) for p in (CORPUS / "images" / "fuseg").glob("*.png"))
     paths = paths[:120] if rec.quick else paths
-    items = [(content_id(p), p) for p in paths]  # ids as a dataset holds them
+    items = [(sha256_file(p), p) for p in paths]  # ids as a dataset holds them
     reps = 1 if rec.quick else 3
     workers = default_workers()
     score_paths(items[:8], cache=False)  # warm-up: imports, fork

@@ -35,8 +35,8 @@ from PIL import Image
 
 from . import config
 from .errors import ImageError
-from .files import write_json, write_npy, write_table
-from .images import content_id, open_reduced
+from .files import sha256_file, write_json, write_npy, write_table
+from .images import open_reduced
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +353,7 @@ def _id_chunk(paths: list[str]) -> list[tuple[str | None, str | None]]:
     out = []
     for p in paths:
         try:
-            out.append((content_id(p), None))
+            out.append((sha256_file(p), None))
         except OSError as e:
             out.append((None, f"{p}: cannot read file ({e.strerror or e})"))
     return out
@@ -508,7 +508,7 @@ def score_paths(
     Parameters
     ----------
     items : iterable of paths, of (content_id, path) pairs, or a DataFrame with columns
-        path and optionally id. Without an id the file's sha256 (:func:`lib.images.content_id`)
+        path and optionally id. Without an id the file's sha256 (:func:`lib.files.sha256_file`)
         is computed.
     params : thresholds; the cache is separate per parameter set.
     workers : processes (default: all CPUs available); 1 runs in this process.

@@ -9,7 +9,6 @@ and the reason.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import stat
@@ -40,15 +39,6 @@ DICOM_SUFFIXES = {".dcm", ".dicom"}
 
 # PIL's own bomb check fires at 2x its limit; ours fires first with a clear reason.
 Image.MAX_IMAGE_PIXELS = None
-
-
-def content_id(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 hex digest of the file's bytes: the image's identity everywhere."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def is_dicom(path: str | Path) -> bool:

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from lib import colorscore as cs
-from lib.images import content_id, open_image
+from lib.files import sha256_file
+from lib.images import open_image
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 
@@ -235,12 +236,12 @@ def test_score_paths_values_and_errors(files, monkeypatch):
     assert df.path.tolist() == [str(p) for p in [*files, files[0]]]
     good = df.iloc[: len(files) - 2]
     for row, path in zip(good.itertuples(), files, strict=False):
-        assert row.id == content_id(path)
+        assert row.id == sha256_file(path)
         assert row.error is None
         b, s = cs.color_fractions(open_image(path))
         assert (row.blood, row.skin) == pytest.approx((b, s), abs=2e-3)  # JPEG DCT-scaled decode
     bad, missing = df.iloc[len(files) - 2], df.iloc[len(files) - 1]
-    assert np.isnan(bad.blood) and "HTML" in bad.error and bad.id == content_id(files[-2])
+    assert np.isnan(bad.blood) and "HTML" in bad.error and bad.id == sha256_file(files[-2])
     assert np.isnan(missing.skin) and missing.id is None and "cannot read" in missing.error
     # The duplicate of the first file is scored once and reported twice.
     assert df.iloc[-1][["id", "blood", "skin"]].tolist() == df.iloc[0][["id", "blood", "skin"]].tolist()
@@ -295,7 +296,7 @@ def test_score_paths_dataframe_input_and_progress(files):
     table = pd.DataFrame({"id": ["a", None, "c"], "path": [str(p) for p in files[:3]]})
     seen = []
     df = cs.score_paths(table, workers=1, cache=False, chunksize=1, progress=lambda d, t: seen.append((d, t)))
-    assert df.id.tolist() == ["a", content_id(files[1]), "c"]
+    assert df.id.tolist() == ["a", sha256_file(files[1]), "c"]
     assert seen == [(1, 3), (2, 3), (3, 3)]
     with pytest.raises(ValueError, match="path"):
         cs.score_paths(pd.DataFrame({"id": ["a"]}))
