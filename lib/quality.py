@@ -1112,6 +1112,14 @@ class QualityReport:
         return out
 
 
+def report_folder(name: str, spec: str, out: str | Path | None = None) -> Path:
+    """Where the quality report of dataset ``name`` under model ``spec`` and its manifests go:
+    ``out`` when given, else ``<home>/results/<name>/quality-<model>/`` (the CLI's and the page's)."""
+    from .files import results_dir, slug
+
+    return Path(out) if out else results_dir(name) / f"quality-{slug(spec)}"
+
+
 def run_quality(name: str, spec, *, threshold: float = DEFAULT_THRESHOLD, use_hash: bool = False,
                 hash_only: bool = False, hash_max_distance: int = HASH_MAX_DISTANCE, against: str | None = None,
                 k: int = KNN_K, folds: int = 5, seed: int = 0,
