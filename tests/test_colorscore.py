@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from lib import charts
 from lib import colorscore as cs
 from lib.files import sha256_file
 from lib.images import open_image
@@ -334,7 +335,7 @@ def test_cache_compacts_parts(files, monkeypatch):
     np.testing.assert_allclose(cached.blood, [0, 0.1, 0.2, 0.3, 0.4])
 
 
-# ----------------------------------------------------------------- figures
+# ----------------------------------------------------------------- figures (lib.charts, from EB tables)
 
 
 @pytest.fixture
@@ -352,7 +353,7 @@ def eb_df() -> pd.DataFrame:
 
 
 def test_eb_histograms(eb_df):
-    fig = cs.eb_histograms(eb_df, by="label", facet="split", nbins=20)
+    fig = charts.eb_histograms(eb_df, by="label", facet="split", nbins=20)
     assert fig.layout.barmode == "overlay"
     combos = eb_df.groupby(["label", "split"]).size()
     assert len(fig.data) == len(combos)
@@ -371,12 +372,12 @@ def test_eb_histograms(eb_df):
         xs = np.concatenate([t.x for t in fig.data if t.name == label])
         np.testing.assert_allclose(np.sort(xs), np.sort(group.eb))
     # Without the facet column: one panel.
-    single = cs.eb_histograms(eb_df.drop(columns="split"))
+    single = charts.eb_histograms(eb_df.drop(columns="split"))
     assert len(single.data) == 2 and {t.xaxis for t in single.data} == {"x"}
 
 
 def test_blood_skin_scatter_customdata_is_id(eb_df):
-    fig = cs.blood_skin_scatter(eb_df, color="label", hover_data=["split", "eb"])
+    fig = charts.blood_skin_scatter(eb_df, color="label", hover_data=["split", "eb"])
     by_id = eb_df.set_index("id")
     seen = 0
     for t in fig.data:
