@@ -23,7 +23,6 @@ import multiprocessing as mp
 import os
 import sys
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
@@ -35,7 +34,8 @@ from PIL import Image
 
 from . import config
 from .errors import ImageError
-from .files import sha256_file, write_json, write_npy, write_table
+from .files import sha256_file, write_npy
+from .idcache import IdCache
 from .images import open_reduced
 
 log = logging.getLogger(__name__)
@@ -405,40 +405,16 @@ def cache_key(params: ColorParams = DEFAULT_PARAMS) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-class FractionCache:
-    """Blood/skin fractions on disk, one folder per parameter set, keyed by content id.
-
-    Each write adds a new parquet part file, written to a temporary name and moved into
-    place with ``os.replace``: a killed process leaves either the whole part or none, and
-    concurrent writers never overwrite each other. Reads take the union of the parts.
-    """
-
-    #: Parts beyond this many are merged into one on the next write.
-    MAX_PARTS = 16
+class FractionCache(IdCache):
+    """Blood/skin fractions by content id (:class:`lib.idcache.IdCache`), one folder per
+    parameter set: ``<cache>/colorscore/<cache_key(params)>/``."""
 
     def __init__(self, params: ColorParams = DEFAULT_PARAMS, root: Path | None = None):
+        super().__init__("colorscore", cache_key(params), ["blood", "skin"], root=root,
+                         info={"scorer_version": SCORER_VERSION, **asdict(params)})
         self.params = params
-        self.dir = (root or config.cache_dir() / "colorscore") / cache_key(params)
 
-    def parts(self) -> list[Path]:
-        return sorted(self.dir.glob("part-*.parquet")) if self.dir.is_dir() else []
-
-    def read(self, parts: list[Path] | None = None) -> pd.DataFrame:
-        """All cached rows: DataFrame with columns id, blood, skin (one row per id)."""
-        frames = []
-        for p in self.parts() if parts is None else parts:
-            try:
-                frames.append(pd.read_parquet(p, columns=["id", "blood", "skin"]))
-            except FileNotFoundError:  # merged away by a concurrent writer
-                continue
-            except Exception as e:  # foreign damage: recompute those rows rather than fail
-                log.warning("ignoring unreadable colour-score cache part %s: %s", p, e)
-        if not frames:
-            return pd.DataFrame({"id": pd.Series(dtype=object), "blood": [], "skin": []})
-        df = pd.concat(frames, ignore_index=True)
-        return df.drop_duplicates("id", keep="last").reset_index(drop=True)
-
-    def lookup(self, ids: Iterable[str]) -> dict[str, tuple[float, float]]:
+    def fractions(self, ids: Iterable[str]) -> dict[str, tuple[float, float]]:
         """{id: (blood, skin)} for the given ids that are cached."""
         wanted = set(ids)
         if not wanted:
@@ -449,28 +425,12 @@ class FractionCache:
                      strict=True)
         return {i: fr for i, fr in zip(df["id"].tolist(), cached, strict=True) if i in wanted}
 
-    def _write_atomic(self, df: pd.DataFrame, name: str) -> Path:
-        return write_table(self.dir / name, df)
-
-    def write(self, ids: Sequence[str], blood: Sequence[float], skin: Sequence[float]) -> None:
+    def add(self, ids: Sequence[str], blood: Sequence[float], skin: Sequence[float]) -> None:
         """Add rows (failed images must not be passed: they are retried next time)."""
-        if len(ids) == 0:
-            return
-        config.ensure(self.dir)
-        params_file = self.dir / "params.json"
-        if not params_file.exists():  # for humans browsing the cache
-            write_json(params_file, {"scorer_version": SCORER_VERSION, **asdict(self.params)}, indent=1)
-        df = pd.DataFrame({"id": pd.Series(list(ids), dtype=object),
-                           "blood": np.asarray(blood, dtype=np.float64),
-                           "skin": np.asarray(skin, dtype=np.float64)})
-        self._write_atomic(df, f"part-{uuid.uuid4().hex}.parquet")
-        parts = self.parts()
-        if len(parts) > self.MAX_PARTS:
-            # Merge, then delete exactly the parts merged; a reader in between sees
-            # duplicates, which read() drops.
-            self._write_atomic(self.read(parts), f"part-{uuid.uuid4().hex}.parquet")
-            for p in parts:
-                p.unlink(missing_ok=True)
+        if len(ids):
+            self.write(pd.DataFrame({"id": pd.Series(list(ids), dtype=object),
+                                     "blood": np.asarray(blood, dtype=np.float64),
+                                     "skin": np.asarray(skin, dtype=np.float64)}))
 
 
 def _as_items(items) -> tuple[list[str | None], list[str]]:
@@ -540,7 +500,7 @@ def score_paths(
         run_chunks(_id_chunk, [paths[i] for i in need_id], (), workers, 4 * chunksize, got_ids)
 
     store = FractionCache(params) if cache else None
-    known = store.lookup(i for i in ids if i is not None) if store else {}
+    known = store.fractions(i for i in ids if i is not None) if store else {}
     todo: dict[str, list[int]] = {}  # content id -> rows (duplicates are scored once)
     for i, cid in enumerate(ids):
         if cid is None:
@@ -557,7 +517,7 @@ def score_paths(
 
     def flush() -> None:
         if store is not None and pending:
-            store.write(*zip(*pending, strict=True))
+            store.add(*zip(*pending, strict=True))
         pending.clear()
 
     def got_scores(start: int, results: list) -> None:
@@ -608,7 +568,7 @@ def score_dataset_rows(ds, params: ColorParams = DEFAULT_PARAMS, *, workers: int
     errors: list[str | None] = [None] * n
     # Cached rows are neither read nor path-checked (100k resolves cost 10 s of a
     # gallery's first render); only the other rows go to score_paths.
-    known = FractionCache(params).lookup(ids)
+    known = FractionCache(params).fractions(ids)
     root = str(ds.root)
     paths, todo = [], []
     for i, rel in enumerate(ds.images["path"].tolist()):

@@ -394,6 +394,24 @@ class Dataset:
         """Absolute path of an image, refusing anything outside the dataset root."""
         return safe_join(self.root, rel)
 
+    def paths_of(self, ids: Iterable[str]) -> tuple[list[str], list[str], dict[str, str]]:
+        """The absolute path of the first file of each content id, for reading them in workers.
+
+        Returns (the ids found, their paths as strings, {id: reason} for ids not in the
+        dataset or whose path now leaves the root: those are never read).
+        """
+        first = self.images.drop_duplicates("id").set_index("id")["path"]
+        found, paths, errors = [], [], {}
+        for cid in ids:
+            try:
+                paths.append(str(self.abspath(first[cid])))
+                found.append(cid)
+            except UnsafePath as e:
+                errors[cid] = str(e)
+            except KeyError:
+                errors[cid] = f"image {cid} is not in dataset {self.name!r}"
+        return found, paths, errors
+
     def path_of(self, image_id: str) -> Path:
         row = self.images.loc[self.images["id"] == image_id]
         if row.empty:

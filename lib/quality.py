@@ -58,7 +58,7 @@ import numpy as np
 import pandas as pd
 
 from . import dataset as ds_mod
-from .errors import ImageError, UnsafePath, WorkbenchError
+from .errors import ImageError, WorkbenchError
 
 #: Cosine similarity at or above which two images are near-duplicates under a model.
 DEFAULT_THRESHOLD = 0.95
@@ -275,17 +275,7 @@ def hash_ids(ds: ds_mod.Dataset, ids: Sequence[str] | None = None, *, workers: i
         vals = have[cols].to_numpy(dtype=np.int64)
         codes[k] = np.ascontiguousarray(vals).view(np.uint8).reshape(len(vals), len(cols), -1)
     done = set(have["id"].astype(str))
-    first = ds.images.drop_duplicates("id").set_index("id")["path"]
-    errors: dict[str, str] = {}
-    todo, paths = [], []
-    for cid in ids:
-        if cid in done:
-            continue
-        try:
-            paths.append(str(ds.abspath(first[cid])))
-            todo.append(cid)
-        except (UnsafePath, KeyError) as e:
-            errors[cid] = str(e)
+    todo, paths, errors = ds.paths_of(c for c in ids if c not in done)
     pending: list[tuple[str, np.ndarray]] = []
     n_done = 0
 

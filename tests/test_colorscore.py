@@ -328,7 +328,7 @@ def test_cache_compacts_parts(files, monkeypatch):
     monkeypatch.setattr(cs.FractionCache, "MAX_PARTS", 3)
     store = cs.FractionCache()
     for i in range(5):
-        store.write([f"x{i}"], [i / 10], [0.5])
+        store.add([f"x{i}"], [i / 10], [0.5])
         assert len(store.parts()) <= 3
     cached = store.read().sort_values("id")
     assert cached.id.tolist() == [f"x{i}" for i in range(5)]
