@@ -6,6 +6,8 @@
   model loaded once: first run on 90% of the files, then the whole corpus (the 10% new
   ones are computed), then again (no-op); then the no-op as the CLI. A process that only
   imports the model code and loads the model gives the fixed cost of a CLI run that computes.
+- Weights neither cached nor reachable: seconds until the CLI says so (one probe of the
+  hub, no download retries).
 - 100k rows: tiny PNGs ingested as a dataset whose cache is filled with synthetic
   vectors through ``EmbeddingStore.write_shard``; then the CLI no-op.
 """
@@ -41,6 +43,19 @@ def _fixed_cost(spec: str) -> float:
     subprocess.run([sys.executable, "-c", code, spec], cwd=REPO, check=True, capture_output=True,
                    env=os.environ.copy())
     return time.perf_counter() - t
+
+
+def _missing_weights_s() -> tuple[float, str]:
+    """Seconds until a process asked for weights that are neither cached (an empty HF cache)
+    nor downloadable on this machine reports it (huggingface_hub alone retries ~50 s)."""
+    import tempfile
+
+    env = {**os.environ, "HF_HOME": tempfile.mkdtemp(prefix="bench-hf-")}
+    env.pop("HF_HUB_OFFLINE", None)  # the probe of the hub is what is timed
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "lib", "embed", "corpus", "--model", "open_clip:ViT-B-32@laion2b_s34b_b79k"],
+                       cwd=REPO, capture_output=True, text=True, env=env)
+    return time.perf_counter() - t, (r.stderr.strip().splitlines() or ["(no message)"])[0][:120]
 
 
 def _counts(summary: str) -> tuple[int, int]:
@@ -97,6 +112,10 @@ def run(rec: Recorder) -> None:
     fix = _fixed_cost(spec)
     rec.add("fixed cost of any CLI run that computes: start, import torch/open_clip, load model", fix, "s",
             note="a +10% CLI run costs this plus the in-process +10% time")
+    t_missing, message = _missing_weights_s()
+    rec.add("weights not cached and no hub: seconds to the error (CLI, imports of torch and open_clip included)", t_missing, "s", ("<", 30.0),
+            note=f"exit message: {message}" if "not available" in message else
+            f"on a connected machine this downloads the weights instead: {message}")
 
     # ------------------------------------------------------------------ 100k rows
     big = 20_000 if rec.quick else 100_000

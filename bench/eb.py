@@ -17,6 +17,7 @@ def _per_stage(paths: list[str]) -> dict[str, float]:
     from PIL import Image
 
     from lib import colorscore as C
+    from lib.images import intact_png_without_exif
 
     p = C.DEFAULT_PARAMS
     C.mask_table(p)  # built or mapped before timing
@@ -30,29 +31,23 @@ def _per_stage(paths: list[str]) -> dict[str, float]:
         return res
 
     data = stage("read file bytes", lambda f: Path(f).read_bytes(), paths)
-    stage("check chunk CRCs", _crc_check, data)
+    stage("check chunk CRCs", intact_png_without_exif, data)
     arrays = stage("decode PNG (libspng)", pyspng.load, data)
     stage("(decode PNG with PIL, for comparison)", lambda b: Image.open(io.BytesIO(b)).load(), data)
     small = stage("to PIL + resize to 256 px", lambda a: C.scoring_image(Image.fromarray(a), p), arrays)
     stage("masks + fractions (table lookup)", lambda im: C.color_fractions(im, p), small)
-    stage("_score_one total (read + decode + maths)", lambda f: C._score_one(f, p), paths)
+    stage("score_file total (read + decode + maths)", lambda f: C.score_file(f, p), paths)
     return out
-
-
-def _crc_check(data: bytes) -> bool:
-    from lib.images import _intact_without_exif
-
-    return _intact_without_exif(data)
 
 
 def run(rec: Recorder) -> None:
     from lib.colorscore import default_workers, score_paths
-    from lib.images import content_id
+    from lib.files import sha256_file
 
     fresh_home("eb")
     paths = sorted(str(p) for p in (CORPUS / "images" / "fuseg").glob("*.png"))
     paths = paths[:120] if rec.quick else paths
-    items = [(content_id(p), p) for p in paths]  # ids as a dataset holds them
+    items = [(sha256_file(p), p) for p in paths]  # ids as a dataset holds them
     reps = 1 if rec.quick else 3
     workers = default_workers()
     score_paths(items[:8], cache=False)  # warm-up: imports, fork
@@ -75,7 +70,7 @@ def run(rec: Recorder) -> None:
     rec.add("score_paths, warm cache (reads only)", warm, "img/s")
 
     stages = _per_stage(paths[:100])
-    total = stages["_score_one total (read + decode + maths)"]
+    total = stages["score_file total (read + decode + maths)"]
     decode = stages["read file bytes"] + stages["check chunk CRCs"] + stages["decode PNG (libspng)"]
     for name, ms in stages.items():
         rec.add(f"per image, one core: {name}", ms, "ms")

@@ -152,7 +152,7 @@ def _groups(rec: Recorder, n: int, tag: str) -> None:
 
 def _hash_throughput(rec: Recorder) -> None:
     from lib import quality
-    from lib.colorscore import DEFAULT_PARAMS, _load, _run_chunks, default_workers
+    from lib.colorscore import DEFAULT_PARAMS, default_workers, load_for_scoring, run_chunks
 
     paths = [str(CORPUS / p) for p in pd.read_csv(CORPUS / "manifest.csv")["path"]]
     paths = paths[:240] if rec.quick else paths
@@ -160,7 +160,7 @@ def _hash_throughput(rec: Recorder) -> None:
         with open(p, "rb") as f:
             f.read()
     t = time.perf_counter()
-    imgs = [_load(p, DEFAULT_PARAMS) for p in paths]
+    imgs = [load_for_scoring(p, DEFAULT_PARAMS) for p in paths]
     dec = len(paths) / (time.perf_counter() - t)
     t = time.perf_counter()
     for im in imgs:
@@ -168,7 +168,7 @@ def _hash_throughput(rec: Recorder) -> None:
     hash_only = len(paths) / (time.perf_counter() - t)
     del imgs
     t = time.perf_counter()
-    quality._hash_chunk(paths)
+    quality.hash_files(paths)
     both = len(paths) / (time.perf_counter() - t)
     rec.add("hashes: decode only, 1 process", dec, "img/s", note=f"{len(paths)} corpus files (PNG and JPEG)")
     rec.add("hashes: 8-orientation pHash of decoded pixels, 1 process", hash_only, "img/s",
@@ -177,7 +177,7 @@ def _hash_throughput(rec: Recorder) -> None:
             note=f"{both:.0f} img/s")
     w = default_workers()
     t = time.perf_counter()
-    _run_chunks(quality._hash_chunk, paths, (), w, 32, lambda s, r: None)
+    run_chunks(quality.hash_files, paths, (), w, 32, lambda s, r: None)
     pool = len(paths) / (time.perf_counter() - t)
     rec.add(f"hashes: decode + hash, {w} worker processes", pool, "img/s",
             note=f"100k images in {100_000 / pool / 60:.1f} min at this rate")

@@ -225,6 +225,21 @@ def run_speed(rec: Recorder, n_train: int = 100_000, n_apply: int = 1_000_000) -
             note="extra flags caused by IVF misses")
 
 
+def run_slider(rec: Recorder, n: int = 1_000_000) -> None:
+    """The threshold slider recomputes :func:`lib.metrics.metrics_at_threshold` on every move."""
+    from lib.metrics import metrics_at_threshold
+
+    rng = np.random.default_rng(2)
+    y, s = rng.integers(0, 2, n), rng.random(n)
+    metrics_at_threshold(y, s, 0.5)  # warm
+    t = time.perf_counter()
+    for thr in np.linspace(0.05, 0.95, 10):
+        metrics_at_threshold(y, s, float(thr))
+    rec.add(f"metrics at one threshold, {n // 1_000_000}M scores (the threshold slider)",
+            (time.perf_counter() - t) / 10, "s", ("<", 1.0), note="one O(n) pass, mean of 10 thresholds")
+
+
 def run(rec: Recorder) -> None:
     run_corpus(rec, seeds=(0,) if rec.quick else (0, 1, 2))
     run_speed(rec, n_apply=300_000 if rec.quick else 1_000_000)
+    run_slider(rec)

@@ -231,12 +231,9 @@ def derive_dataset(source: str, name: str, *, rows: Sequence[int] | np.ndarray |
 
     Returns the ingest report.
     """
-    import os
-    import shutil
-
     from . import config
     from . import dataset as ds_mod
-    from .files import write_table
+    from .files import copy_file, link_or_copy, write_table
 
     src = ds_mod.load(source)
     images = src.images.reset_index(drop=True)
@@ -251,15 +248,8 @@ def derive_dataset(source: str, name: str, *, rows: Sequence[int] | np.ndarray |
 
     def place(rel: str) -> str:
         target = root / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.exists():
-            origin = src.abspath(rel)
-            try:
-                if not link:
-                    raise OSError
-                os.link(origin, target)
-            except OSError:
-                shutil.copyfile(origin, target)
+        if not target.exists():  # one already there is whole (placed atomically): kept
+            (link_or_copy if link else copy_file)(src.abspath(rel), target)
         return rel
 
     manifest = images.drop(columns=[c for c in ("id", "duplicate_of") if c in images])

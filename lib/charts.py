@@ -1,5 +1,7 @@
-"""Plotly figures the app draws (no Streamlit): confusion matrix, ROC and PR curves,
-Recall@K bars, agreement heatmaps and 2-D maps.
+"""Plotly figures the app and the notebooks draw (no Streamlit): confusion matrix, ROC and PR
+curves, a detector's PR curve and learning curves, Recall@K bars, agreement heatmaps, 2-D
+maps, EB histograms and the blood/skin scatter. The analysis modules compute the data;
+the figures are built here.
 
 Every scatter whose points stand for images carries the image id in ``customdata[0]``,
 so a page can map a selection back to images (and show them through the safe view).
@@ -11,6 +13,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+
+
+def _facet_title(annotation) -> None:
+    """A facet's title without the ``column=`` plotly puts before the value."""
+    annotation.update(text=annotation.text.split("=", 1)[-1])
 
 
 def confusion_heatmap(confusion: pd.DataFrame, title: str = "Confusion matrix",
@@ -96,6 +103,69 @@ def roc_pr_curves(y_true: Sequence, scores: Sequence, positive, threshold: float
     return roc, pr
 
 
+def detector_pr(pr: dict):
+    """A detector's validation precision-recall curve (:func:`lib.detector.validation_pr`)
+    with each rule's operating point marked (max-F1, R90, R95 and the thesis's lower of
+    max-F1 and R90, drawn as a ring: it sits on one of those two), the screening rule named,
+    and the worst group's lowered screening point when there is one."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Scatter(x=pr["recall"], y=pr["precision"], mode="lines", name=pr["curve_name"],
+                               line={"shape": "hv"}))
+    fig.add_hline(y=pr["prevalence"], line_dash="dot", line_color="grey", annotation_text="prevalence")
+    for i, pt in enumerate(pr["points"].to_dict("records")):
+        ring = pt["rule"] == "thesis"
+        marker = ({"size": 22, "color": POINT_COLOURS[i], "symbol": "circle-open", "line": {"width": 3}} if ring
+                  else {"size": 13, "color": POINT_COLOURS[i], "symbol": "diamond"})
+        fig.add_trace(go.Scatter(
+            x=[pt["recall"]], y=[pt["precision"]], mode="markers" if ring else "markers+text", marker=marker,
+            text=None if ring else [pt["name"]], textposition="top left",
+            name=f"{pt['name']}: p ≥ {pt['threshold']:.3f}{' (screening)' if pt['screening'] else ''}",
+            hovertemplate=f"{pt['name']}<br>threshold {pt['threshold']:.3f}<br>recall %{{x:.3f}}<br>"
+                          f"precision %{{y:.3f}}<br>specificity {pt['specificity']:.3f}<extra></extra>"))
+    low = pr.get("lowered")
+    if low:
+        fig.add_trace(go.Scatter(
+            x=[low["recall"]], y=[low["precision"]], mode="markers+text", text=["screening"], textposition="bottom right",
+            marker={"size": 13, "color": POINT_COLOURS[len(pr["points"])], "symbol": "star"},
+            name=f"screening: p ≥ {low['threshold']:.3f} ({low['rule']} in group {low['set_by']})",
+            hovertemplate=f"screening: min over groups of {low['rule']}, set by {low['set_by']}<br>"
+                          f"threshold {low['threshold']:.3f}<br>recall %{{x:.3f}}<br>precision %{{y:.3f}}<extra></extra>"))
+    fig.update_layout(title=pr["title"], xaxis_title="recall", yaxis_title="precision", height=420,
+                      yaxis={"range": [0, 1.03]}, xaxis={"range": [0, 1.02]}, legend={"x": 0.02, "y": 0.05})
+    return fig
+
+
+def learning_curve_figure(curve: pd.DataFrame, title: str = "Learning curve (validation)"):
+    """Validation AUC, recall at the screening threshold and specificity there, against the
+    number of labels, one point per training (:func:`lib.detector.learning_curve`)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for col, name in (("auc", "AUC"), ("recall", "recall at R95"), ("specificity", "specificity at R95")):
+        fig.add_trace(go.Scatter(x=curve["labels"], y=curve[col], mode="lines+markers", name=name))
+    fig.update_layout(title=title, xaxis_title="labels", yaxis_title="validation", yaxis={"range": [0, 1.03]},
+                      height=360, legend={"x": 0.02, "y": 0.05})
+    return fig
+
+
+def review_loop_figure(loop: pd.DataFrame, metric: str = "auc", title: str | None = None):
+    """One line per strategy (and source, when the table has one) of ``metric`` on the rest of
+    the pool against the labels added (:func:`lib.detector.simulate_review_loop`)."""
+    import plotly.express as px
+
+    df = loop.copy()
+    colour = "strategy"
+    if "source" in df:
+        df["run"] = df["source"].astype(str) + " · " + df["strategy"]
+        colour = "run"
+    fig = px.line(df, x="labels_added", y=metric, color=colour, markers=True,
+                  line_dash="strategy" if colour == "run" else None,
+                  title=title or f"{metric} on the rest of the new source, by labels added")
+    fig.update_layout(height=400, yaxis={"range": [0, 1.03]})
+    return fig
+
+
 def recall_bars(table: pd.DataFrame):
     """Grouped bars of Recall@K (from :func:`lib.retrieval.evaluate_retrieval`), per K and
     direction, one colour per group."""
@@ -107,7 +177,7 @@ def recall_bars(table: pd.DataFrame):
     long["K"] = "R@" + long["metric"].str.split("_R@").str[1]
     fig = px.bar(long, x="K", y="recall", color="group", facet_col="direction", barmode="group",
                  range_y=[0, 1.02], category_orders={"direction": ["text→image", "image→text"]})
-    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+    fig.for_each_annotation(_facet_title)
     fig.update_layout(height=380)
     return fig
 
@@ -182,7 +252,7 @@ def selected_ids(event) -> list[str]:
     """Image ids of the points selected in a ``st.plotly_chart(on_select=...)`` event.
 
     Reads ``customdata[0]`` of each selected point (see :func:`image_map`,
-    :func:`lib.colorscore.blood_skin_scatter`); works on the event object or its dict form.
+    :func:`blood_skin_scatter`); works on the event object or its dict form.
     """
     if event is None:
         return []
@@ -368,3 +438,98 @@ Plotly.newPlot('map', fig.data, fig.layout, {{displaylogo: false, responsive: tr
   gd.on('plotly_unhover', () => {{ tip.style.display = 'none'; }});
 }});
 </script></body></html>"""
+
+
+# --------------------------------------------------------------------------- EB colour scores
+
+
+def eb_histograms(
+    df: pd.DataFrame,
+    by: str | None = "label",
+    facet: str | None = "split",
+    *,
+    x: str = "eb",
+    nbins: int = 40,
+    histnorm: str | None = "percent",
+    facet_wrap: int = 3,
+    cut: float | None = None,
+    title: str | None = None,
+):
+    """EB histograms, overlaid per ``by`` value, one panel per ``facet`` value (MedGore Fig. 3).
+
+    Parameters
+    ----------
+    df : DataFrame with column ``x`` (default ``eb``, see :func:`lib.colorscore.eb_table`) and optionally
+        ``by`` (e.g. label) and ``facet`` (e.g. split or dataset variant); a missing
+        ``by``/``facet`` column means one colour / one panel.
+    nbins : bins over the whole range of ``x``; every trace in every panel uses the same
+        bins, so overlaid bars line up.
+    histnorm : plotly normalisation per trace ("percent" compares unbalanced labels;
+        None for counts).
+    cut : draw this EB cut as a dashed line (the safe view's threshold).
+    title : the figure's title (default: what is plotted, and how many images).
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+    """
+    import plotly.express as px
+
+    color = by if by is not None and by in df.columns else None
+    col = facet if facet is not None and facet in df.columns else None
+    orders = {c: sorted(df[c].dropna().unique(), key=str) for c in (color, col) if c is not None}
+    fig = px.histogram(
+        df, x=x, color=color, facet_col=col, facet_col_wrap=facet_wrap if col else 0,
+        barmode="overlay", opacity=0.6, histnorm=histnorm, category_orders=orders,
+    )
+    values = df[x].to_numpy(dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size:
+        lo, hi = float(values.min()), float(values.max())
+        size = (hi - lo) / nbins if hi > lo else 1.0
+        fig.update_traces(xbins={"start": lo, "end": hi + size * 1e-6, "size": size})
+        top = max(hi, cut if cut is not None else hi)
+        bottom = min(lo, cut if cut is not None else lo)
+        fig.update_xaxes(range=[bottom - size, top + size])  # the highest EB (and the cut) stay in view
+    if cut is not None:
+        fig.add_vline(x=float(cut), line_dash="dash", line_color="#444",
+                      annotation_text=f"cut {cut:g}", annotation_position="top right")
+    fig.for_each_annotation(_facet_title)
+    fig.update_xaxes(title_text="EB = max(z_blood, z_skin)" if x == "eb" else x)
+    n = int(np.isfinite(df[x].to_numpy(dtype=np.float64)).sum())
+    fig.update_layout(title=title or f"{'EB' if x == 'eb' else x} of {n} image{'s' if n != 1 else ''}"
+                                     + (f" by {color}" if color else ""))
+    return fig
+
+
+def blood_skin_scatter(
+    df: pd.DataFrame,
+    color: str | None = "label",
+    hover_data: list[str] | None = None,
+    *,
+    x: str = "blood",
+    y: str = "skin",
+    id_col: str = "id",
+):
+    """Blood-like fraction vs skin-like fraction, one point per image.
+
+    Every point's ``customdata[0]`` is its image id (``id_col``), so a page can map a
+    click or selection back to the image.
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+    """
+    import plotly.express as px
+
+    hover = [c for c in (hover_data or []) if c in df.columns and c != id_col]
+    fig = px.scatter(
+        df, x=x, y=y, color=color if color is not None and color in df.columns else None,
+        custom_data=[id_col], hover_data=hover or None,
+        category_orders={color: sorted(df[color].dropna().unique(), key=str)}
+        if color is not None and color in df.columns else None,
+    )
+    fig.update_xaxes(title_text="blood-like fraction", range=[-0.02, 1.02])
+    fig.update_yaxes(title_text="skin-like fraction", range=[-0.02, 1.02])
+    fig.update_traces(marker={"size": 6, "opacity": 0.7})
+    return fig

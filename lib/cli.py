@@ -610,12 +610,6 @@ def _expansion(a):
     return space, seeds, expand(space, seeds, k=a.k, rule=a.rule)
 
 
-def _slug(spec: str) -> str:
-    from .files import slug
-
-    return slug(spec)
-
-
 @verb("expand", "MedGore seed expansion: label the k nearest neighbours of seed images with the seed's class")
 @args_for(lambda p: (
     p.add_argument("name"), _model_args(p), _seed_args(p),
@@ -663,10 +657,10 @@ def cmd_homogeneity(a) -> int:
         truth = pd.Series({i: lab for lab, ids in pairs.items() for i in ids}, name="truth")
     else:
         truth = dataset_truth(space.dataset)
-    from .files import write_table
+    from .files import slug, write_table
 
     table = homogeneity(res, truth, band_width=a.band)
-    path = _result_path(a, f"homogeneity-{_slug(a.model)}-k{a.k}-b{a.band}.csv")
+    path = _result_path(a, f"homogeneity-{slug(a.model)}-k{a.k}-b{a.band}.csv")
     write_table(path, table)
     print(f"{a.name} x {a.model}: {len(res.seeds)} seeds, k={a.k}, bands of {a.band} ranks; "
           f"truth: {a.truth or 'dataset labels'}")
@@ -747,10 +741,10 @@ def cmd_compare(a) -> int:
     models = resolve_all([s.strip() for s in a.models.split(",") if s.strip()], a.random_weights)
     specs = [m.spec for m in models]
     res = compare_models(a.name, models, a.k, task=a.task, input=a.input, folds=a.folds, positive=a.positive)
-    from .files import results_dir
+    from .files import results_dir, slug
 
     folder = Path(a.out) if a.out else results_dir(a.name)
-    paths = res.save(folder, prefix="compare-" + "-vs-".join(_slug(s) for s in specs)[:150])
+    paths = res.save(folder, prefix="compare-" + "-vs-".join(slug(s) for s in specs)[:150])
     if len(res.metrics):
         cols = [c for c in ("model", "n", "accuracy", "roc_auc", "average_precision", "f1_macro", "double_f1")
                 if c in res.metrics]
@@ -776,13 +770,13 @@ def cmd_compare(a) -> int:
     p.add_argument("--out", default=None, help="coordinates parquet (default: <home>/results/NAME/project-...)"),
 ))
 def cmd_project(a) -> int:
-    from .files import write_table
+    from .files import slug, write_table
     from .projection import project_dataset
 
     kwargs = {"seed": a.seed} if a.method == "pca" else \
         {"n_neighbors": a.n_neighbors, "min_dist": a.min_dist, "seed": a.seed}
     df = project_dataset(a.name, _model(a), a.method, **kwargs)
-    path = _result_path(a, f"project-{_slug(a.model)}-{a.method}.parquet")
+    path = _result_path(a, f"project-{slug(a.model)}-{a.method}.parquet")
     write_table(path, df)
     print(f"{a.name} x {a.model}: {len(df)} points ({a.method})")
     summary = df.groupby(df["label"].fillna("(none)"))[["x", "y"]].agg(["count", "mean", "std"]).round(3)
@@ -1219,18 +1213,14 @@ def _quality_args(p):
 @verb("quality", "data quality: near-duplicate groups, leaks between splits or datasets, label issues, outliers")
 @args_for(_quality_args)
 def cmd_quality(a) -> int:
-    from pathlib import Path
-
-    from .files import results_dir
-    from .quality import check_hash_distance, check_threshold, run_quality
+    from .quality import check_hash_distance, check_threshold, report_folder, run_quality
 
     check_threshold(a.threshold)  # bad input first, before anything is loaded
     check_hash_distance(a.hash_distance)
     rep = run_quality(a.name, _model(a), threshold=a.threshold, use_hash=a.hash, hash_only=a.hash_only,
                       hash_max_distance=a.hash_distance, against=a.against, k=a.k, folds=a.folds, seed=a.seed,
                       workers=a.workers)
-    folder = Path(a.out) if a.out else results_dir(a.name) / f"quality-{_slug(a.model)}"
-    paths = rep.save(folder)
+    paths = rep.save(report_folder(a.name, a.model, a.out))
     print(rep.summary())
     print("\nwritten: " + ", ".join(str(p) for p in paths))
     return 0

@@ -23,7 +23,6 @@ import multiprocessing as mp
 import os
 import sys
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
@@ -35,8 +34,9 @@ from PIL import Image
 
 from . import config
 from .errors import ImageError
-from .files import write_json, write_npy, write_table
-from .images import content_id, open_reduced
+from .files import sha256_file, write_npy
+from .idcache import IdCache
+from .images import open_reduced
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +334,7 @@ def load_for_scoring(path: str, params: ColorParams) -> Image.Image:
     return open_reduced(path, params.max_side)[0]
 
 
-def _score_one(path: str, params: ColorParams) -> tuple[float, float, str | None]:
+def score_file(path: str, params: ColorParams) -> tuple[float, float, str | None]:
     """(blood, skin, error) of one file; NaNs and the reason when it cannot be scored."""
     try:
         blood, skin = color_fractions(load_for_scoring(path, params), params)
@@ -346,14 +346,14 @@ def _score_one(path: str, params: ColorParams) -> tuple[float, float, str | None
 
 
 def _score_chunk(paths: list[str], params: ColorParams) -> list[tuple[float, float, str | None]]:
-    return [_score_one(p, params) for p in paths]
+    return [score_file(p, params) for p in paths]
 
 
 def _id_chunk(paths: list[str]) -> list[tuple[str | None, str | None]]:
     out = []
     for p in paths:
         try:
-            out.append((content_id(p), None))
+            out.append((sha256_file(p), None))
         except OSError as e:
             out.append((None, f"{p}: cannot read file ({e.strerror or e})"))
     return out
@@ -405,40 +405,16 @@ def cache_key(params: ColorParams = DEFAULT_PARAMS) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-class FractionCache:
-    """Blood/skin fractions on disk, one folder per parameter set, keyed by content id.
-
-    Each write adds a new parquet part file, written to a temporary name and moved into
-    place with ``os.replace``: a killed process leaves either the whole part or none, and
-    concurrent writers never overwrite each other. Reads take the union of the parts.
-    """
-
-    #: Parts beyond this many are merged into one on the next write.
-    MAX_PARTS = 16
+class FractionCache(IdCache):
+    """Blood/skin fractions by content id (:class:`lib.idcache.IdCache`), one folder per
+    parameter set: ``<cache>/colorscore/<cache_key(params)>/``."""
 
     def __init__(self, params: ColorParams = DEFAULT_PARAMS, root: Path | None = None):
+        super().__init__("colorscore", cache_key(params), ["blood", "skin"], root=root,
+                         info={"scorer_version": SCORER_VERSION, **asdict(params)})
         self.params = params
-        self.dir = (root or config.cache_dir() / "colorscore") / cache_key(params)
 
-    def parts(self) -> list[Path]:
-        return sorted(self.dir.glob("part-*.parquet")) if self.dir.is_dir() else []
-
-    def read(self, parts: list[Path] | None = None) -> pd.DataFrame:
-        """All cached rows: DataFrame with columns id, blood, skin (one row per id)."""
-        frames = []
-        for p in self.parts() if parts is None else parts:
-            try:
-                frames.append(pd.read_parquet(p, columns=["id", "blood", "skin"]))
-            except FileNotFoundError:  # merged away by a concurrent writer
-                continue
-            except Exception as e:  # foreign damage: recompute those rows rather than fail
-                log.warning("ignoring unreadable colour-score cache part %s: %s", p, e)
-        if not frames:
-            return pd.DataFrame({"id": pd.Series(dtype=object), "blood": [], "skin": []})
-        df = pd.concat(frames, ignore_index=True)
-        return df.drop_duplicates("id", keep="last").reset_index(drop=True)
-
-    def lookup(self, ids: Iterable[str]) -> dict[str, tuple[float, float]]:
+    def fractions(self, ids: Iterable[str]) -> dict[str, tuple[float, float]]:
         """{id: (blood, skin)} for the given ids that are cached."""
         wanted = set(ids)
         if not wanted:
@@ -449,28 +425,12 @@ class FractionCache:
                      strict=True)
         return {i: fr for i, fr in zip(df["id"].tolist(), cached, strict=True) if i in wanted}
 
-    def _write_atomic(self, df: pd.DataFrame, name: str) -> Path:
-        return write_table(self.dir / name, df)
-
-    def write(self, ids: Sequence[str], blood: Sequence[float], skin: Sequence[float]) -> None:
+    def add(self, ids: Sequence[str], blood: Sequence[float], skin: Sequence[float]) -> None:
         """Add rows (failed images must not be passed: they are retried next time)."""
-        if len(ids) == 0:
-            return
-        config.ensure(self.dir)
-        params_file = self.dir / "params.json"
-        if not params_file.exists():  # for humans browsing the cache
-            write_json(params_file, {"scorer_version": SCORER_VERSION, **asdict(self.params)}, indent=1)
-        df = pd.DataFrame({"id": pd.Series(list(ids), dtype=object),
-                           "blood": np.asarray(blood, dtype=np.float64),
-                           "skin": np.asarray(skin, dtype=np.float64)})
-        self._write_atomic(df, f"part-{uuid.uuid4().hex}.parquet")
-        parts = self.parts()
-        if len(parts) > self.MAX_PARTS:
-            # Merge, then delete exactly the parts merged; a reader in between sees
-            # duplicates, which read() drops.
-            self._write_atomic(self.read(parts), f"part-{uuid.uuid4().hex}.parquet")
-            for p in parts:
-                p.unlink(missing_ok=True)
+        if len(ids):
+            self.write(pd.DataFrame({"id": pd.Series(list(ids), dtype=object),
+                                     "blood": np.asarray(blood, dtype=np.float64),
+                                     "skin": np.asarray(skin, dtype=np.float64)}))
 
 
 def _as_items(items) -> tuple[list[str | None], list[str]]:
@@ -508,7 +468,7 @@ def score_paths(
     Parameters
     ----------
     items : iterable of paths, of (content_id, path) pairs, or a DataFrame with columns
-        path and optionally id. Without an id the file's sha256 (:func:`lib.images.content_id`)
+        path and optionally id. Without an id the file's sha256 (:func:`lib.files.sha256_file`)
         is computed.
     params : thresholds; the cache is separate per parameter set.
     workers : processes (default: all CPUs available); 1 runs in this process.
@@ -540,7 +500,7 @@ def score_paths(
         run_chunks(_id_chunk, [paths[i] for i in need_id], (), workers, 4 * chunksize, got_ids)
 
     store = FractionCache(params) if cache else None
-    known = store.lookup(i for i in ids if i is not None) if store else {}
+    known = store.fractions(i for i in ids if i is not None) if store else {}
     todo: dict[str, list[int]] = {}  # content id -> rows (duplicates are scored once)
     for i, cid in enumerate(ids):
         if cid is None:
@@ -557,7 +517,7 @@ def score_paths(
 
     def flush() -> None:
         if store is not None and pending:
-            store.write(*zip(*pending, strict=True))
+            store.add(*zip(*pending, strict=True))
         pending.clear()
 
     def got_scores(start: int, results: list) -> None:
@@ -589,105 +549,6 @@ def score_paths(
     })
 
 
-# --------------------------------------------------------------------------- figures
-
-
-def _facet_title(annotation) -> None:
-    annotation.update(text=annotation.text.split("=", 1)[-1])
-
-
-def eb_histograms(
-    df: pd.DataFrame,
-    by: str | None = "label",
-    facet: str | None = "split",
-    *,
-    x: str = "eb",
-    nbins: int = 40,
-    histnorm: str | None = "percent",
-    facet_wrap: int = 3,
-    cut: float | None = None,
-    title: str | None = None,
-):
-    """EB histograms, overlaid per ``by`` value, one panel per ``facet`` value (MedGore Fig. 3).
-
-    Parameters
-    ----------
-    df : DataFrame with column ``x`` (default ``eb``, see :func:`eb_table`) and optionally
-        ``by`` (e.g. label) and ``facet`` (e.g. split or dataset variant); a missing
-        ``by``/``facet`` column means one colour / one panel.
-    nbins : bins over the whole range of ``x``; every trace in every panel uses the same
-        bins, so overlaid bars line up.
-    histnorm : plotly normalisation per trace ("percent" compares unbalanced labels;
-        None for counts).
-    cut : draw this EB cut as a dashed line (the safe view's threshold).
-    title : the figure's title (default: what is plotted, and how many images).
-
-    Returns
-    -------
-    plotly.graph_objects.Figure
-    """
-    import plotly.express as px
-
-    color = by if by is not None and by in df.columns else None
-    col = facet if facet is not None and facet in df.columns else None
-    orders = {c: sorted(df[c].dropna().unique(), key=str) for c in (color, col) if c is not None}
-    fig = px.histogram(
-        df, x=x, color=color, facet_col=col, facet_col_wrap=facet_wrap if col else 0,
-        barmode="overlay", opacity=0.6, histnorm=histnorm, category_orders=orders,
-    )
-    values = df[x].to_numpy(dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size:
-        lo, hi = float(values.min()), float(values.max())
-        size = (hi - lo) / nbins if hi > lo else 1.0
-        fig.update_traces(xbins={"start": lo, "end": hi + size * 1e-6, "size": size})
-        top = max(hi, cut if cut is not None else hi)
-        bottom = min(lo, cut if cut is not None else lo)
-        fig.update_xaxes(range=[bottom - size, top + size])  # the highest EB (and the cut) stay in view
-    if cut is not None:
-        fig.add_vline(x=float(cut), line_dash="dash", line_color="#444",
-                      annotation_text=f"cut {cut:g}", annotation_position="top right")
-    fig.for_each_annotation(_facet_title)
-    fig.update_xaxes(title_text="EB = max(z_blood, z_skin)" if x == "eb" else x)
-    n = int(np.isfinite(df[x].to_numpy(dtype=np.float64)).sum())
-    fig.update_layout(title=title or f"{'EB' if x == 'eb' else x} of {n} image{'s' if n != 1 else ''}"
-                                     + (f" by {color}" if color else ""))
-    return fig
-
-
-def blood_skin_scatter(
-    df: pd.DataFrame,
-    color: str | None = "label",
-    hover_data: list[str] | None = None,
-    *,
-    x: str = "blood",
-    y: str = "skin",
-    id_col: str = "id",
-):
-    """Blood-like fraction vs skin-like fraction, one point per image.
-
-    Every point's ``customdata[0]`` is its image id (``id_col``), so a page can map a
-    click or selection back to the image.
-
-    Returns
-    -------
-    plotly.graph_objects.Figure
-    """
-    import plotly.express as px
-
-    hover = [c for c in (hover_data or []) if c in df.columns and c != id_col]
-    fig = px.scatter(
-        df, x=x, y=y, color=color if color is not None and color in df.columns else None,
-        custom_data=[id_col], hover_data=hover or None,
-        category_orders={color: sorted(df[color].dropna().unique(), key=str)}
-        if color is not None and color in df.columns else None,
-    )
-    fig.update_xaxes(title_text="blood-like fraction", range=[-0.02, 1.02])
-    fig.update_yaxes(title_text="skin-like fraction", range=[-0.02, 1.02])
-    fig.update_traces(marker={"size": 6, "opacity": 0.7})
-    return fig
-
-
 # --------------------------------------------------------------------------- datasets
 
 
@@ -707,7 +568,7 @@ def score_dataset_rows(ds, params: ColorParams = DEFAULT_PARAMS, *, workers: int
     errors: list[str | None] = [None] * n
     # Cached rows are neither read nor path-checked (100k resolves cost 10 s of a
     # gallery's first render); only the other rows go to score_paths.
-    known = FractionCache(params).lookup(ids)
+    known = FractionCache(params).fractions(ids)
     root = str(ds.root)
     paths, todo = [], []
     for i, rel in enumerate(ds.images["path"].tolist()):

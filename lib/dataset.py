@@ -26,8 +26,8 @@ import pandas as pd
 from . import config
 from .config import NAME_RE, check_name  # noqa: F401  (check_name is part of this module's API)
 from .errors import DatasetError, ImageError, ManifestError, UnsafePath
-from .files import write_table, write_text
-from .images import IMAGE_EXTENSIONS, content_id, file_kind, is_dicom, open_image_with_meta
+from .files import sha256_file, write_table, write_text
+from .images import IMAGE_EXTENSIONS, file_kind, is_dicom, open_image_with_meta
 
 RESERVED_COLUMNS = ("id", "path", "label", "split", "caption", "width", "height", "format", "duplicate_of")
 DICOM_TAGS = ("Modality", "BodyPartExamined", "ViewPosition")
@@ -73,7 +73,7 @@ def probe_file(path: str) -> Probe:
     """Hash and fully decode one file. Never raises: failures come back as ``ok=False``."""
     try:
         img, meta = open_image_with_meta(path)
-        cid = content_id(path)
+        cid = sha256_file(path)  # the content id: the image's identity everywhere
     except ImageError as e:
         reason = str(e)
         prefix = f"{path}: "
@@ -393,6 +393,24 @@ class Dataset:
     def abspath(self, rel: str) -> Path:
         """Absolute path of an image, refusing anything outside the dataset root."""
         return safe_join(self.root, rel)
+
+    def paths_of(self, ids: Iterable[str]) -> tuple[list[str], list[str], dict[str, str]]:
+        """The absolute path of the first file of each content id, for reading them in workers.
+
+        Returns (the ids found, their paths as strings, {id: reason} for ids not in the
+        dataset or whose path now leaves the root: those are never read).
+        """
+        first = self.images.drop_duplicates("id").set_index("id")["path"]
+        found, paths, errors = [], [], {}
+        for cid in ids:
+            try:
+                paths.append(str(self.abspath(first[cid])))
+                found.append(cid)
+            except UnsafePath as e:
+                errors[cid] = str(e)
+            except KeyError:
+                errors[cid] = f"image {cid} is not in dataset {self.name!r}"
+        return found, paths, errors
 
     def path_of(self, image_id: str) -> Path:
         row = self.images.loc[self.images["id"] == image_id]

@@ -17,6 +17,7 @@ from PIL import Image
 
 from . import config
 from . import dataset as ds_mod
+from .files import copy_file, write_image
 
 MEDICAL = {
     "fundus": ["retina.jpg", "microaneurysms.png"],
@@ -51,27 +52,25 @@ def write_sources(out: Path | None = None) -> Path:
         shutil.rmtree(out)
     sk = Path(skimage.__file__).parent / "data"
     for label, names in MEDICAL.items():
-        d = config.ensure(out / label)
+        d = out / label
         for name in names:
             img = Image.open(sk / name).convert("RGB")
             stem = Path(name).stem
-            img.save(d / f"{stem}.png")
+            write_image(d / f"{stem}.png", img)
             for i, crop in enumerate(_crops(img)):
-                crop.save(d / f"{stem}_crop{i}.png")
-    d = config.ensure(out / "photo")
+                write_image(d / f"{stem}_crop{i}.png", crop)
     for name in PHOTOS:
-        Image.open(sk / name).convert("RGB").save(d / f"{Path(name).stem}.png")
+        write_image(out / "photo" / f"{Path(name).stem}.png", Image.open(sk / name).convert("RGB"))
     for label, names in DICOMS.items():
-        d = config.ensure(out / label)
         for name in names:
-            shutil.copy(pydicom.data.get_testdata_file(name), d / name)
+            copy_file(pydicom.data.get_testdata_file(name), out / label / name)
     # A flipped copy per DICOM keeps each modality's neighbourhood non-trivial.
     from .images import open_image
 
     for label in DICOMS:
         for f in sorted((out / label).glob("*.dcm")):
             arr = np.asarray(open_image(f))
-            Image.fromarray(arr[:, ::-1].copy()).save(f.with_name(f.stem + "_flip.png"))
+            write_image(f.with_name(f.stem + "_flip.png"), Image.fromarray(arr[:, ::-1].copy()))
     return out
 
 

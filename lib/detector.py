@@ -1884,45 +1884,39 @@ def simulate_review_loop(X_base: np.ndarray, y_base: np.ndarray, ids_base: Seque
     return pd.DataFrame(out)
 
 
-# =========================================================================== figures
+# =========================================================================== chart data (drawn by lib.charts)
 
 
-def pr_figure(det: Detector):
-    """The validation precision-recall curve with the operating points max-F1, R90 and R95
-    marked (and the screening one named). Plotly figure."""
-    import plotly.graph_objects as go
+def validation_pr(det: Detector) -> dict:
+    """What the validation precision-recall chart shows (:func:`lib.charts.detector_pr`).
+
+    Returns
+    -------
+    dict with ``title``, ``curve_name``, ``recall`` and ``precision`` (the curve,
+    scikit-learn's), ``prevalence``, ``points`` (a DataFrame, one row per rule of
+    :data:`RULES`: ``rule, name, threshold, recall, precision, specificity, screening``, the
+    thesis's lower of max-F1 and R90 included) and ``lowered`` (None, or the screening point
+    when the worst group lowered the rule's threshold: ``recall, precision, threshold, rule,
+    set_by``).
+    """
     from sklearn.metrics import precision_recall_curve
 
     y, p = det.arrays["val_y"], det.arrays["val_p"]
     prec, rec, _ = precision_recall_curve(y, p)
-    v = det.meta["validation"]
-    fig = go.Figure(go.Scatter(x=rec, y=prec, mode="lines", name=f"validation (AP {v['ap']:.3f}, AUC {v['auc']:.3f})",
-                               line={"shape": "hv"}))
-    fig.add_hline(y=float(np.mean(y)), line_dash="dot", line_color="grey", annotation_text="prevalence")
-    colours = {"max_f1": "#1f77b4", "R90": "#ff7f0e", "R95": "#d62728"}
-    screening = det.meta["screening"]["rule"]
-    for rule in ("max_f1", "R90", "R95"):
-        t = det.meta["thresholds"][rule]
-        star = " (screening)" if rule == screening and not det.meta["screening"].get("set_by") else ""
-        fig.add_trace(go.Scatter(
-            x=[t["recall"]], y=[t["precision"]], mode="markers+text", text=[RULE_NAMES[rule]],
-            textposition="top left", marker={"size": 13, "color": colours[rule], "symbol": "diamond"},
-            name=f"{RULE_NAMES[rule]}: p ≥ {t['threshold']:.3f}{star}",
-            hovertemplate=f"{RULE_NAMES[rule]}<br>threshold {t['threshold']:.3f}<br>recall %{{x:.3f}}<br>"
-                          f"precision %{{y:.3f}}<br>specificity {t['specificity']:.3f}<extra></extra>"))
-    scr = det.meta["screening"]
+    v, scr, thr = det.meta["validation"], det.meta["screening"], dict(det.meta["thresholds"])
+    # files written before the thesis rule: it is the lower of the two it is made of
+    thr.setdefault("thesis", min(thr["max_f1"], thr["R90"], key=lambda t: t["threshold"]))
+    points = pd.DataFrame([{"rule": r, "name": RULE_NAMES[r], "threshold": float(thr[r]["threshold"]),
+                            "recall": float(thr[r]["recall"]), "precision": float(thr[r]["precision"]),
+                            "specificity": float(thr[r]["specificity"]),
+                            "screening": r == scr["rule"] and not scr.get("set_by")} for r in RULES])
+    lowered = None
     if scr.get("set_by") and scr.get("metrics"):  # the worst group lowered the rule's threshold
-        m = scr["metrics"]
-        fig.add_trace(go.Scatter(
-            x=[m["recall"]], y=[m["precision"]], mode="markers+text", text=["screening"], textposition="bottom right",
-            marker={"size": 13, "color": "#9467bd", "symbol": "star"},
-            name=f"screening: p ≥ {det.threshold:.3f} ({RULE_NAMES[screening]} in group {scr['set_by']})",
-            hovertemplate=f"screening: min over groups of {RULE_NAMES[screening]}, set by {scr['set_by']}<br>"
-                          f"threshold {det.threshold:.3f}<br>recall %{{x:.3f}}<br>precision %{{y:.3f}}<extra></extra>"))
-    fig.update_layout(title=f"Validation precision-recall of {det.name} ({v['n']} images, {v['positives']} sensitive)",
-                      xaxis_title="recall", yaxis_title="precision", height=420, yaxis={"range": [0, 1.03]},
-                      xaxis={"range": [0, 1.02]}, legend={"x": 0.02, "y": 0.05})
-    return fig
+        lowered = {"recall": float(scr["metrics"]["recall"]), "precision": float(scr["metrics"]["precision"]),
+                   "threshold": float(det.threshold), "rule": RULE_NAMES[scr["rule"]], "set_by": scr["set_by"]}
+    return {"title": f"Validation precision-recall of {det.name} ({v['n']} images, {v['positives']} sensitive)",
+            "curve_name": f"validation (AP {v['ap']:.3f}, AUC {v['auc']:.3f})", "recall": rec, "precision": prec,
+            "prevalence": float(np.mean(y)), "points": points, "lowered": lowered}
 
 
 def learning_curve(det: Detector) -> pd.DataFrame:
@@ -1930,33 +1924,3 @@ def learning_curve(det: Detector) -> pd.DataFrame:
     specificity, threshold`` (validation AUC, recall and specificity at the screening threshold)."""
     cols = ["at", "labels", "sensitive", "safe", "auc", "ap", "recall", "specificity", "threshold"]
     return pd.DataFrame(det.meta.get("history", []), columns=cols)
-
-
-def learning_curve_figure(curve: pd.DataFrame, title: str = "Learning curve (validation)"):
-    """Validation AUC, recall at the screening threshold and specificity there, against the
-    number of labels (one point per training). Plotly figure."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for col, name in (("auc", "AUC"), ("recall", "recall at R95"), ("specificity", "specificity at R95")):
-        fig.add_trace(go.Scatter(x=curve["labels"], y=curve[col], mode="lines+markers", name=name))
-    fig.update_layout(title=title, xaxis_title="labels", yaxis_title="validation", yaxis={"range": [0, 1.03]},
-                      height=360, legend={"x": 0.02, "y": 0.05})
-    return fig
-
-
-def review_loop_figure(loop: pd.DataFrame, metric: str = "auc", title: str | None = None):
-    """One line per strategy (and source, when the table has one) of ``metric`` on the rest of
-    the pool against the labels added (:func:`simulate_review_loop`). Plotly figure."""
-    import plotly.express as px
-
-    df = loop.copy()
-    colour = "strategy"
-    if "source" in df:
-        df["run"] = df["source"].astype(str) + " · " + df["strategy"]
-        colour = "run"
-    fig = px.line(df, x="labels_added", y=metric, color=colour, markers=True,
-                  line_dash="strategy" if colour == "run" else None,
-                  title=title or f"{metric} on the rest of the new source, by labels added")
-    fig.update_layout(height=400, yaxis={"range": [0, 1.03]})
-    return fig

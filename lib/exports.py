@@ -25,8 +25,6 @@ relative to the dataset root with ``relative=True``.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 import uuid
 from collections.abc import Iterable
@@ -35,7 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import WorkbenchError
-from .files import write_json, write_table, write_text
+from .files import copy_file, write_json, write_table, write_text
 
 FORMATS = ("csv", "jsonl", "imagefolder", "fiftyone", "manifest")
 
@@ -102,13 +100,6 @@ def _readme(path: Path, ds, fmt: str, table: pd.DataFrame, options: dict) -> Non
     write_text(path / "README.md", "\n".join(lines))
 
 
-def _copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
 def _safe_part(label) -> str:
     """A class name as a folder name (no separators, no dot-only names)."""
     text = str(label).replace("/", "_").replace("\\", "_").strip() or "_"
@@ -153,7 +144,7 @@ def export(ds, store, out: str | Path, fmt: str, *, label_set: str | None = None
             s = src[r["id"]]
             folder = _safe_part(r["label"]) if isinstance(r["label"], str) else "unlabelled"
             name = f"{folder}/{r['id'][:16]}{s.suffix.lower()}"
-            _copy(s, out / name)
+            copy_file(s, out / name)
             meta.append({"file_name": name, "id": r["id"], "source_path": r["path"], "label": r["label"],
                          "label_source": r["label_source"]})
         write_table(out / "metadata.csv", pd.DataFrame(meta))
@@ -163,7 +154,7 @@ def export(ds, store, out: str | Path, fmt: str, *, label_set: str | None = None
         for r in rows.to_dict("records"):
             s = src[r["id"]]
             uid = uuid.uuid5(uuid.NAMESPACE_URL, r["id"]).hex
-            _copy(s, out / "data" / f"{uid}{s.suffix.lower()}")
+            copy_file(s, out / "data" / f"{uid}{s.suffix.lower()}")
             labels[uid] = classes.index(str(r["label"])) if isinstance(r["label"], str) else None
         write_json(out / "labels.json", {"classes": classes, "labels": labels})
     elif fmt == "manifest":

@@ -85,6 +85,43 @@ def write_npy(path: str | os.PathLike, arr) -> Path:
     return write_with(path, lambda f: np.save(f, arr, allow_pickle=False))
 
 
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike, *, durable: bool = True) -> Path:
+    """Atomically copy the bytes of ``src`` to ``dst`` (not its permissions or times); returns ``dst``."""
+    import shutil
+
+    with open(src, "rb") as fsrc:
+        return write_with(dst, lambda f: shutil.copyfileobj(fsrc, f, 1 << 20), durable=durable)
+
+
+def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """A hard link ``dst`` to ``src`` (no bytes copied; the link appears whole or not at all),
+    or an atomic copy where linking fails (another file system, no permission). An existing
+    ``dst`` is replaced."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(dst)
+    try:
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+    except OSError:
+        copy_file(src, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst
+
+
+def write_image(path: str | os.PathLike, img, **params) -> Path:
+    """A PIL image in the format its suffix names (``.png``, ``.jpg``, ...); ``params`` go to
+    ``Image.save`` (e.g. ``quality``)."""
+    from PIL import Image
+
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path.name}: no image format for the suffix {path.suffix!r}")
+    return write_with(path, lambda f: img.save(f, format=fmt, **params))
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes, read in 4 MiB blocks."""
     import hashlib

@@ -379,6 +379,11 @@ def mask_overlay(img: Image.Image, blood: np.ndarray, skin: np.ndarray | None = 
     return Image.fromarray(out.round().clip(0, 255).astype(np.uint8))
 
 
+def mask_image(mask: np.ndarray) -> Image.Image:
+    """A bool (h, w) mask as an RGB image: white inside, black outside."""
+    return Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255).convert("RGB")
+
+
 def colour_evidence(ds, row: int, params: ColorParams = DEFAULT_PARAMS) -> dict:
     """The EB masks of one dataset image and, when it has a ``mask``, their IoU with it.
 

@@ -9,7 +9,6 @@ and the reason.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import stat
@@ -40,15 +39,6 @@ DICOM_SUFFIXES = {".dcm", ".dicom"}
 
 # PIL's own bomb check fires at 2x its limit; ours fires first with a clear reason.
 Image.MAX_IMAGE_PIXELS = None
-
-
-def content_id(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 hex digest of the file's bytes: the image's identity everywhere."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def is_dicom(path: str | Path) -> bool:
@@ -272,7 +262,7 @@ def plain_png_pixels(im: Image.Image) -> Image.Image | None:
         im.fp.seek(pos)
     except (AttributeError, OSError, ValueError):  # no file held open (or closed)
         return None
-    if not _intact_without_exif(data):
+    if not intact_png_without_exif(data):
         return None
     try:
         arr = pyspng.load(data)
@@ -284,7 +274,7 @@ def plain_png_pixels(im: Image.Image) -> Image.Image | None:
     return Image.fromarray(arr).convert("RGB") if arr.ndim == 2 else Image.fromarray(arr)
 
 
-def _intact_without_exif(png: bytes) -> bool:
+def intact_png_without_exif(png: bytes) -> bool:
     """Every chunk up to IEND is whole with a matching CRC, and none is eXIf.
 
     pyspng tells libspng to ignore CRCs, so damage that PIL reports would pass silently;

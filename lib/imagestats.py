@@ -105,23 +105,12 @@ def stats_ids(ds, ids: Sequence[str] | None = None, *, workers: int | None = Non
         statistics, in the order of ``ids``; {id: reason} for the images that could not be read.
     """
     from .colorscore import default_workers, run_chunks
-    from .errors import UnsafePath
 
     ids = list(dict.fromkeys(ds.unique_ids if ids is None else map(str, ids)))
     cache = stats_cache()
     have = cache.lookup(ids)
     done = set(have["id"].astype(str))
-    first = ds.images.drop_duplicates("id").set_index("id")["path"]
-    errors: dict[str, str] = {}
-    todo, paths = [], []
-    for cid in ids:
-        if cid in done:
-            continue
-        try:
-            paths.append(str(ds.abspath(first[cid])))
-            todo.append(cid)
-        except (UnsafePath, KeyError) as e:
-            errors[cid] = str(e)
+    todo, paths, errors = ds.paths_of(c for c in ids if c not in done)
     new_ids, new_vals = [], []
     n_done = 0
 

@@ -312,13 +312,6 @@ def run_probe(name: str, model, input: str = "image", *, folds: int = 5, use_spl
 
 def default_path(name: str, spec: str, input: str) -> Path:
     """Where the CLI keeps a probe's predictions: ``<home>/results/<dataset>/probe-<model>-<input>.parquet``."""
-    from .files import results_dir
+    from .files import results_dir, slug
 
     return results_dir(name) / f"probe-{slug(spec)}-{input}.parquet"
-
-
-def slug(spec: str) -> str:
-    """A file-name-safe form of a model spec (:func:`lib.files.slug`)."""
-    from .files import slug as _files_slug
-
-    return _files_slug(spec)

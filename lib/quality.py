@@ -58,7 +58,7 @@ import numpy as np
 import pandas as pd
 
 from . import dataset as ds_mod
-from .errors import ImageError, UnsafePath, WorkbenchError
+from .errors import ImageError, WorkbenchError
 
 #: Cosine similarity at or above which two images are near-duplicates under a model.
 DEFAULT_THRESHOLD = 0.95
@@ -247,7 +247,8 @@ def _hash_file(path: str) -> tuple[np.ndarray | None, str | None]:
         return None, f"{path}: {type(e).__name__}: {e}"
 
 
-def _hash_chunk(paths: list[str]) -> list[tuple[np.ndarray | None, str | None]]:
+def hash_files(paths: list[str]) -> list[tuple[np.ndarray | None, str | None]]:
+    """(codes (8, 8) uint8, None) or (None, reason) per file: one worker's chunk of :func:`hash_ids`."""
     return [_hash_file(p) for p in paths]
 
 
@@ -274,17 +275,7 @@ def hash_ids(ds: ds_mod.Dataset, ids: Sequence[str] | None = None, *, workers: i
         vals = have[cols].to_numpy(dtype=np.int64)
         codes[k] = np.ascontiguousarray(vals).view(np.uint8).reshape(len(vals), len(cols), -1)
     done = set(have["id"].astype(str))
-    first = ds.images.drop_duplicates("id").set_index("id")["path"]
-    errors: dict[str, str] = {}
-    todo, paths = [], []
-    for cid in ids:
-        if cid in done:
-            continue
-        try:
-            paths.append(str(ds.abspath(first[cid])))
-            todo.append(cid)
-        except (UnsafePath, KeyError) as e:
-            errors[cid] = str(e)
+    todo, paths, errors = ds.paths_of(c for c in ids if c not in done)
     pending: list[tuple[str, np.ndarray]] = []
     n_done = 0
 
@@ -312,7 +303,7 @@ def hash_ids(ds: ds_mod.Dataset, ids: Sequence[str] | None = None, *, workers: i
 
     w = default_workers() if workers is None else max(1, int(workers))
     try:
-        run_chunks(_hash_chunk, paths, (), w if len(paths) >= 64 else 1, 32, got)
+        run_chunks(hash_files, paths, (), w if len(paths) >= 64 else 1, 32, got)
     finally:
         flush()
     return codes, errors
@@ -1109,6 +1100,14 @@ class QualityReport:
             table = df.reindex(columns=cols) if len(df) else pd.DataFrame(columns=cols)
             out.append(write_table(folder / f"{name}.csv", table))
         return out
+
+
+def report_folder(name: str, spec: str, out: str | Path | None = None) -> Path:
+    """Where the quality report of dataset ``name`` under model ``spec`` and its manifests go:
+    ``out`` when given, else ``<home>/results/<name>/quality-<model>/`` (the CLI's and the page's)."""
+    from .files import results_dir, slug
+
+    return Path(out) if out else results_dir(name) / f"quality-{slug(spec)}"
 
 
 def run_quality(name: str, spec, *, threshold: float = DEFAULT_THRESHOLD, use_hash: bool = False,

@@ -165,7 +165,7 @@ def index(
     # -- what each cache lacks
     params = DEFAULT_PARAMS
     fr_cache, h_cache, s_cache = FractionCache(params), hash_cache(), stats_cache()
-    have_eb = fr_cache.lookup(unique)
+    have_eb = fr_cache.fractions(unique)
     need = {"eb": {u for u in unique if u not in have_eb},
             "phash": set(h_cache.missing(unique)), "stats": set(s_cache.missing(unique))}
     stores: dict[str, EmbeddingStore] = {}
@@ -231,7 +231,7 @@ def index(
     def flush_signals() -> None:
         if pend["eb"]:
             ids, blood, skin = zip(*pend["eb"], strict=True)
-            fr_cache.write(ids, blood, skin)
+            fr_cache.add(ids, blood, skin)
         if pend["phash"]:
             ids = [i for i, _ in pend["phash"]]
             vals = np.stack([c for _, c in pend["phash"]]).reshape(len(ids), len(h_cache.columns), -1).copy()

@@ -832,12 +832,12 @@ def plotly_js_url() -> str:
     beside app.py), copied there from the plotly package on first use: offline, no CDN."""
     import plotly
 
-    from .files import write_bytes
+    from .files import copy_file
 
     target = config.REPO / "static" / "plotly.min.js"
     source = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
     if not target.is_file() or target.stat().st_size != source.stat().st_size:
-        write_bytes(target, source.read_bytes(), durable=False)
+        copy_file(source, target, durable=False)
     return "/app/static/plotly.min.js"
 
 
@@ -1266,7 +1266,7 @@ def retrain_panel(ctx: Ctx, det_name: str, store) -> None:
                 st.rerun()
         curve = det_mod.learning_curve(det)
         if len(curve) >= 1:
-            st.plotly_chart(det_mod.learning_curve_figure(curve), key="an-curve")
+            st.plotly_chart(charts.learning_curve_figure(curve), key="an-curve")
             st.caption("Validation AUC, and recall and specificity at the 95%-recall screening threshold, after each "
                        "training (recall is at least 0.95 on validation by construction; specificity is the share "
                        "of safe validation images the threshold clears).")

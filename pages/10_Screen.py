@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from lib import dataset, ui
+from lib import charts, dataset, ui
 from lib import detector as det_mod
 from lib.errors import WorkbenchError
 
@@ -91,7 +91,7 @@ with ui.guard():
                 f"({meta['familiarity']['percentile']:g}th percentile of the training leave-one-out distances)")
     left, right = st.columns([3, 2])
     with left:
-        st.plotly_chart(det_mod.pr_figure(det), key="sc-pr")
+        st.plotly_chart(charts.detector_pr(det_mod.validation_pr(det)), key="sc-pr")
     with right:
         st.markdown(f"**Model** `{det.spec}`{' [random weights]' if det.random_weights else ''} · "
                     f"**trained** {str(meta.get('created', ''))[:16].replace('T', ' ')}")

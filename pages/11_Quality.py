@@ -4,9 +4,7 @@ import streamlit as st
 
 from lib import quality, ui
 from lib import workflow as wf
-from lib.catalog import results_dir
 from lib.errors import WorkbenchError
-from lib.probe import slug
 
 ctx = ui.setup("Quality", ":material/fact_check:")
 st.title("Data quality")
@@ -128,7 +126,7 @@ with ui.guard():
         ui.image_grid(ctx, out.head(24), key="qu-out", columns=6, caption=quality.outlier_caption)
 
     with t_export:
-        folder = results_dir(ctx.name) / f"quality-{slug(ctx.model.spec)}"
+        folder = quality.report_folder(ctx.name, ctx.model.spec)
         st.markdown("**Keep one per group**: every image outside the groups and each group's representative, as a "
                     "manifest `ingest` reads back.")
         if st.button("Write the de-duplicated manifest", key="qu-dedup", icon=":material/filter_1:"):

@@ -2,11 +2,10 @@
 
 import io
 
-import numpy as np
 import streamlit as st
 from PIL import Image
 
-from lib import charts, colorscore, gallery, safety, ui
+from lib import charts, gallery, safety, ui
 
 ctx = ui.setup("Blur scores", ":material/palette:")
 st.title("Blur scores (EB)")
@@ -23,13 +22,13 @@ with ui.guard():
     n_bad = int(eb["eb"].isna().sum())
     if n_bad:
         st.warning(f"{n_bad} image(s) could not be scored (they are censored).")
-    st.plotly_chart(charts.distinct_colours(colorscore.eb_histograms(
+    st.plotly_chart(charts.distinct_colours(charts.eb_histograms(
         eb, by="label", facet="split" if has_split else None, cut=ctx.eb_threshold)), width="stretch")
 
     st.subheader("Blood-like vs skin-like fraction")
     st.caption("Click a point (or draw a box / lasso) to inspect the image; a selection can be opened in the gallery.")
-    scatter = colorscore.blood_skin_scatter(eb.assign(eb=eb["eb"].round(3)), color="label",
-                                            hover_data=["eb", "split"] if has_split else ["eb"])
+    scatter = charts.blood_skin_scatter(eb.assign(eb=eb["eb"].round(3)), color="label",
+                                        hover_data=["eb", "split"] if has_split else ["eb"])
     event = st.plotly_chart(charts.distinct_colours(scatter), on_select="rerun", selection_mode=("points", "box", "lasso"), key="eb-scatter",
                             width="stretch")
     picked = charts.selected_ids(event)
@@ -45,7 +44,7 @@ with ui.guard():
     if qid not in ids:  # none, or not an image of this dataset: the highest EB, and the URL says so
         qid = str(eb.sort_values("eb", ascending=False, na_position="last")["id"].iloc[0])
         ui.set_page_param("id", qid)
-    row = int(np.flatnonzero(images["id"].to_numpy() == qid)[0])
+    row = int(gallery.rows_of_ids(images, [qid])[0])
     rec = images.iloc[row]
     e = eb.iloc[row]
     m = st.columns(4)
@@ -86,7 +85,7 @@ with ui.guard():
         st.subheader("Against the ground-truth masks")
         g1, g2 = st.columns([1, 2])
         g1.metric("IoU (cleaned blood-like mask vs truth)", f"{evidence['iou']:.3f}")
-        truth_img = Image.fromarray(truth.astype(np.uint8) * 255).convert("RGB")
+        truth_img = gallery.mask_image(truth)
         g1.image(gallery.jpeg_bytes(truth_img if hide is None else safety.render(truth_img, hide)), width=200,
                  caption="ground-truth mask" + ("" if mode == "raw" else " (censored with the image)"))
         with g2:

@@ -271,6 +271,15 @@ def test_mask_overlay_tints_only_masked_pixels():
     assert (out[:, :20] == [178, 50, 50]).all() and (out[:, 20:] == 100).all()
 
 
+def test_mask_image_is_white_inside_black_outside():
+    mask = np.zeros((3, 4), bool)
+    mask[1, 2] = True
+    img = gallery.mask_image(mask)
+    assert img.mode == "RGB" and img.size == (4, 3)
+    arr = np.asarray(img)
+    assert (arr[1, 2] == 255).all() and arr.sum() == 3 * 255
+
+
 def test_decode_upload(corpus_dir):
     m = pd.read_csv(corpus_dir / "manifest.csv")
     data = (corpus_dir / m.path[0]).read_bytes()

@@ -38,6 +38,8 @@ def test_derive_dataset_keeps_content_ids_and_metadata(derived, corpus):
     assert cxr["id"].isin(src.index).all()  # same bytes, same content ids: the embedding cache is shared
     assert (cxr.set_index("id")["label"] == src.loc[cxr["id"], "label"]).all()
     assert (dataset.load("bm-cxr").abspath(cxr["path"].iat[0])).is_file()
+    # placed through lib.files (hard links, or atomic copies across file systems): no temporary left
+    assert not list(dataset.load("bm-cxr").root.rglob("*.tmp"))
 
 
 def test_matrix_runs_through_the_cli_and_writes_the_report(derived, tmp_path, capsys):

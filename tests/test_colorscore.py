@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from lib import charts
 from lib import colorscore as cs
-from lib.images import content_id, open_image
+from lib.files import sha256_file
+from lib.images import open_image
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 
@@ -228,19 +230,19 @@ def files(sample_paths, tmp_path) -> list[Path]:
 
 def test_score_paths_values_and_errors(files, monkeypatch):
     calls = []
-    real = cs._score_one
-    monkeypatch.setattr(cs, "_score_one", lambda p, params: calls.append(p) or real(p, params))
+    real = cs.score_file
+    monkeypatch.setattr(cs, "score_file", lambda p, params: calls.append(p) or real(p, params))
     df = cs.score_paths([*files, files[0]], workers=1, cache=False)
     assert list(df.columns) == ["id", "path", "blood", "skin", "error"]
     assert df.path.tolist() == [str(p) for p in [*files, files[0]]]
     good = df.iloc[: len(files) - 2]
     for row, path in zip(good.itertuples(), files, strict=False):
-        assert row.id == content_id(path)
+        assert row.id == sha256_file(path)
         assert row.error is None
         b, s = cs.color_fractions(open_image(path))
         assert (row.blood, row.skin) == pytest.approx((b, s), abs=2e-3)  # JPEG DCT-scaled decode
     bad, missing = df.iloc[len(files) - 2], df.iloc[len(files) - 1]
-    assert np.isnan(bad.blood) and "HTML" in bad.error and bad.id == content_id(files[-2])
+    assert np.isnan(bad.blood) and "HTML" in bad.error and bad.id == sha256_file(files[-2])
     assert np.isnan(missing.skin) and missing.id is None and "cannot read" in missing.error
     # The duplicate of the first file is scored once and reported twice.
     assert df.iloc[-1][["id", "blood", "skin"]].tolist() == df.iloc[0][["id", "blood", "skin"]].tolist()
@@ -249,8 +251,8 @@ def test_score_paths_values_and_errors(files, monkeypatch):
 
 def test_cache_second_call_computes_nothing(files, home, monkeypatch):
     calls = []
-    real = cs._score_one
-    monkeypatch.setattr(cs, "_score_one", lambda p, params: calls.append(p) or real(p, params))
+    real = cs.score_file
+    monkeypatch.setattr(cs, "score_file", lambda p, params: calls.append(p) or real(p, params))
     pairs = [(f"id{i}", p) for i, p in enumerate(files[:4])]
     first = cs.score_paths(pairs, workers=1)
     assert len(calls) == 4
@@ -295,7 +297,7 @@ def test_score_paths_dataframe_input_and_progress(files):
     table = pd.DataFrame({"id": ["a", None, "c"], "path": [str(p) for p in files[:3]]})
     seen = []
     df = cs.score_paths(table, workers=1, cache=False, chunksize=1, progress=lambda d, t: seen.append((d, t)))
-    assert df.id.tolist() == ["a", content_id(files[1]), "c"]
+    assert df.id.tolist() == ["a", sha256_file(files[1]), "c"]
     assert seen == [(1, 3), (2, 3), (3, 3)]
     with pytest.raises(ValueError, match="path"):
         cs.score_paths(pd.DataFrame({"id": ["a"]}))
@@ -326,14 +328,14 @@ def test_cache_compacts_parts(files, monkeypatch):
     monkeypatch.setattr(cs.FractionCache, "MAX_PARTS", 3)
     store = cs.FractionCache()
     for i in range(5):
-        store.write([f"x{i}"], [i / 10], [0.5])
+        store.add([f"x{i}"], [i / 10], [0.5])
         assert len(store.parts()) <= 3
     cached = store.read().sort_values("id")
     assert cached.id.tolist() == [f"x{i}" for i in range(5)]
     np.testing.assert_allclose(cached.blood, [0, 0.1, 0.2, 0.3, 0.4])
 
 
-# ----------------------------------------------------------------- figures
+# ----------------------------------------------------------------- figures (lib.charts, from EB tables)
 
 
 @pytest.fixture
@@ -351,7 +353,7 @@ def eb_df() -> pd.DataFrame:
 
 
 def test_eb_histograms(eb_df):
-    fig = cs.eb_histograms(eb_df, by="label", facet="split", nbins=20)
+    fig = charts.eb_histograms(eb_df, by="label", facet="split", nbins=20)
     assert fig.layout.barmode == "overlay"
     combos = eb_df.groupby(["label", "split"]).size()
     assert len(fig.data) == len(combos)
@@ -370,12 +372,12 @@ def test_eb_histograms(eb_df):
         xs = np.concatenate([t.x for t in fig.data if t.name == label])
         np.testing.assert_allclose(np.sort(xs), np.sort(group.eb))
     # Without the facet column: one panel.
-    single = cs.eb_histograms(eb_df.drop(columns="split"))
+    single = charts.eb_histograms(eb_df.drop(columns="split"))
     assert len(single.data) == 2 and {t.xaxis for t in single.data} == {"x"}
 
 
 def test_blood_skin_scatter_customdata_is_id(eb_df):
-    fig = cs.blood_skin_scatter(eb_df, color="label", hover_data=["split", "eb"])
+    fig = charts.blood_skin_scatter(eb_df, color="label", hover_data=["split", "eb"])
     by_id = eb_df.set_index("id")
     seen = 0
     for t in fig.data:

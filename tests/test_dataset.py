@@ -72,6 +72,24 @@ def test_folder_subfolders_become_labels(tmp_path):
     assert ds.images.loc[ds.images["path"] == "loose.png", "label"].isna().all()
 
 
+def test_paths_of_gives_each_ids_first_file_and_never_a_path_out_of_the_root(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    for name, colour in (("a.png", (1, 2, 3)), ("b.png", (4, 5, 6)), ("copy_of_a.png", (1, 2, 3))):
+        Image.new("RGB", (8, 8), colour).save(root / name)
+    dataset.ingest(root, "paths")
+    ds = dataset.load("paths")
+    a, b = (ds.images.set_index("path").loc[n, "id"] for n in ("a.png", "b.png"))
+    found, paths, errors = ds.paths_of([b, "f" * 64, a])
+    assert found == [b, a] and paths == [str(root / "b.png"), str(root / "a.png")]  # a's first file, not its copy
+    assert list(errors) == ["f" * 64] and "not in dataset 'paths'" in errors["f" * 64]
+    outside = tmp_path / "outside.png"
+    (root / "b.png").rename(outside)
+    (root / "b.png").symlink_to(outside)  # swapped for a link out of the root since ingest: never read
+    found, paths, errors = ds.paths_of([a, b])
+    assert found == [a] and "outside the dataset root" in errors[b]
+
+
 def test_dicom_folder_windowed_and_tagged(tmp_path):
     import pydicom.data
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib import dataset
+from lib import charts, dataset
 from lib import detector as D
 from lib.cli import main
 
@@ -251,6 +251,37 @@ def test_calibration_is_monotone(det, cut):
     assert np.all(np.diff(D._calibrate("isotonic", iso.arrays, grid)) >= 0)
 
 
+def test_pr_chart_marks_every_rule_the_thesis_included(det):
+    """The Screen page's PR chart: sklearn's validation curve, and the four operating points of
+    det.thresholds() at their (recall, precision), the thesis's on the lower of max-F1 and R90."""
+    import dataclasses
+
+    from sklearn.metrics import precision_recall_curve
+
+    pr = D.validation_pr(det)
+    prec, rec, _ = precision_recall_curve(det.arrays["val_y"], det.arrays["val_p"])
+    assert np.array_equal(pr["recall"], rec) and np.array_equal(pr["precision"], prec)
+    pts, t = pr["points"].set_index("rule"), det.thresholds().set_index("rule")
+    assert list(pts.index) == ["max_f1", "R90", "R95", "thesis"]
+    for col in ("threshold", "recall", "precision", "specificity"):
+        assert pts[col].tolist() == t.loc[pts.index, col].tolist(), col
+    # the rule's own point is the screening one unless a group lowered it (then a point of its own)
+    assert pts["screening"].tolist() == [bool(v) and pr["lowered"] is None for v in t.loc[pts.index, "screening"]]
+    lower = "max_f1" if t.loc["max_f1", "threshold"] <= t.loc["R90", "threshold"] else "R90"
+    assert pts.loc["thesis", ["recall", "precision"]].tolist() == pts.loc[lower, ["recall", "precision"]].tolist()
+    fig = charts.detector_pr(pr)
+    marks = {tr.name.split(":")[0]: tr for tr in fig.data[1:5]}
+    assert list(marks) == ["max-F1", "90% recall", "95% recall", "lower of max-F1 and R90"]
+    ring = marks["lower of max-F1 and R90"]
+    assert ring.marker.symbol == "circle-open" and (ring.x[0], ring.y[0]) == tuple(pts.loc[lower, ["recall", "precision"]])
+    assert [tr.name.endswith("(screening)") for tr in fig.data[1:5]] == pts["screening"].tolist()
+    assert len(fig.data) == 5 + (pr["lowered"] is not None)  # the curve, the four rules, a lowered screening point
+    # a file written before the thesis rule: the point is derived from the two it is made of
+    meta = {**det.meta, "thresholds": {k: v for k, v in det.meta["thresholds"].items() if k != "thesis"}}
+    again = D.validation_pr(dataclasses.replace(det, meta=meta))["points"].set_index("rule")
+    assert again.loc["thesis", "threshold"] == pts.loc[lower, "threshold"]
+
+
 def test_thresholds_hit_their_recall_targets_on_validation(det):
     from lib.metrics import metrics_at_threshold
 
@@ -347,6 +378,12 @@ def test_screening_threshold_reaches_95_percent_recall_in_every_group(fuseg_azh,
     # the overall table stays as it was: R95 over the whole split, marked as the screening rule
     t = d.thresholds().set_index("rule")
     assert t.loc["R95", "threshold"] == overall and bool(t.loc["R95", "screening"])
+    # the PR chart names the lowered point and the group that set it; the rule's own point is not the screening one
+    pr = D.validation_pr(d)
+    assert pr["lowered"]["set_by"] == "det-azh/azh" and pr["lowered"]["threshold"] == d.threshold
+    assert not pr["points"]["screening"].any()
+    names = [tr.name for tr in charts.detector_pr(pr).data]
+    assert sum(n.startswith("screening: p ≥ ") and n.endswith("in group det-azh/azh)") for n in names) == 1
     # a rule that promises no recall is not lowered by any group
     f1, _ = D.train(fuseg_azh, "color", "fuseg-azh-f1", screening="max_f1")
     assert f1.threshold == f1.meta["thresholds"]["max_f1"]["threshold"] and f1.meta["screening"]["set_by"] is None
@@ -404,7 +441,7 @@ def test_a_detector_file_without_groups_loads_and_predicts_identically(det, scre
     again = D.predict("det-screen", old)
     for col in ("p", "sensitive", "unfamiliar", "uncertain", "distance", "tta_sd", "threshold", "pred"):
         assert np.array_equal(again[col].to_numpy(), screened[col].to_numpy()), col
-    assert D.pr_figure(old).data  # draws without the group fields
+    assert charts.detector_pr(D.validation_pr(old)).data  # draws without the group fields
     # a val_groups array of the wrong length is refused, as any array that does not fit
     write({**arrays, "val_groups": np.array(["a", "b"])}, meta)
     with pytest.raises(D.DetectorFileError, match="do not fit together"):
@@ -649,7 +686,7 @@ def test_reviews_are_a_label_source_and_retrain_keeps_a_learning_curve(det, cut)
     curve = D.learning_curve(D.load("no-cxr-rt"))
     assert len(curve) == before + 1 and curve["labels"].iloc[-1] > curve["labels"].iloc[0]
     assert curve[["auc", "recall", "specificity"]].notna().all().all()
-    fig = D.learning_curve_figure(curve)
+    fig = charts.learning_curve_figure(curve)
     assert [tr.name for tr in fig.data] == ["AUC", "recall at R95", "specificity at R95"]
     # the reviewed X-rays are training images now: familiar
     again = D.predict("det-screen", d, tta=False, write=False).set_index("id")

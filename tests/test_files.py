@@ -18,10 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from lib import files
 
 REPO = Path(__file__).resolve().parent.parent
+SMALL = REPO / "lib" / "files.py"  # the source of the old copies
+OLD_PIXELS = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
 
 FORMATS = {
     "bytes": ("old.bin", lambda p: files.write_bytes(p, b"old" * 100), lambda p: p.read_bytes() == b"old" * 100),
@@ -35,17 +38,27 @@ FORMATS = {
             lambda p: np.load(p, allow_pickle=False).tolist() == list(range(5))),
     "npz": ("old.npz", lambda p: files.write_npz(p, a=np.arange(3)),
             lambda p: np.load(p, allow_pickle=False)["a"].tolist() == [0, 1, 2]),
+    "copy": ("old.dcm", lambda p: files.copy_file(SMALL, p), lambda p: p.read_bytes() == SMALL.read_bytes()),
+    "png": ("old.png", lambda p: files.write_image(p, Image.fromarray(OLD_PIXELS)),
+            lambda p: np.array_equal(np.asarray(Image.open(p)), OLD_PIXELS)),
+    "jpeg": ("old.jpg", lambda p: files.write_image(p, Image.fromarray(OLD_PIXELS), quality=95),
+             lambda p: Image.open(p).format == "JPEG" and Image.open(p).size == (8, 8)),
 }
 
 # The child writes a much larger new version through the same writer, but its file object
 # kills the process once the first megabyte has gone to the temporary file (or, for writes
 # that bypass write(), at the fsync just before the rename).
 CHILD = textwrap.dedent("""
-    import io, os, signal, sys
+    import io, os, signal, sys, tempfile
     import numpy as np, pandas as pd
+    from PIL import Image
     from lib import files
 
     kind, path = sys.argv[1], sys.argv[2]
+    source = os.path.join(tempfile.mkdtemp(), "big.bin")  # what the copy copies: written before the trap
+    with open(source, "wb") as f:
+        f.write(os.urandom(4 << 20))
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8))
     real_open = open
 
     class Dying(io.FileIO):
@@ -76,7 +89,10 @@ CHILD = textwrap.dedent("""
      "csv": lambda: files.write_table(path, df),
      "parquet": lambda: files.write_table(path, df),
      "npy": lambda: files.write_npy(path, big),
-     "npz": lambda: files.write_npz(path, a=big)}[kind]()
+     "npz": lambda: files.write_npz(path, a=big),
+     "copy": lambda: files.copy_file(source, path),
+     "png": lambda: files.write_image(path, noise),
+     "jpeg": lambda: files.write_image(path, noise, quality=100)}[kind]()
     print("not killed")
 """)
 
@@ -120,3 +136,27 @@ def test_result_paths_and_slugs(tmp_path, monkeypatch):
     assert files.slug("///") == "x" and len(files.slug("a" * 500)) == 80
     assert files.sha256_file(files.write_bytes(tmp_path / "h", b"abc")) == \
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_link_or_copy_links_and_falls_back_to_an_atomic_copy(tmp_path, monkeypatch):
+    src = files.write_bytes(tmp_path / "src.bin", b"pixels" * 1000)
+    linked = files.link_or_copy(src, tmp_path / "a" / "linked.bin")
+    assert linked.read_bytes() == src.read_bytes() and linked.stat().st_ino == src.stat().st_ino
+    files.write_bytes(tmp_path / "b" / "copied.bin", b"old")
+
+    def no_links(*a, **k):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    copied = files.link_or_copy(src, tmp_path / "b" / "copied.bin")  # replaces the old file
+    assert copied.read_bytes() == src.read_bytes() and copied.stat().st_ino != src.stat().st_ino
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["copied.bin"]  # no temporary left
+
+
+def test_write_image_follows_the_suffix_and_refuses_an_unknown_one(tmp_path):
+    img = Image.fromarray(OLD_PIXELS)
+    assert Image.open(files.write_image(tmp_path / "x.PNG", img)).format == "PNG"
+    assert Image.open(files.write_image(tmp_path / "x.jpeg", img)).format == "JPEG"
+    with pytest.raises(ValueError, match="suffix"):
+        files.write_image(tmp_path / "x.notanimage", img)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.PNG", "x.jpeg"]

@@ -125,11 +125,11 @@ def test_damaged_pngs_still_get_pils_reason(tmp_path):
 
 def test_colour_scores_unchanged_by_the_fast_decoder(corpus_dir):
     paths = [str(p) for p in sorted((corpus_dir / "images").rglob("*.png"))[::40]]
-    fast = [colorscore._score_one(p, colorscore.DEFAULT_PARAMS) for p in paths]
+    fast = [colorscore.score_file(p, colorscore.DEFAULT_PARAMS) for p in paths]
     saved = images.pyspng
     images.pyspng = None
     try:
-        slow = [colorscore._score_one(p, colorscore.DEFAULT_PARAMS) for p in paths]
+        slow = [colorscore.score_file(p, colorscore.DEFAULT_PARAMS) for p in paths]
     finally:
         images.pyspng = saved
     assert fast == slow

@@ -432,3 +432,13 @@ def test_quality_page_runs_clean(corpus_color):
     assert len(quality.review_list("corpus")) == 1
     queue = quality.review_queue(dataset.load("corpus"))
     assert len(queue) == 1 and queue["task"].iloc[0] == "quality"
+    # the page's manifests go to the folder the CLI writes its report to (quality.report_folder)
+    folder = quality.report_folder("corpus", "color")
+    at.button(key="qu-dedup").click().run()
+    assert_clean(at)
+    assert (folder / "dedup-manifest.csv").is_file()
+    assert main(["quality", "corpus", "--model", "color", "--hash-only"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["dedup-manifest.csv", "duplicates.csv", "label_issues.csv",
+                                                       "leaks.csv", "outliers.csv"]
+    assert quality.report_folder("corpus", "open_clip:hf-hub:x/y", "/tmp/elsewhere") == Path("/tmp/elsewhere")
+    assert quality.report_folder("corpus", "open_clip:hf-hub:x/y").name == "quality-open_clip_hf-hub_x_y"
