@@ -1001,7 +1001,9 @@ def label_issues_table(ds: ds_mod.Dataset, space, nb: np.ndarray, *, folds: int 
     probs = pred[[f"p:{c}" for c in classes]].to_numpy(dtype=np.float64)
     probs = probs / np.maximum(probs.sum(1, keepdims=True), 1e-12)
     yi = np.searchsorted(classes, y)
-    flagged = find_label_issues(labels=yi, pred_probs=probs, filter_by="prune_by_noise_rate")
+    # n_jobs=1: cleanlab's default forks a multiprocessing pool, and a fork from a threaded
+    # process (the app's script threads, faiss/torch pools) can inherit a held lock and hang.
+    flagged = find_label_issues(labels=yi, pred_probs=probs, filter_by="prune_by_noise_rate", n_jobs=1)
     quality = get_label_quality_scores(labels=yi, pred_probs=probs, method="self_confidence")
     pos = {c: k for k, c in enumerate(ids)}
     u = np.array([pos[c] for c in rows["id"].astype(str)])
