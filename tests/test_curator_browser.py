@@ -33,6 +33,7 @@ from test_exposure_browser import (
 
 from lib import dataset
 from lib.annotations import AnnotationStore, scope
+from lib.gallery import plural
 
 pytestmark = pytest.mark.browser
 CUR = {"dataset": "cur", "model": "color"}
@@ -136,7 +137,7 @@ def test_lasso_on_the_map_then_bulk_label_and_undo(page, server, cur):  # noqa: 
     page.mouse.up()
     page.get_by_text("selected** with the lasso", exact=False).or_(page.get_by_text("selected with the lasso")) \
         .first.wait_for()
-    n = int(re.search(r"(\d+) image\(s\) selected", page.locator('[data-testid="stMain"]').inner_text()).group(1))
+    n = int(re.search(r"(\d+) images? selected", page.locator('[data-testid="stMain"]').inner_text()).group(1))
     assert n >= 20
     page.get_by_role("link", name="Open selection in Gallery").click()
     page.get_by_role("heading", name="Gallery").first.wait_for()
@@ -145,8 +146,8 @@ def test_lasso_on_the_map_then_bulk_label_and_undo(page, server, cur):  # noqa: 
     page.get_by_role("button", name=re.compile(r"Select all \d+ filtered")).click()
     settle(page)
     page.get_by_text(f"{n} selected").first.wait_for()
-    page.get_by_role("button", name=f"Label {n} image(s)").click()
-    page.get_by_text(f"Labelled {n} image(s)").wait_for()
+    page.get_by_role("button", name=f"Label {plural(n, 'image')}").click()
+    page.get_by_text(f"Labelled {plural(n, 'image')}").wait_for()
     settle(page)
     store = AnnotationStore()
     mine = store.current("cur", "fay")
