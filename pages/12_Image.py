@@ -54,8 +54,8 @@ with ui.guard():
     with t1:
         hist = store.image_labels(ctx.name, cid, history=True)
         if len(hist):
-            st.dataframe(hist[["label_set", "annotator", "label", "task", "created_at", "note"]], hide_index=True,
-                         width="stretch")
+            st.dataframe(hist[["label_set", "annotator", "label", "task", "created_at", "note"]]
+                         .fillna({"label": "(cleared)", "note": ""}), hide_index=True, width="stretch")
         else:
             st.caption("Nobody has labelled this image yet.")
         ui.nav_link("annotate", "Label it on the Annotate page", ctx, icon=":material/edit_note:")
