@@ -39,6 +39,13 @@ def _print_table(df, max_rows: int = 50) -> None:
         print(df.to_string(index=False) if len(df) else "(no rows)")
 
 
+def _n(n: int, word: str, many: str | None = None) -> str:
+    """``1 image``, ``2 images`` (:func:`lib.gallery.plural`, imported when a verb prints)."""
+    from .gallery import plural
+
+    return plural(int(n), word, many)
+
+
 def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", required=required, default=None if required else "color",
                    help="model spec: color | open_clip:ARCH@TAG | open_clip:hf-hub:ORG/NAME | "
@@ -98,7 +105,7 @@ def cmd_ingest(a) -> int:
     print(report.summary())
     ds = dataset.load(a.name)
     if len(ds.errors):
-        print(f"\n{len(ds.errors)} file(s) could not be used:")
+        print(f"\n{_n(len(ds.errors), 'file')} could not be used:")
         _print_table(ds.errors, 30)
     if len(ds.duplicates):
         print(f"\n{len(ds.duplicates)} byte-identical duplicate(s):")
@@ -201,7 +208,7 @@ def cmd_label(a) -> int:
     prev = store.bulk_label(scope(a.name, schema.name), ids, who, a.label.split("|") if schema.multi else a.label,
                             context={"source": "cli label"})
     changed = sum(1 for v in prev.values() if v != a.label)
-    print(f"{a.name}: {len(prev)} image(s) labelled {a.label!r} in {schema.name} by {who} "
+    print(f"{a.name}: {_n(len(prev), 'image')} labelled {a.label!r} in {schema.name} by {who} "
           f"({changed} changed, {len(prev) - changed} already so)")
     return 0
 
@@ -225,7 +232,7 @@ def cmd_safe_view(a) -> int:
     d = decide_dataset(ds, eb_threshold=None if a.no_eb else a.eb_threshold, predictions=a.predictions,
                        pred_threshold=a.threshold)
     n_raw = int((~d["censored"]).sum())
-    print(f"{a.name}: {len(d)} images, {len(d) - n_raw} censored, {n_raw} shown raw")
+    print(f"{a.name}: {_n(len(d), 'image')}, {len(d) - n_raw} censored, {n_raw} shown raw")
     _print_table(sensitivity.breakdown(d), 100)
     import re
 
@@ -257,7 +264,7 @@ def cmd_nudity(a) -> int:
     ds = dataset.load(a.name)
     df = nudity.check_dataset(ds)
     hit = df[df["nudity"] >= NUDITY_THRESHOLD]
-    print(f"{a.name}: {df['nudity'].notna().sum()} images checked, {len(hit)} with an exposed intimate part "
+    print(f"{a.name}: {_n(df['nudity'].notna().sum(), 'image')} checked, {len(hit)} with an exposed intimate part "
           f"(score >= {NUDITY_THRESHOLD:g}), {int(df['error'].notna().sum())} unreadable")
     if len(hit):
         _print_table(hit.assign(id=hit["id"].str[:12])[["id", "nudity", "part"]].round(3), 30)
@@ -307,7 +314,7 @@ def cmd_show(a) -> int:
     df["id"] = df["id"].str[:16]
     _print_table(df.head(a.limit), a.limit)
     match = f"{len(rows)} of " if a.where else ""
-    print(f"({match}{len(ds.images)} images, {len(ds.errors)} errors; root {ds.root})")
+    print(f"({match}{_n(len(ds.images), 'image')}, {_n(len(ds.errors), 'error')}; root {ds.root})")
     return 0
 
 
@@ -479,7 +486,7 @@ def cmd_zeroshot(a) -> int:
     res = run_zeroshot(a.name, _model(a), classes=a.classes, templates=a.templates, label_column=a.label_col,
                        out=a.out, positive=a.positive)
     per_class = {c: len(p) for c, p in prompts_for(res.classes, res.templates).items()}
-    print(f"{a.name} x {a.model}: {len(res.predictions)} images; classes {', '.join(res.classes.classes)} "
+    print(f"{a.name} x {a.model}: {_n(len(res.predictions), 'image')}; classes {', '.join(res.classes.classes)} "
           f"({res.classes.name}); templates {res.templates.name} "
           f"({min(per_class.values())}-{max(per_class.values())} prompts per class)")
     counts = res.predictions["pred"].value_counts().reindex(list(res.classes.classes), fill_value=0)
@@ -531,7 +538,8 @@ def cmd_retrieve(a) -> int:
             raise WorkbenchError(f"--ks must be comma-separated integers, got {a.ks!r}") from None
         res = retrieval.run_retrieval_eval(a.name, _model(a), a.group_col, ks=ks, pooled=a.gallery == "pooled",
                                            beyond_gallery=a.beyond_gallery, out=a.out)
-        print(f"{a.name} x {a.model}: {res.pairs} (image, caption) pairs, {res.skipped} rows without caption; "
+        print(f"{a.name} x {a.model}: {_n(res.pairs, '(image, caption) pair')}, {_n(res.skipped, 'row')} without "
+              f"caption; "
               f"gallery {'pooled' if res.pooled else 'per group'}")
         recall_cols = [c for c in res.table.columns if "_R" in c]
         _print_table(res.table.round({c: 4 for c in recall_cols}))
@@ -626,8 +634,8 @@ def cmd_expand(a) -> int:
     saved = save_expansion(res, a.name, name, {"spec": a.model, "random_weights": bool(a.random_weights),
                                                "fingerprint": space.emb.fingerprint, "origin": origin},
                            path=a.out)
-    print(f"{a.name} x {a.model}: {len(res.seeds)} seeds, k={a.k}, rule={a.rule}: "
-          f"{int(res.labelled['label'].notna().sum())} labelled images, {len(res.conflicts)} conflicts")
+    print(f"{a.name} x {a.model}: {_n(len(res.seeds), 'seed')}, k={a.k}, rule={a.rule}: "
+          f"{_n(res.labelled['label'].notna().sum(), 'labelled image')}, {_n(len(res.conflicts), 'conflict')}")
     _print_table(res.counts.round({"share_unique": 4}))
     if len(res.conflicts):
         print(f"\nconflicts (images reached by several classes; first 20 of {len(res.conflicts)}):")
@@ -662,7 +670,7 @@ def cmd_homogeneity(a) -> int:
     table = homogeneity(res, truth, band_width=a.band)
     path = _result_path(a, f"homogeneity-{slug(a.model)}-k{a.k}-b{a.band}.csv")
     write_table(path, table)
-    print(f"{a.name} x {a.model}: {len(res.seeds)} seeds, k={a.k}, bands of {a.band} ranks; "
+    print(f"{a.name} x {a.model}: {_n(len(res.seeds), 'seed')}, k={a.k}, bands of {_n(a.band, 'rank')}; "
           f"truth: {a.truth or 'dataset labels'}")
     _print_table(table.drop(columns=["band", "rank_lo", "rank_hi"]).round({"mean": 4, "sd": 4}), 100)
     if a.figure:
@@ -707,8 +715,8 @@ def cmd_probe(a) -> int:
     paths = res.save(a.out or default_path(a.name, a.model, a.input))
     left = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in res.dropped.items() if v) or "none"
     pos = f"; positive class {res.positive}" if res.positive is not None else ""
-    print(f"{a.name} x {a.model} ({a.input}, {res.mode}): {len(res.predictions)} images, "
-          f"{res.n_features} features; left out: {left}{pos}")
+    print(f"{a.name} x {a.model} ({a.input}, {res.mode}): {_n(len(res.predictions), 'image')}, "
+          f"{_n(res.n_features, 'feature')}; left out: {left}{pos}")
     keys = ["n", "accuracy", "roc_auc", "average_precision", "f1_macro", "double_f1", "precision", "recall"]
     m = res.metrics
     _print_table(pd.DataFrame({"metric": [k for k in keys if k in m],
@@ -750,7 +758,7 @@ def cmd_compare(a) -> int:
                 if c in res.metrics]
         print("probe metrics:")
         _print_table(res.metrics[cols].round(4))
-        print(f"\n{len(res.disagreements)} of {len(res.agreement)} images with differing predictions")
+        print(f"\n{len(res.disagreements)} of {_n(len(res.agreement), 'image')} with differing predictions")
     if len(res.correlation):
         print("\nscore rank correlation:")
         _print_table(res.correlation.round(4))
@@ -778,7 +786,7 @@ def cmd_project(a) -> int:
     df = project_dataset(a.name, _model(a), a.method, **kwargs)
     path = _result_path(a, f"project-{slug(a.model)}-{a.method}.parquet")
     write_table(path, df)
-    print(f"{a.name} x {a.model}: {len(df)} points ({a.method})")
+    print(f"{a.name} x {a.model}: {_n(len(df), 'point')} ({a.method})")
     summary = df.groupby(df["label"].fillna("(none)"))[["x", "y"]].agg(["count", "mean", "std"]).round(3)
     summary.columns = [f"{c}_{s}" for c, s in summary.columns]
     _print_table(summary.reset_index())
@@ -867,7 +875,7 @@ def cmd_scores(a) -> int:
 
     out = result_path(a.name, "eb_scores.parquet", a.out)
     write_table(out, df)
-    print(f"EB scores of {len(df)} images ({int(df['error'].notna().sum())} unreadable) -> {out}")
+    print(f"EB scores of {_n(len(df), 'image')} ({int(df['error'].notna().sum())} unreadable) -> {out}")
     if ds.has_labels:
         summary = df.groupby("label")[["blood", "skin", "eb"]].agg(["mean", "median"]).round(3)
         summary.columns = [f"{a_}_{b}" for a_, b in summary.columns]
@@ -900,7 +908,7 @@ def cmd_censor_eval(a) -> int:
 
     out = result_path(a.name, "mask_iou.parquet", a.out)
     write_table(out, df)
-    print(f"colour-mask IoU on {len(df)} images with masks -> {out}")
+    print(f"colour-mask IoU on {_n(len(df), 'image')} with masks -> {out}")
     group = a.group_col if a.group_col in df.columns else None
     table = (df.groupby(group)["iou"] if group else df[["iou"]].assign(all="all").groupby("all")["iou"])
     _print_table(table.agg(["count", "mean", "median"]).round(4).reset_index())
@@ -976,7 +984,7 @@ def cmd_export(a) -> int:
     if manifest.empty:
         raise workflow.WorkflowError("the export is empty: nothing is labelled with these options")
     path = workflow.write_manifest(manifest, a.out or workflow.default_export_path(saved, a.first_n, a.last_n))
-    print(f"{a.name} / {saved.name}: {len(manifest)} images exported "
+    print(f"{a.name} / {saved.name}: {_n(len(manifest), 'image')} exported "
           f"(reviews: {a.reviews}; undecided reviews {'kept' if a.keep_unresolved else 'dropped'})")
     _print_table(workflow.export_summary(manifest))
     print(f"\nwritten: {path}\ningest it with:\n  "
@@ -1114,7 +1122,7 @@ def cmd_predict(a) -> int:
     table = detector.predict(a.name, det, tta=a.tta, progress=progress)
     path = detector.prediction_path(a.name, det.name)
     print(f"{a.name} screened by {det.name!r} ({det.spec}; screening threshold p >= {det.threshold:.4f}, "
-          f"rule {det.meta['screening']['rule']}): {len(table)} images")
+          f"rule {det.meta['screening']['rule']}): {_n(len(table), 'image')}")
     _print_table(detector.screen_counts(table).round({"share": 4}))
     truth = detector.dataset_truth(a.name, a.positive)
     known = truth.notna().to_numpy()
@@ -1157,7 +1165,7 @@ def cmd_suggest(a) -> int:
 
     det = detector.load(a.detector)
     out = detector.suggest(a.name, det, a.n, tta=a.tta, seed=a.seed)
-    print(f"{a.name}: the next {len(out)} image(s) to review for {det.name!r} (reviewed and training images left out)")
+    print(f"{a.name}: the next {_n(len(out), 'image')} to review for {det.name!r} (reviewed and training images left out)")
     if len(out):
         shown = out.assign(id=out["id"].str[:12], p=out["p"].round(3), distance=out["distance"].round(4))
         _print_table(shown[["rank", "id", "why", "p", "distance", "path"]], len(out))
@@ -1266,7 +1274,7 @@ def cmd_finetune(a) -> int:
 
     if a.apply:
         table = ft.predict(a.name, a.apply, rule=a.rule, table_path=a.table)
-        print(f"{int(table['sensitive'].sum())} of {len(table)} images of {a.name} flagged by {a.apply} "
+        print(f"{int(table['sensitive'].sum())} of {_n(len(table), 'image')} of {a.name} flagged by {a.apply} "
               f"(rule {a.rule}, threshold {table['threshold'].iat[0]:.4f})" if len(table) else "no images")
         return 0
     if not a.model or not a.out:
@@ -1331,7 +1339,7 @@ def cmd_benchmark(a) -> int:
     from .benchmark import paper_side_by_side, summary_tables
 
     skipped = res.table[res.table["metric"] == "skipped"]
-    print(f"{len(res.table) - len(skipped)} results, {len(skipped)} skipped")
+    print(f"{_n(len(res.table) - len(skipped), 'result')}, {len(skipped)} skipped")
     if len(skipped):
         _print_table(skipped[["dataset", "model", "task", "note"]], 100)
     for task, df in summary_tables(res.table).items():

@@ -578,7 +578,7 @@ class Ctx:
         ds = self.ds
         if len(ds) == 0:
             st.warning(
-                f"**Dataset `{self.name}` has no usable images** ({len(ds.errors)} file(s) failed at ingest; "
+                f"**Dataset `{self.name}` has no usable images** ({gallery.plural(len(ds.errors), 'file')} failed at ingest; "
                 f"their reasons are on the Home page, or run `{CLI} show {self.name} --errors`). "
                 f"Fix or replace the files and ingest again:\n\n```bash\n{CLI} ingest SOURCE --name {self.name}\n```"
             )
@@ -733,7 +733,7 @@ def setup(title: str, icon: str | None = None) -> Ctx:
             st.warning("Safe view is off for this session: images are shown unblurred.")
         n_rev = len(revealed())
         if n_rev and safe:
-            st.caption(f"{n_rev} image(s) revealed in this session.")
+            st.caption(f"{gallery.plural(n_rev, 'image')} revealed in this session.")
             st.button("Re-blur all", on_click=reblur_all, icon=":material/blur_on:",
                       help="Censor again every image revealed in this session.")
     ctx = Ctx(name, ModelChoice.from_key(model_key), bool(safe), censor if censor in CENSOR_MODES else "blur",
@@ -875,9 +875,16 @@ def reveal_controls(ctx: Ctx, cid: str, reason: str, *, key: str) -> None:
         st.button("Re-blur", key=f"hide-{k}", on_click=_hide, args=(cid,), icon=":material/visibility_off:")
 
 
+def details_link(ctx: Ctx, cid: str) -> None:
+    """A link to the image's detail view. It carries only the dataset, model and image id: the
+    detail view draws the image through :func:`show_image` again, so it can reveal nothing."""
+    nav_link("image", "Details", ctx, icon=":material/info:", id=str(cid))
+
+
 def show_image(ctx: Ctx, row, *, key: str, caption: str | None = None, side: int = THUMB_SIDE,
-               reveal: bool = True, width="stretch") -> None:
-    """One dataset image through the safe view, its one-line reason, and its Reveal control."""
+               reveal: bool = True, width="stretch", details: bool = True) -> None:
+    """One dataset image through the safe view, its one-line reason, its Reveal control and
+    (unless ``details`` is False, as on the detail view itself) a link to its detail view."""
     rec = _record(ctx, row)
     cid = str(rec["id"])
     censored, reason = ctx.censored_of(cid)
@@ -885,11 +892,16 @@ def show_image(ctx: Ctx, row, *, key: str, caption: str | None = None, side: int
         data, mode = image_bytes(ctx, rec, side=side)
     except (ImageError, UnsafePath, OSError) as e:
         st.warning(f"cannot show {rec['path']}: {e}")
+        if details:  # the detail view says what is wrong with the file
+            details_link(ctx, cid)
         return
     st.image(data, caption=caption, width=width, alt=f"image {cid[:16]}")
     st.caption(reason_line(censored, reason))
-    if reveal and ctx.safe_view and censored:
-        reveal_controls(ctx, cid, reason, key=key)
+    with st.container(horizontal=True, gap="small"):  # wraps in narrow columns rather than cutting labels
+        if details:
+            details_link(ctx, cid)
+        if reveal and ctx.safe_view and censored:
+            reveal_controls(ctx, cid, reason, key=key)
 
 
 def show_upload(ctx: Ctx, img, *, key: str, caption: str | None = None, side: int = THUMB_SIDE) -> None:
@@ -912,7 +924,7 @@ def show_upload(ctx: Ctx, img, *, key: str, caption: str | None = None, side: in
 
 
 def image_grid(ctx: Ctx, rows: pd.DataFrame, *, key: str, columns: int = 6, caption: Callable | None = None,
-               actions: Callable | None = None) -> None:
+               actions: Callable | None = None, details: bool = True) -> None:
     """A grid of dataset images through the safe view (:func:`show_image`).
 
     Parameters
@@ -920,6 +932,7 @@ def image_grid(ctx: Ctx, rows: pd.DataFrame, *, key: str, columns: int = 6, capt
     rows : DataFrame with a ``row`` column (dataset row numbers) and whatever ``caption`` reads
     caption : ``caption(record) -> str`` under each image
     actions : ``actions(record, key)`` draws extra widgets under each image (buttons, links)
+    details : a *Details* link under each image to its detail view
     """
     if rows.empty:
         st.caption("Nothing to show.")
@@ -931,7 +944,7 @@ def image_grid(ctx: Ctx, rows: pd.DataFrame, *, key: str, columns: int = 6, capt
             with col:
                 r = int(rec["row"])
                 k = f"{key}-{start}-{r}"
-                show_image(ctx, r, key=k, caption=caption(rec) if caption else None)
+                show_image(ctx, r, key=k, caption=caption(rec) if caption else None, details=details)
                 if actions is not None:
                     actions(rec, k)
 
@@ -977,6 +990,30 @@ REVIEW_QUEUE_KEY = "wb:review-queue"
 
 
 PAGES.update({"image": "pages/12_Image.py", "export": "pages/13_Export.py", "map": "pages/14_Map.py"})
+
+#: The Annotate queue's table carries thumbnails for at most this many rows (from the current one).
+QUEUE_THUMBS = 100
+QUEUE_THUMB_SIDE = 96
+
+
+def queue_table(ctx: Ctx, queue: pd.DataFrame, my_labels: dict, pos: int, *,
+                limit: int = QUEUE_THUMBS) -> pd.DataFrame:
+    """The Annotate queue as its reader needs it: position, a thumbnail through the safe view
+    (for ``limit`` rows from the current one: a long queue would weigh the page down), file
+    name, task and the annotator's own label. Seeds and ranks stay out: reviews are blind."""
+    rows = queue["row"].to_numpy(int)
+    paths = ctx.ds.images["path"].to_numpy()[rows]
+    pics: list[str | None] = [None] * len(queue)
+    start = min(max(int(pos), 0), max(len(queue) - limit, 0))
+    for i in range(start, min(len(queue), start + limit)):
+        try:
+            pics[i] = thumbs.data_uri(image_bytes(ctx, int(rows[i]), side=QUEUE_THUMB_SIDE)[0])
+        except (ImageError, UnsafePath, OSError):
+            continue  # an unreadable file: its row has a name and no picture
+    mine = [str(my_labels.get(str(i)) or "").replace("|", ", ") for i in queue["id"]]
+    return pd.DataFrame({"#": np.arange(1, len(queue) + 1), "image": pics,
+                         "file": [gallery.file_name(p, 60) for p in paths],
+                         "task": queue["task"].astype(str).to_numpy(), "your label": mine})
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -1033,7 +1070,7 @@ def bulk_bar(ctx: Ctx, store, who: str | None, schemas: dict, filtered_ids, page
     undo = _ss().get(f"wb:undo:{ctx.name}")
     if undo:
         u1, u2 = st.columns([3, 1])
-        u1.success(f"Labelled {len(undo['previous'])} image(s) **{undo['label']}** ({undo['set']}, {undo['who']}).")
+        u1.success(f"Labelled {gallery.plural(len(undo['previous']), 'image')} **{undo['label']}** ({undo['set']}, {undo['who']}).")
         if u2.button("Undo", key="bulk-undo", icon=":material/undo:"):
             store.restore(undo["where"], undo["who"], undo["previous"])
             _ss().pop(f"wb:undo:{ctx.name}", None)
@@ -1046,7 +1083,7 @@ def bulk_bar(ctx: Ctx, store, who: str | None, schemas: dict, filtered_ids, page
         schema = schemas[set_name]
         value = (b[1].multiselect("Tags", list(schema.values), key="bulk-tags") if schema.multi else
                  b[1].selectbox("Label", list(schema.values), key="bulk-label"))
-        if b[2].button(f"Label {len(sel)} image(s)", key="bulk-apply", type="primary", disabled=who is None or not value,
+        if b[2].button(f"Label {gallery.plural(len(sel), 'image')}", key="bulk-apply", type="primary", disabled=who is None or not value,
                        help="One transaction: all labelled or none; Undo puts the previous labels back." if who else
                        "Type your annotator name in the sidebar first."):
             where = scope(ctx.name, set_name)
@@ -1251,7 +1288,7 @@ def retrain_panel(ctx: Ctx, det_name: str, store) -> None:
 
     det = load_detector(det_name)
     new = det_mod.reviewed_ids(ctx.name, store) - det.labelled_ids()
-    with st.expander(f"Detector `{det_name}`: {len(new)} review(s) it has not learnt from yet", expanded=bool(new)):
+    with st.expander(f"Detector `{det_name}`: {gallery.plural(len(new), 'review')} it has not learnt from yet", expanded=bool(new)):
         c1, c2 = st.columns([1, 3])
         if c1.button("Retrain", key="an-retrain", disabled=not new, icon=":material/model_training:",
                      help="Refit the detector on all labels so far: its datasets and label file, this dataset, "

@@ -107,7 +107,7 @@ with ui.guard():
         checked = ui.nudity_table(ctx.name)
         n_checked = 0 if checked is None else len(checked)
         n_unique = len(ds.unique_ids)
-        label = f"Check {n_unique - n_checked} image(s) for nudity (NudeNet, offline)"
+        label = f"Check {gallery.plural(n_unique - n_checked, 'image')} for nudity (NudeNet, offline)"
         if n_checked < n_unique and st.button(label, key="home-nudenet",
                                               help="NudeNet flags exposed intimate parts; it never clears an image."):
             from lib import nudity

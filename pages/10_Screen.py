@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from lib import charts, dataset, ui
+from lib import charts, dataset, gallery, ui
 from lib import detector as det_mod
 from lib.errors import WorkbenchError
 
@@ -132,7 +132,7 @@ with ui.guard():
     st.dataframe(counts.assign(share=counts["share"].round(4)), hide_index=True)
     for g in det_mod.GROUPS:
         sub = det_mod.screen_examples(table, g, 6)
-        st.markdown(f"**{g}** · {len(sub)} example(s)")
+        st.markdown(f"**{g}** · {gallery.plural(len(sub), 'example')}")
         ui.image_grid(ctx, sub, key=f"sc-{g}", columns=6,
                       caption=lambda r: f"p {r['p']:.2f} · d {r['distance']:.3f} · {ui.short(r['id'], 8)}")
     ui.nav_link("gallery", "Filter them in the Gallery", ctx, icon=":material/grid_view:")

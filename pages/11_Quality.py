@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from lib import quality, ui
+from lib import gallery, quality, ui
 from lib import workflow as wf
 from lib.errors import WorkbenchError
 
@@ -37,7 +37,7 @@ with ui.guard():
     for note in rep.notes:
         st.info(note)
     if len(dups) and dups.groupby("group").size().max() > max(10, 0.2 * len(ds.images)):
-        st.warning(f"One group holds {int(dups.groupby('group').size().max())} of {len(ds.images)} images: at cosine "
+        st.warning(f"One group holds {int(dups.groupby('group').size().max())} of {gallery.plural(len(ds.images), 'image')}: at cosine "
                    f"≥ {threshold:g}, `{ctx.model.spec}` does not tell near-copies apart. Raise the threshold, or "
                    "use the perceptual hash only.")
 
@@ -52,7 +52,7 @@ with ui.guard():
             page = st.number_input(f"Page (of {n_pages})", 1, n_pages, 1, key="qu-gpage")
             for g, rows in quality.group_page(dups, page, 8, max_members=12)[0]:
                 size = int(rows["group_size"].iloc[0])
-                st.markdown(f"**Group {g}** · {size} images · representative `{rows['path'].iloc[0]}`"
+                st.markdown(f"**Group {g}** · {gallery.plural(size, 'image')} · representative `{rows['path'].iloc[0]}`"
                             + (f" · the first {len(rows)} shown" if size > len(rows) else ""))
                 ui.image_grid(ctx, rows, key=f"qu-g{g}", columns=6, caption=quality.group_caption)
 
@@ -63,7 +63,7 @@ with ui.guard():
                        f"Dataset `{ctx.name}` has no `split` values, so nothing can leak between splits. The "
                        "Export tab builds a split that keeps every group whole.")
         else:
-            st.caption(f"{len(leaks)} pair(s); a train image near-identical to a test image makes test metrics "
+            st.caption(f"{gallery.plural(len(leaks), 'pair')}; a train image near-identical to a test image makes test metrics "
                        "optimistic. `probe --split` leaves such training images out.")
             for i, rec in enumerate(leaks.head(30).itertuples(index=False)):
                 left, right = st.columns(2)

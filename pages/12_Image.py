@@ -22,7 +22,7 @@ with ui.guard():
                 st.error(str(e))
     cid = ui.page_param("id")
     if cid not in set(images["id"]):
-        st.info("Open an image from the Gallery, Neighbours or a map (its **Details** link), or find one above.")
+        st.info("Open an image from any thumbnail (its **Details** link) or a map point, or find one above.")
         st.stop()
     row = gallery.rows_of_ids(images, [cid])[0]
     rec = images.iloc[row]
@@ -30,7 +30,7 @@ with ui.guard():
 
     left, right = st.columns([2, 3])
     with left:
-        ui.show_image(ctx, row, key="im", side=512, caption=gallery.file_name(rec["path"], 60))
+        ui.show_image(ctx, row, key="im", side=512, caption=gallery.file_name(rec["path"], 60), details=False)
         st.markdown(f"`{rec['path']}`")
         st.caption(f"id `{cid}` · root `{ds.root}`")
         l1, l2 = st.columns(2)
@@ -54,8 +54,8 @@ with ui.guard():
     with t1:
         hist = store.image_labels(ctx.name, cid, history=True)
         if len(hist):
-            st.dataframe(hist[["label_set", "annotator", "label", "task", "created_at", "note"]], hide_index=True,
-                         width="stretch")
+            st.dataframe(hist[["label_set", "annotator", "label", "task", "created_at", "note"]]
+                         .fillna({"label": "(cleared)", "note": ""}), hide_index=True, width="stretch")
         else:
             st.caption("Nobody has labelled this image yet.")
         ui.nav_link("annotate", "Label it on the Annotate page", ctx, icon=":material/edit_note:")

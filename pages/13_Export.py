@@ -4,7 +4,7 @@ ingest reads back). Images are written as files, never shown here."""
 
 import streamlit as st
 
-from lib import exports, ui
+from lib import exports, gallery, ui
 from lib.files import result_path
 
 ctx = ui.setup("Export", ":material/ios_share:")
@@ -32,7 +32,7 @@ with ui.guard():
         relative = st.checkbox("Paths relative to the dataset root", key="ex-rel",
                                help="Absolute paths by default, so the export can be ingested anywhere.")
         sel = ui.selection(ctx.name)
-        use_sel = st.checkbox(f"Only the {len(sel['ids'])} image(s) selected on {sel['source']}" if sel else
+        use_sel = st.checkbox(f"Only the {gallery.plural(len(sel['ids']), 'image')} selected on {sel['source']}" if sel else
                               "Only a selection (tick images in the Gallery first)", value=bool(sel), key="ex-sel",
                               disabled=not sel)
         default = result_path(ctx.name, f"export-{fmt}-{set_name}")

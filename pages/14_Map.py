@@ -39,23 +39,24 @@ with ui.guard():
     if hover:
         ids = ui.hover_preview_ids(pts["id"], first=[current, *(sel["ids"] if sel else [])])
         ui.hover_map(ctx, fig, ids)
-        st.caption(f"Thumbnails for {len(ids)} of {len(pts)} points"
+        st.caption(f"Thumbnails for {len(ids)} of {gallery.plural(len(pts), 'point')}"
                    + ("." if len(ids) == len(pts) else " (the open image, the selection, then a seeded sample)."))
     else:
         st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"), key="mp-map",
                         width="stretch")
     if len(chosen) > 1:
-        ui.selection_bar(ctx, chosen, "Map", f"**{len(chosen)} image(s) selected** with the lasso: label them in "
+        ui.selection_bar(ctx, chosen, "Map", f"**{gallery.plural(len(chosen), 'image')} selected** with the lasso: label them in "
                                              "bulk or review them from the Gallery.")
     elif sel:
         s1, s2 = st.columns([3, 1])
-        s1.caption(f"{len(sel['ids'])} image(s) selected on *{sel['source']}* (the coloured points).")
+        s1.caption(f"{gallery.plural(len(sel['ids']), 'image')} selected on *{sel['source']}* (the coloured points).")
         s2.button("Clear selection", on_click=ui.clear_selection, key="mp-clear")
     if current in set(images["id"]):
         row = gallery.rows_of_ids(images, [current])[0]
         a, b = st.columns([1, 3])
         with a:
-            ui.show_image(ctx, row, key="mp-one", caption=gallery.file_name(images["path"].iat[row]))
+            ui.show_image(ctx, row, key="mp-one", caption=gallery.file_name(images["path"].iat[row]),
+                          details=False)  # the larger link beside it
         with b:
             st.markdown(f"`{images['path'].iat[row]}` · label **{images['label'].iat[row]}**")
             ui.nav_link("image", "Open its detail view", ctx, icon=":material/info:", id=current)

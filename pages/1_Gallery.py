@@ -73,7 +73,7 @@ with ui.guard():
     only_sel = False
     if sel:
         s1, s2 = st.columns([4, 1])
-        only_sel = s1.toggle(f"Only the {len(sel['ids'])} image(s) selected on *{sel['source']}*", value=True,
+        only_sel = s1.toggle(f"Only the {gallery.plural(len(sel['ids']), 'image')} selected on *{sel['source']}*", value=True,
                              key="g-only-sel")
         s2.button("Clear selection", on_click=ui.clear_selection)
 
@@ -124,7 +124,6 @@ with ui.guard():
         on = rec["id"] in picked  # in the key: "select all" and "clear" redraw the box ticked or not
         st.checkbox("Select", value=on, key=f"pick-{key}-{int(on)}", on_change=ui.toggle_pick,
                     args=(ctx.name, rec["id"]))
-        ui.nav_link("image", "Details", ctx, icon=":material/info:", id=rec["id"])
         ui.nav_link("neighbours", "Neighbours", ctx, icon=":material/hub:", id=rec["id"])
 
     ui.image_grid(ctx, shown, key="g", columns=6, caption=caption, actions=actions)

@@ -60,7 +60,6 @@ with ui.guard():
             ui.show_image(ctx, qrow, key="query",
                           caption=f"{rec['label'] if isinstance(rec['label'], str) else '(no label)'} · {ui.short(qid)}")
             st.caption(f"`{rec['path']}`")
-            ui.nav_link("image", "Details", ctx, icon=":material/info:", id=qid)
             ui.nav_link("gallery", "Gallery", ctx, icon=":material/grid_view:")
 
     def results(choice: ModelChoice, sp):
@@ -75,7 +74,6 @@ with ui.guard():
     def actions(rec, key) -> None:
         st.button("Open", key=f"open-{key}", on_click=recentre, args=(rec["id"],), icon=":material/center_focus_strong:",
                   help="Recentre on this image")
-        ui.nav_link("image", "Details", ctx, icon=":material/info:", id=rec["id"])
 
     with right:
         first = results(ctx.model, space)

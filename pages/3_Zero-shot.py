@@ -80,7 +80,7 @@ with ui.guard():
             res = ui.zeroshot_run(ctx.name, used, last["classes"], last["templates"], last["label_col"])
             preds = res.predictions
             st.success(f"{gallery.plural(len(preds), 'image')} classified by `{used.label}` into "
-                       f"{', '.join(res.classes.classes)} with {len(last['templates'])} template(s).")
+                       f"{', '.join(res.classes.classes)} with {gallery.plural(len(last['templates']), 'template')}.")
             if res.path is not None:
                 st.caption(f"Predictions saved to `{res.path}`; pick it in the sidebar under *Predictions that flag "
                            "images* to let the safe view use it.")

@@ -35,7 +35,7 @@ with ui.guard():
             last = st.session_state.get("rt-last")
             if last and last[:2] == (ctx.name, ctx.model.key):
                 res = text_to_image(space, ui.load_backend(ctx.model), last[2], last[3])
-                st.markdown(f"**{len(res)} results for** “{last[2]}”")
+                st.markdown(f"**{gallery.plural(len(res), 'result')} for** “{last[2]}”")
                 ui.image_grid(ctx, res, key="rt-t", columns=6, caption=caption, actions=actions)
 
     with t_image:
@@ -80,7 +80,8 @@ with ui.guard():
                 last = st.session_state.get("re-last")
                 if last and last[:2] == (ctx.name, ctx.model.key):
                     ev = ui.retrieval_eval(ctx.name, ctx.model, last[2])
-                    st.markdown(f"**{ev.pairs} (image, caption) pairs**, {ev.skipped} rows without a caption; "
+                    st.markdown(f"**{gallery.plural(ev.pairs, '(image, caption) pair')}**, "
+                                f"{gallery.plural(ev.skipped, 'row')} without a caption; "
                                 "gallery pooled over all pairs.")
                     st.plotly_chart(charts.recall_bars(ev.table), width="stretch")
                     st.dataframe(ev.table, hide_index=True, width="stretch")

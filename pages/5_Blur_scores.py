@@ -21,7 +21,7 @@ with ui.guard():
 
     n_bad = int(eb["eb"].isna().sum())
     if n_bad:
-        st.warning(f"{n_bad} image(s) could not be scored (they are censored).")
+        st.warning(f"{gallery.plural(n_bad, 'image')} could not be scored (they are censored).")
     st.plotly_chart(charts.distinct_colours(charts.eb_histograms(
         eb, by="label", facet="split" if has_split else None, cut=ctx.eb_threshold)), width="stretch")
 
@@ -33,7 +33,7 @@ with ui.guard():
                             width="stretch")
     picked = charts.selected_ids(event)
     if picked:
-        ui.selection_bar(ctx, picked, "Blur scores", f"**{len(picked)} image(s) selected.**")
+        ui.selection_bar(ctx, picked, "Blur scores", f"**{gallery.plural(len(picked), 'image')} selected.**")
         if st.session_state.get("eb-picked") != picked[0]:
             st.session_state["eb-picked"] = picked[0]
             ui.set_page_param("id", picked[0])
@@ -90,13 +90,13 @@ with ui.guard():
                  caption="ground-truth mask" + ("" if mode == "raw" else " (censored with the image)"))
         with g2:
             n_masks = int(images["mask"].notna().sum())
-            if st.button(f"IoU over all {n_masks} images with a mask", key="eb-iou-all"):
+            if st.button(f"IoU over all {gallery.plural(n_masks, 'image')} with a mask", key="eb-iou-all"):
                 st.session_state["eb-iou"] = ctx.name
             if st.session_state.get("eb-iou") == ctx.name:
                 ious = ui.mask_ious(ctx.name)
                 ok = ious.dropna(subset=["iou"])
-                st.markdown(f"mean IoU **{ok['iou'].mean():.3f}**, median {ok['iou'].median():.3f} over {len(ok)} "
-                            f"images ({len(ious) - len(ok)} unreadable)")
+                st.markdown(f"mean IoU **{ok['iou'].mean():.3f}**, median {ok['iou'].median():.3f} over "
+                            f"{gallery.plural(len(ok), 'image')} ({len(ious) - len(ok)} unreadable)")
                 by = "source" if "source" in images else "label"
                 ok = ok.assign(**{by: images[by].to_numpy()[ok["row"].to_numpy()]})
                 st.plotly_chart(charts.iou_box(ok, by), width="stretch")

@@ -65,7 +65,7 @@ with ui.guard():
                                                  "Agreement (share of images)", zmin=0.0), width="stretch")
             agree = compare.agreement_table(preds)
             dis = compare.disagreements(agree)
-            st.subheader(f"Where they disagree ({len(dis)} of {len(agree)} images)")
+            st.subheader(f"Where they disagree ({len(dis)} of {gallery.plural(len(agree), 'image')})")
             if len(dis):
                 size = 18
                 n_pages = gallery.page_bounds(len(dis), size, 1)[2]
@@ -111,7 +111,7 @@ with ui.guard():
                 picked += [x for x in charts.selected_ids(event) if x not in picked]
         if picked:
             ui.selection_bar(ctx, picked, "Compare models",
-                             f"**{len(picked)} image(s) selected** (safe thumbnails of the first 12):")
+                             f"**{gallery.plural(len(picked), 'image')} selected** (safe thumbnails of the first 12):")
             part = eb.iloc[gallery.rows_of_ids(images, picked[:12])]
             ui.image_grid(ctx, part, key="cm-sel", columns=6,
                           caption=lambda r: f"{r['label']} · EB {r['eb']:+.2f}")

@@ -4,7 +4,7 @@ import streamlit as st
 
 from lib import detector as det_mod
 from lib import expansion as ex
-from lib import ui
+from lib import gallery, ui
 from lib import workflow as wf
 from lib.annotations import scope
 from lib.errors import WorkbenchError
@@ -60,7 +60,7 @@ with ui.guard():
         unscreened = decision.loc[decision["status"] == "not yet screened", "id"] \
             if kind == "Not yet screened" else None
         if unscreened is not None:
-            st.caption(f"{unscreened.nunique()} distinct image(s) not yet screened in `{ctx.name}`.")
+            st.caption(f"{gallery.plural(unscreened.nunique(), 'distinct image')} not yet screened in `{ctx.name}`.")
         if kind == "Selection":
             sel = ui.selection(ctx.name)
             if not sel:
@@ -69,7 +69,7 @@ with ui.guard():
                 ui.nav_link("gallery", "Open the Gallery", ctx, icon=":material/grid_view:")
                 st.stop()
             unscreened = sel["ids"]
-            st.caption(f"{len(sel['ids'])} image(s) selected on *{sel['source']}*.")
+            st.caption(f"{gallery.plural(len(sel['ids']), 'image')} selected on *{sel['source']}*.")
         c = st.columns([3, 2, 1, 2, 2])
         opts = sorted(ds.images["label"].dropna().astype(str).unique()) + ["(none)"] if ds.has_labels else []
         chosen = c[0].multiselect("Dataset label", opts, key="an-labels", placeholder="all",
@@ -212,8 +212,9 @@ with ui.guard():
     censored, reason = ctx.censored_of(cid)
     with left_col:
         data, mode = ui.image_bytes(ctx, int(rec["row"]), side=512)
+        name = gallery.file_name(ds.images["path"].iat[int(rec["row"])], 48)
         st.image(data, width=512, alt=f"image {cid[:16]}",
-                 caption=f"#{pos + 1} of {len(ids)} · {ui.short(cid)}" + (" · censored" if mode != "raw" else ""))
+                 caption=f"#{pos + 1} of {len(ids)} · {name}" + (" · censored" if mode != "raw" else ""))
         st.caption(ui.reason_line(censored, reason))
         if ctx.safe_view and censored:
             if ss.get("an-confirm") == cid and cid not in ui.revealed():
@@ -226,6 +227,8 @@ with ui.guard():
                 st.button("Re-blur" if cid in ui.revealed() else "Reveal", key="an-reveal", shortcut="V",
                           on_click=reveal_key, icon=":material/visibility:",
                           help="Reveal this one image (after a warning naming why it is censored), or re-blur it")
+        if rec["task"] != "review":  # the detail view shows other annotators' labels: a review stays blind
+            ui.details_link(ctx, cid)
     with right_col:
         current = my_labels.get(cid)
         st.markdown(f"**{who}**, your {'tags' if schema.multi else 'label'} ({schema.name}): "
@@ -258,7 +261,14 @@ with ui.guard():
         if rec["task"] == "suggest":
             st.caption(f"Suggested (**{rec['why']}**): {det_mod.WHY.get(rec['why'], '')}.")
 
-    with st.expander(f"The queue ({len(ids)} images)"):
-        table = queue[["id", "task"]].assign(
-            id=queue["id"].str[:12], mine=[my_labels.get(i, "") for i in ids])
-        st.dataframe(table, hide_index=False, width="stretch", height=240)
+    def jump() -> None:
+        picked = ss[table_key].selection.rows
+        if picked:
+            ss["an-pos"] = int(picked[0])
+
+    table_key = f"an-queue-{abs(hash(ss['an-sig']))}"  # a new queue starts unselected
+    with st.expander(f"The queue ({gallery.plural(len(ids), 'image')}): click a row to open it"):
+        st.dataframe(ui.queue_table(ctx, queue, my_labels, pos), hide_index=True, width="stretch", height=320,
+                     row_height=52, key=table_key, on_select=jump, selection_mode="single-row",
+                     column_config={"image": st.column_config.ImageColumn("image", width="small",
+                                                                          help="Through the safe view")})

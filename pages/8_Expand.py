@@ -118,7 +118,7 @@ with ui.guard():
                 ss["rv-file"] = files[0]
             file_name = st.selectbox("Review sample", files, key="rv-file")
             sample = wf.load_review_sample(saved.path / file_name)
-            st.markdown(f"**{len(sample)} pairs** over **{sample['id'].nunique()} images**: each image is labelled "
+            st.markdown(f"**{gallery.plural(len(sample), 'pair')}** over **{gallery.plural(sample['id'].nunique(), 'image')}**: each image is labelled "
                         "once per annotator, blind to its seed.")
             st.dataframe(wf.review_summary(sample, store, ctx.name, annotators), hide_index=True, width="stretch")
 
@@ -176,7 +176,7 @@ with ui.guard():
         manifest = wf.export_table(ds, saved, reviews=reviews, first_n=first_n, last_n=last_n,
                                    include_seeds=seeds_in, unresolved=unresolved, val_frac=float(val),
                                    test_frac=float(test), seed=split_seed, keep_columns=keep_cols, absolute=absolute)
-        st.markdown(f"**{len(manifest)} images** in the export.")
+        st.markdown(f"**{gallery.plural(len(manifest), 'image')}** in the export.")
         if len(manifest):
             st.dataframe(wf.export_summary(manifest), hide_index=True, width="stretch")
         default_out = str(wf.default_export_path(saved, first_n, last_n))

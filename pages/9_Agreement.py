@@ -50,7 +50,7 @@ with ui.guard():
     open_only = t2.toggle("Only unresolved", True, key="ag-open")
     todo = wf.to_resolve(store, where, a, b, include_maybe=with_maybe, unresolved_only=open_only)
     n_res = int(store.current(where, CONSENSUS)["image_id"].isin(store.pairs(where, a, b)["image_id"]).sum())
-    st.markdown(f"**{len(todo)} image(s)** to look at · {n_res} resolved so far. A resolution is stored as the "
+    st.markdown(f"**{gallery.plural(len(todo), 'image')}** to look at · {n_res} resolved so far. A resolution is stored as the "
                 f"`{CONSENSUS}` label (with who decided), and the export uses it.")
     if who is None:
         st.warning("Type your annotator name in the sidebar to resolve labels.")

@@ -41,6 +41,22 @@ def buttons(at: AppTest, label: str) -> list:
     return [b for b in at.button if b.label == label]
 
 
+def assert_thumbnails_link_to_details(at: AppTest) -> int:
+    """Every dataset image on the page is followed by a *Details* link to the detail view of that
+    image, and the link carries nothing but dataset, model and id (nothing that could turn safe
+    view off or reveal an image). Returns the number of images."""
+    from urllib.parse import parse_qs
+
+    shown = [i.proto.imgs[0].alt.removeprefix("image ") for i in at.image
+             if i.proto.imgs and i.proto.imgs[0].alt.startswith("image ")]
+    links = [link for link in at.page_link if link.value == "Details"]
+    assert all(link.proto.page == "Image" for link in links)
+    params = [parse_qs(link.proto.query_string) for link in links]
+    assert all(set(q) <= {"dataset", "model", "random", "id"} for q in params), params
+    assert [q["id"][0][:16] for q in params] == shown  # one per image, in the same order
+    return len(shown)
+
+
 def independent_eb(ds) -> np.ndarray:
     """EB of every row from the raw fractions, z-scored by hand (population sd)."""
     from lib.colorscore import score_paths
@@ -154,7 +170,7 @@ def test_reveal_one_image_then_safe_view_off(corpus_color):
     [b for b in buttons(at, REVEAL) if b.key.endswith(cid[:16])][0].click().run()
     assert at.session_state["wb:revealed"] == {cid: "full"}
     assert len(buttons(at, REVEAL)) == len(before) - 1 and len(buttons(at, "Re-blur")) == 1
-    assert "1 image(s) revealed in this session." in texts(at.sidebar.caption)
+    assert "1 image revealed in this session." in texts(at.sidebar.caption)
     buttons(at, "Re-blur")[0].click().run()
     assert len(buttons(at, REVEAL)) == len(before) and not at.session_state["wb:revealed"]
     # re-blur all undoes every reveal
@@ -228,6 +244,7 @@ def test_zero_shot_with_the_tiny_model(corpus_tiny):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Recall"] == f"{r:.3f}"
     assert_clean(at)
+    assert assert_thumbnails_link_to_details(at) > 0  # the mistakes' thumbnails
 
 
 def test_compare_models_color_vs_tiny(corpus_color, corpus_tiny):
@@ -237,6 +254,26 @@ def test_compare_models_color_vs_tiny(corpus_color, corpus_tiny):
     metrics = at.dataframe[0].value
     assert len(metrics) == 2 and {"accuracy", "roc_auc"} <= set(metrics.columns)
     assert "Where they disagree" in texts(at.subheader)
+    assert assert_thumbnails_link_to_details(at) > 0  # the disagreements' thumbnails
+
+
+def test_every_thumbnail_opens_its_detail_view(corpus_color, corpus_tiny):
+    at = open_page("pages/5_Blur_scores.py", dataset="corpus", model="color")
+    assert_clean(at)
+    assert assert_thumbnails_link_to_details(at) == 1  # the one image (its masks are not a dataset image)
+    at = open_page("pages/4_Retrieval.py", dataset="corpus", model=TINY_KEY, random="1")
+    at.text_input(key="rt-q").input("an open wound on a foot")
+    at.button(key="FormSubmitter:rt-text-Search").click().run()
+    assert_clean(at)
+    assert assert_thumbnails_link_to_details(at) == 24
+    # the detail view: its own image has no link to itself, its neighbours link to theirs
+    cid = corpus_color.images["id"].iat[5]
+    at = open_page("pages/12_Image.py", dataset="corpus", model="color", id=cid)
+    assert_clean(at)
+    shown = [i.proto.imgs[0].alt for i in at.image if i.proto.imgs]
+    assert shown[0] == f"image {cid[:16]}" and len(shown) == 7
+    linked = [link.proto.query_string for link in at.page_link if link.value == "Details"]
+    assert len(linked) == 6 and not any(f"id={cid}" in q for q in linked)
 
 
 # ----------------------------------------------------------------------------- missing things

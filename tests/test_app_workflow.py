@@ -48,6 +48,30 @@ def workflow_corpus(corpus_color):
     return saved
 
 
+def assert_queue_reads_as_names_and_safe_thumbnails(at: AppTest, queue: pd.DataFrame) -> None:
+    """The Annotate queue's table: file names (no ids) and, for labelled-sensitive images, the
+    blurred thumbnail an independent rendering of the file gives."""
+    import base64
+
+    from lib.gallery import file_name
+    from lib.safety import thumbnail_rendering_bytes
+
+    ds = ds_mod.load("corpus")
+    assert any(e.label.startswith(f"The queue ({len(queue)} images)") for e in at.expander)
+    table = next(d.value for d in at.dataframe if "file" in d.value.columns)
+    rows = queue["row"].to_numpy()
+    paths = ds.images["path"].to_numpy()[rows]
+    assert table["file"].tolist() == [file_name(p, 60) for p in paths]
+    assert "id" not in table and not table.astype(str).apply(lambda c: c.str.contains(queue["id"].iat[0][:8])).any().any()
+    sensitive = ds.images["label"].to_numpy()[rows] == "sensitive"
+    assert sensitive.sum() >= 3
+    for uri, path, sens in zip(table["image"], paths, sensitive, strict=True):
+        assert uri.startswith("data:image/jpeg;base64,")
+        if sens:
+            data = base64.b64decode(uri.split(",", 1)[1])
+            assert data == thumbnail_rendering_bytes(ds.abspath(path), "blur", side=96), path
+
+
 def test_annotate_labels_go_to_the_store(workflow_corpus):
     store = AnnotationStore()
     at = page("7_Annotate.py")
@@ -61,6 +85,9 @@ def test_annotate_labels_go_to_the_store(workflow_corpus):
     at.selectbox(key="an-order").set_value("dataset").run()
     queue = at.session_state["an-queue"]
     assert len(queue) == 50 and queue["row"].is_monotonic_increasing
+    assert_queue_reads_as_names_and_safe_thumbnails(at, queue)
+    details = [link.proto.query_string for link in at.page_link if link.value == "Details"]
+    assert details == [f"dataset=corpus&model=color&id={queue['id'].iat[0]}"]  # the open image's detail view
     labels = ["Blur", "Ok", "Maybe"]
     for i, lab in enumerate(labels):
         assert at.session_state["an-pos"] == i
@@ -110,6 +137,7 @@ def test_annotate_review_queue_sent_from_expand(workflow_corpus):
     assert at.radio(key="an-kind").value == "Review sample"
     queue = at.session_state["an-queue"]
     assert set(queue["id"]) == set(sample["id"])
+    assert not [link for link in at.page_link if link.value == "Details"]  # blind: others' labels stay unseen
     at.button(key="an-lab-2").click().run()
     cur = AnnotationStore().history("corpus", annotator="at-rev")
     assert len(cur) == 1 and cur["task"].iloc[0] == "review"

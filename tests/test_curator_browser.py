@@ -33,6 +33,7 @@ from test_exposure_browser import (
 
 from lib import dataset
 from lib.annotations import AnnotationStore, scope
+from lib.gallery import plural
 
 pytestmark = pytest.mark.browser
 CUR = {"dataset": "cur", "model": "color"}
@@ -116,6 +117,14 @@ def test_define_a_label_set_and_label_five_images_with_its_keys(page, server, cu
     assert got == [values[int(k) - 1] for k in "13215"]
     assert store.current("cur", "eve").empty  # the Blur/Ok set is untouched
     check_images(page, server.base, cur, where="annotate, wound-type")
+    # the queue reads as file names beside safe-viewed thumbnails; a click on a row opens that image
+    page.get_by_text(re.compile(r"The queue \(\d+ images\)")).click()
+    grid = page.locator('[data-testid="stDataFrame"]').last
+    grid.scroll_into_view_if_needed()
+    box = grid.bounding_box()
+    page.mouse.click(box["x"] + 12, box["y"] + 35 + 52 + 26)  # the second row's selection marker
+    settle(page)
+    page.locator('[data-testid="stImageCaption"]').filter(has_text=re.compile(r"^#2 of \d+ · ")).wait_for()
     shot(page, "curator-annotate-label-set")
 
 
@@ -136,7 +145,7 @@ def test_lasso_on_the_map_then_bulk_label_and_undo(page, server, cur):  # noqa: 
     page.mouse.up()
     page.get_by_text("selected** with the lasso", exact=False).or_(page.get_by_text("selected with the lasso")) \
         .first.wait_for()
-    n = int(re.search(r"(\d+) image\(s\) selected", page.locator('[data-testid="stMain"]').inner_text()).group(1))
+    n = int(re.search(r"(\d+) images? selected", page.locator('[data-testid="stMain"]').inner_text()).group(1))
     assert n >= 20
     page.get_by_role("link", name="Open selection in Gallery").click()
     page.get_by_role("heading", name="Gallery").first.wait_for()
@@ -145,8 +154,8 @@ def test_lasso_on_the_map_then_bulk_label_and_undo(page, server, cur):  # noqa: 
     page.get_by_role("button", name=re.compile(r"Select all \d+ filtered")).click()
     settle(page)
     page.get_by_text(f"{n} selected").first.wait_for()
-    page.get_by_role("button", name=f"Label {n} image(s)").click()
-    page.get_by_text(f"Labelled {n} image(s)").wait_for()
+    page.get_by_role("button", name=f"Label {plural(n, 'image')}").click()
+    page.get_by_text(f"Labelled {plural(n, 'image')}").wait_for()
     settle(page)
     store = AnnotationStore()
     mine = store.current("cur", "fay")
@@ -209,9 +218,12 @@ def test_click_a_map_point_to_open_its_image(page, server, cur):  # noqa: F811
     page.locator(f'[data-testid="stMain"] img[alt="image {picked[:16]}"]').wait_for()
     settle(page)
     check_images(page, server.base, cur, where="map, clicked")
+    shot(page, "curator-map")  # the map with the clicked point highlighted and its image below
     page.get_by_role("link", name="Open its detail view").click()
     page.get_by_role("heading", name="Image").first.wait_for()
-    shot(page, "curator-map")
+    settle(page)
+    assert page.locator('[data-testid="stMain"] img[alt^="image "]').first.get_attribute("alt") == \
+        f"image {picked[:16]}"
 
 
 def test_map_thumbnails_on_hover_go_through_the_safe_view(page, server, cur):  # noqa: F811
@@ -252,15 +264,45 @@ def test_map_thumbnails_on_hover_go_through_the_safe_view(page, server, cur):  #
 
 
 def test_export_from_the_page_reads_back(page, server, cur):  # noqa: F811
+    """Each format produced through the Export page and read back with the tool that defines it
+    (pandas, json, Hugging Face datasets, FiftyOne's documented labels.json schema, ingest)."""
+    import json
+
+    from lib.cli import main
+
     visit(page, server.base, "Export", "Export", **CUR)
-    folder = Path(os.environ["WORKBENCH_HOME"]) / "results" / "cur" / "export-from-page"
-    page.get_by_role("textbox", name="Folder").fill(str(folder))
-    page.get_by_role("button", name="Export").click()
-    page.get_by_text("Written to").wait_for()
-    back = pd.read_csv(folder / "annotations.csv")
-    assert len(back) == 24 and set(back["label"]) == {"wounds", "non-sensitive"}
-    assert (folder / "README.md").read_text().startswith("# Export of dataset `cur` (csv)")
+    base = Path(os.environ["WORKBENCH_HOME"]) / "results" / "cur" / "export-from-page"
+    folders = {}
+    for fmt in ("csv", "jsonl", "imagefolder", "fiftyone", "manifest"):
+        page.locator('[data-testid="stRadio"]').get_by_text(fmt, exact=True).click()
+        settle(page)
+        folders[fmt] = base / fmt
+        page.get_by_role("textbox", name="Folder").fill(str(folders[fmt]))
+        page.get_by_role("textbox", name="Folder").press("Enter")
+        settle(page)
+        page.get_by_role("button", name="Export", exact=True).click()
+        page.locator('[data-testid="stMain"] code').filter(has_text=str(folders[fmt])).first.wait_for()
+        assert_no_exception(page)
+        assert (folders[fmt] / "README.md").read_text().startswith(f"# Export of dataset `cur` ({fmt})")
     assert not page.locator('[data-testid="stMain"] img').count()  # nothing is displayed
+
+    truth = pd.read_csv(folders["csv"] / "annotations.csv")
+    assert len(truth) == 24 and set(truth["label"]) == {"wounds", "non-sensitive"}
+    assert set(truth["id"]) == {v["id"] for v in cur.values()} and all(p.startswith("/") for p in truth["path"])
+    labels = dict(zip(truth["id"], truth["label"], strict=True))
+    back = [json.loads(line) for line in (folders["jsonl"] / "annotations.jsonl").read_text().splitlines()]
+    assert {r["id"]: r["label"] for r in back} == labels
+    import datasets
+
+    hf = datasets.load_dataset("imagefolder", data_dir=str(folders["imagefolder"]), split="train")
+    assert len(hf) == 24 and {r["id"]: r["label"] for r in hf} == labels
+    fo = json.loads((folders["fiftyone"] / "labels.json").read_text())  # FiftyOneImageClassificationDataset
+    assert set(fo) == {"classes", "labels"} and fo["classes"] == sorted(set(labels.values()))
+    assert {p.stem for p in (folders["fiftyone"] / "data").iterdir()} == set(fo["labels"])
+    assert sorted(fo["classes"][i] for i in fo["labels"].values()) == sorted(labels.values())
+    assert main(["ingest", str(folders["manifest"] / "manifest.csv"), "--name", "cur-back"]) == 0
+    again = dataset.load("cur-back").images
+    assert dict(zip(again["id"], again["label"], strict=True)) == labels
 
 
 def test_the_browser_remembers_the_annotator(browser, server, cur):  # noqa: F811
@@ -287,12 +329,19 @@ def test_the_browser_remembers_the_annotator(browser, server, cur):  # noqa: F81
     ("", "Sensitive image workbench"), ("Gallery", "Gallery"), ("Neighbours", "Neighbours"),
     ("Blur_scores", "Blur scores (EB)"), ("Annotate", "Annotate"), ("Agreement", "Annotator agreement"),
     ("Compare_models", "Compare models"), ("Image", "Image"), ("Map", "Map"), ("Export", "Export"),
-    ("Quality", "Data quality"), ("Screen", "Screen a collection"),
+    ("Quality", "Data quality"), ("Screen", "Screen a collection"), ("Zero-shot", "Zero-shot classification"),
+    ("Retrieval", "Retrieval"), ("Expand", "Seed expansion"),
 ])
 def test_no_text_the_user_needs_is_cut(page, server, cur, path, title):  # noqa: F811
     visit(page, server.base, path, title, **CUR, id=next(iter(cur.values()))["id"])
     if path == "Annotate":
         sign_in(page, "hal")
+    if path == "Expand" and page.get_by_text("No expansion yet").count():  # its tables and figures too
+        page.get_by_text("Dataset labels", exact=True).click()  # seeds from the folders
+        settle(page)
+        page.get_by_role("button", name="Run expansion").click()
+        page.get_by_text("saved in").wait_for()
+        settle(page)
     page.wait_for_timeout(800)
     cut = page.evaluate(CUT_TEXT)
     assert not cut, (path, cut)

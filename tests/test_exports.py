@@ -118,7 +118,7 @@ def test_cli_export_label_and_show_where(small, tmp_path, capsys, monkeypatch):
     assert main(["label", "exp", "--label", "Ok", "--where", "path~skin"]) == 2  # who?
     monkeypatch.setenv("WORKBENCH_ANNOTATOR", "dora")
     assert main(["label", "exp", "--label", "Ok", "--where", "path~skin/"]) == 0
-    assert "6 image(s) labelled 'Ok' in safety by dora" in capsys.readouterr().out
+    assert "6 images labelled 'Ok' in safety by dora" in capsys.readouterr().out
     assert len(store.current("exp", "dora")) == 6
     assert main(["show", "exp", "--where", "path~skin", "--where", "label=skin", "--safe-view"]) == 0
     out = capsys.readouterr().out

@@ -574,7 +574,7 @@ def test_compare_models_map_selection(page, server, expo):  # noqa: F811
     page.mouse.move((box["x0"] + box["x1"]) / 2, (box["y0"] + box["y1"]) / 2, steps=5)
     page.mouse.move(box["x1"], box["y1"], steps=5)
     page.mouse.up()
-    page.get_by_text("image(s) selected").wait_for()
+    page.get_by_text(re.compile(r"\d+ images? selected")).first.wait_for()
     wait_images(page, 12)
     c = check_images(page, server.base, truth, where="compare, map selection")
     assert c["censored"] >= 1 and c["censored"] + c["sharp"] >= 12, c  # the selection (+ the disagreements tab)
