@@ -48,8 +48,8 @@ def run(rec: Recorder) -> None:
     from lib import dataset, gallery
     from lib.neighbors import open_space
 
-    if not (REPO / "app.py").exists() or not (REPO / "pages" / "2_Neighbours.py").exists():
-        rec.explain("app.py / pages/2_Neighbours.py not there yet: nothing measured.")
+    if not (REPO / "app.py").exists() or not (REPO / "views" / "2_Neighbours.py").exists():
+        rec.explain("app.py / views/2_Neighbours.py not there yet: nothing measured.")
         return
     n = 20_000 if rec.quick else 100_000
     t = time.perf_counter()
@@ -135,7 +135,7 @@ finally:
 
 
 def _top(prof_path, prefix: str = str(REPO), n: int = 8) -> list[tuple[str, float]]:
-    """The project functions (lib/, pages/) with the largest cumulative time, outermost excluded."""
+    """The project functions (lib/, views/) with the largest cumulative time, outermost excluded."""
     import pstats
 
     stats = pstats.Stats(str(prof_path)).stats
@@ -154,7 +154,7 @@ def _script_profile(spec: str, ids) -> dict:
     work = Path(os.environ["WORKBENCH_HOME"])
     for i, key in enumerate(["first", "second", "warm"]):
         prof = work / f"neighbours-{key}.prof"
-        at = AppTest.from_string(_WRAPPER.format(page=str(REPO / "pages" / "2_Neighbours.py"), out=str(prof)),
+        at = AppTest.from_string(_WRAPPER.format(page=str(REPO / "views" / "2_Neighbours.py"), out=str(prof)),
                                  default_timeout=600)
         at.query_params.update({"dataset": "big", "model": spec, "id": ids.iat[100 + i]})
         t = time.perf_counter()

@@ -39,13 +39,13 @@ from .catalog import ModelChoice
 from .errors import ImageError, UnsafePath, WeightsMissing, WorkbenchError
 
 PAGES = {
-    "home": "pages/0_Home.py",
-    "gallery": "pages/1_Gallery.py",
-    "neighbours": "pages/2_Neighbours.py",
-    "zeroshot": "pages/3_Zero-shot.py",
-    "retrieval": "pages/4_Retrieval.py",
-    "blur": "pages/5_Blur_scores.py",
-    "compare": "pages/6_Compare_models.py",
+    "home": "views/0_Home.py",
+    "gallery": "views/1_Gallery.py",
+    "neighbours": "views/2_Neighbours.py",
+    "zeroshot": "views/3_Zero-shot.py",
+    "retrieval": "views/4_Retrieval.py",
+    "blur": "views/5_Blur_scores.py",
+    "compare": "views/6_Compare_models.py",
 }
 
 CENSOR_MODES = ("blur", "pixelate")
@@ -983,13 +983,13 @@ def short(cid: str, n: int = 10) -> str:
 # =========================================================================== annotation workflow
 # Helpers of pages 7-9 (Annotate, Expand, Agreement); the logic lives in lib/workflow.py and lib/expansion.py.
 
-PAGES.update({"annotate": "pages/7_Annotate.py", "expand": "pages/8_Expand.py", "agreement": "pages/9_Agreement.py"})
+PAGES.update({"annotate": "views/7_Annotate.py", "expand": "views/8_Expand.py", "agreement": "views/9_Agreement.py"})
 
 #: Session key of the review sample sent from Expand to Annotate.
 REVIEW_QUEUE_KEY = "wb:review-queue"
 
 
-PAGES.update({"image": "pages/12_Image.py", "export": "pages/13_Export.py", "map": "pages/14_Map.py"})
+PAGES.update({"image": "views/12_Image.py", "export": "views/13_Export.py", "map": "views/14_Map.py"})
 
 #: The Annotate queue's table carries thumbnails for at most this many rows (from the current one).
 QUEUE_THUMBS = 100
@@ -1220,7 +1220,7 @@ def sent_review(name: str) -> dict | None:
 # Helpers of the Screen page (10) and of the detector parts of Annotate and Gallery; the
 # logic lives in lib/detector.py.
 
-PAGES.update({"screen": "pages/10_Screen.py"})
+PAGES.update({"screen": "views/10_Screen.py"})
 
 
 def _detectors_stamp() -> str:
@@ -1312,7 +1312,7 @@ def retrain_panel(ctx: Ctx, det_name: str, store) -> None:
 # =========================================================================== quality
 # Helpers of page 11 (Quality); the logic lives in lib/quality.py.
 
-PAGES.update({"quality": "pages/11_Quality.py"})
+PAGES.update({"quality": "views/11_Quality.py"})
 
 
 def quality_report(ctx: Ctx, threshold: float, use_hash: bool, hash_only: bool, k: int):

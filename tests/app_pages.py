@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def open_page(script: str, at: AppTest | None = None, **params: str) -> AppTest:
-    """Run ``script`` (``app.py`` or ``pages/...``) as a user opening it with these query parameters."""
+    """Run ``script`` (``app.py`` or ``views/...``) as a user opening it with these query parameters."""
     if at is None:  # (an AppTest is falsy before its first run: no `or` here)
         at = AppTest.from_file(str(REPO / "app.py"), default_timeout=180)
     for k, v in params.items():

@@ -22,12 +22,12 @@ REPO = Path(__file__).resolve().parent.parent
 TINY_KEY = "open_clip:WB-Tiny-ViT@@random"
 PAGES = {
     "app.py": "Sensitive image workbench",
-    "pages/1_Gallery.py": "Gallery",
-    "pages/2_Neighbours.py": "Neighbours",
-    "pages/3_Zero-shot.py": "Zero-shot classification",
-    "pages/4_Retrieval.py": "Retrieval",
-    "pages/5_Blur_scores.py": "Blur scores (EB)",
-    "pages/6_Compare_models.py": "Compare models",
+    "views/1_Gallery.py": "Gallery",
+    "views/2_Neighbours.py": "Neighbours",
+    "views/3_Zero-shot.py": "Zero-shot classification",
+    "views/4_Retrieval.py": "Retrieval",
+    "views/5_Blur_scores.py": "Blur scores (EB)",
+    "views/6_Compare_models.py": "Compare models",
 }
 
 
@@ -103,7 +103,7 @@ def test_pages_run_with_the_tiny_text_model(corpus_color, corpus_tiny):
         assert_clean(at)
         assert at.sidebar.selectbox(key="w:model").value == TINY_KEY
     # Text search and Recall@K (the corpus has 28 captions) run with the text tower.
-    at = open_page("pages/4_Retrieval.py", dataset="corpus", model=TINY_KEY, random="1")
+    at = open_page("views/4_Retrieval.py", dataset="corpus", model=TINY_KEY, random="1")
     at.text_input(key="rt-q").input("an open wound on a foot")
     at.button(key="FormSubmitter:rt-text-Search").click().run()
     assert_clean(at)
@@ -121,7 +121,7 @@ def test_gallery_censors_exactly_the_sensitive_images(corpus_color):
     eb = independent_eb(ds)
     # every corpus label is known: sensitive ones are flagged, non_sensitive ones cleared unless EB flags them
     censored = (ds.images["label"] == "sensitive").to_numpy() | ~(eb <= 1.0)
-    at = open_page("pages/1_Gallery.py", dataset="corpus", model="color")
+    at = open_page("views/1_Gallery.py", dataset="corpus", model="color")
     assert_clean(at)
     reveal = buttons(at, REVEAL)
     # Page 1 holds rows 0..23; one Reveal warning per censored image, keyed by its row.
@@ -134,7 +134,7 @@ def test_gallery_censors_exactly_the_sensitive_images(corpus_color):
     assert len(reasons) == 24 and all(len(r) > len(":material/visibility: ") for r in reasons)
 
     # Page 2 through the URL.
-    at = open_page("pages/1_Gallery.py", dataset="corpus", model="color", page="2")
+    at = open_page("views/1_Gallery.py", dataset="corpus", model="color", page="2")
     rows = sorted(int(b.key.split("-")[3]) for b in buttons(at, REVEAL))
     assert rows == [r for r in range(24, 48) if censored[r]]
     # the evidence filter: only what the labels cleared
@@ -145,7 +145,7 @@ def test_gallery_censors_exactly_the_sensitive_images(corpus_color):
 
 def test_gallery_filters(corpus_color):
     ds = corpus_color
-    at = open_page("pages/1_Gallery.py", dataset="corpus", model="color")
+    at = open_page("views/1_Gallery.py", dataset="corpus", model="color")
     at.multiselect(key="g-f-label").set_value(["non_sensitive"]).run()
     n = int((ds.images["label"] == "non_sensitive").sum())
     assert f"**{n}** of 658 images" in texts(at.markdown)
@@ -156,7 +156,7 @@ def test_gallery_filters(corpus_color):
 
 
 def test_reveal_one_image_then_safe_view_off(corpus_color):
-    at = open_page("pages/1_Gallery.py", dataset="corpus", model="color")
+    at = open_page("views/1_Gallery.py", dataset="corpus", model="color")
     before = buttons(at, REVEAL)
     first = before[0]
     row = int(first.key.split("-")[3])
@@ -194,7 +194,7 @@ def test_neighbours_recentre_on_open(corpus_color):
         sims[row] = -np.inf
         return str(ds.images["id"].iat[int(np.argmax(sims))])
 
-    at = open_page("pages/2_Neighbours.py", dataset="corpus", model="color")
+    at = open_page("views/2_Neighbours.py", dataset="corpus", model="color")
     assert_clean(at)
     assert at.query_params["id"] == ds.images["id"].iat[0]  # default query: the first image
     opens = buttons(at, "Open")
@@ -209,7 +209,7 @@ def test_neighbours_recentre_on_open(corpus_color):
 
 
 def test_neighbours_two_models_side_by_side(corpus_color, corpus_tiny):
-    at = open_page("pages/2_Neighbours.py", dataset="corpus", model="color", random="1")
+    at = open_page("views/2_Neighbours.py", dataset="corpus", model="color", random="1")
     at.selectbox(key="nb-second").set_value(TINY_KEY).run()
     assert_clean(at)
     assert len(buttons(at, "Open")) == 24
@@ -217,7 +217,7 @@ def test_neighbours_two_models_side_by_side(corpus_color, corpus_tiny):
 
 
 def test_zero_shot_with_the_tiny_model(corpus_tiny):
-    at = open_page("pages/3_Zero-shot.py", dataset="corpus", model=TINY_KEY, random="1")
+    at = open_page("views/3_Zero-shot.py", dataset="corpus", model=TINY_KEY, random="1")
     assert at.selectbox(key="zs-model").value == TINY_KEY
     at.button(key="FormSubmitter:zs-run-Run zero-shot").click().run()
     assert_clean(at)
@@ -248,7 +248,7 @@ def test_zero_shot_with_the_tiny_model(corpus_tiny):
 
 
 def test_compare_models_color_vs_tiny(corpus_color, corpus_tiny):
-    at = open_page("pages/6_Compare_models.py", dataset="corpus", model="color", random="1")
+    at = open_page("views/6_Compare_models.py", dataset="corpus", model="color", random="1")
     assert_clean(at)
     assert at.multiselect(key="cm-models").value == ["color", TINY_KEY]
     metrics = at.dataframe[0].value
@@ -258,17 +258,17 @@ def test_compare_models_color_vs_tiny(corpus_color, corpus_tiny):
 
 
 def test_every_thumbnail_opens_its_detail_view(corpus_color, corpus_tiny):
-    at = open_page("pages/5_Blur_scores.py", dataset="corpus", model="color")
+    at = open_page("views/5_Blur_scores.py", dataset="corpus", model="color")
     assert_clean(at)
     assert assert_thumbnails_link_to_details(at) == 1  # the one image (its masks are not a dataset image)
-    at = open_page("pages/4_Retrieval.py", dataset="corpus", model=TINY_KEY, random="1")
+    at = open_page("views/4_Retrieval.py", dataset="corpus", model=TINY_KEY, random="1")
     at.text_input(key="rt-q").input("an open wound on a foot")
     at.button(key="FormSubmitter:rt-text-Search").click().run()
     assert_clean(at)
     assert assert_thumbnails_link_to_details(at) == 24
     # the detail view: its own image has no link to itself, its neighbours link to theirs
     cid = corpus_color.images["id"].iat[5]
-    at = open_page("pages/12_Image.py", dataset="corpus", model="color", id=cid)
+    at = open_page("views/12_Image.py", dataset="corpus", model="color", id=cid)
     assert_clean(at)
     shown = [i.proto.imgs[0].alt for i in at.image if i.proto.imgs]
     assert shown[0] == f"image {cid[:16]}" and len(shown) == 7
@@ -299,16 +299,16 @@ def test_dataset_without_embeddings(private_home, corpus_dir, tmp_path):
     from lib import dataset
 
     dataset.ingest(copy_images(corpus_dir, tmp_path / "small"), "small")
-    for page in ("pages/2_Neighbours.py", "pages/4_Retrieval.py"):
+    for page in ("views/2_Neighbours.py", "views/4_Retrieval.py"):
         at = open_page(page, dataset="small")
         assert_clean(at)
         assert "python -m lib embed small --model color" in texts(at.warning), page
-    at = open_page("pages/6_Compare_models.py", dataset="small")
+    at = open_page("views/6_Compare_models.py", dataset="small")
     assert_clean(at)
     assert "at least two models" in texts(at.info)
-    for page in ("app.py", "pages/1_Gallery.py", "pages/5_Blur_scores.py", "pages/3_Zero-shot.py"):
+    for page in ("app.py", "views/1_Gallery.py", "views/5_Blur_scores.py", "views/3_Zero-shot.py"):
         assert_clean(open_page(page, dataset="small"))
-    at = open_page("pages/1_Gallery.py", dataset="small")
+    at = open_page("views/1_Gallery.py", dataset="small")
     assert len(buttons(at, REVEAL)) >= 3  # the three wound photos at least
 
 
@@ -316,23 +316,23 @@ def test_broken_policy_file_censors_every_image_and_says_why(private_home, corpu
     from lib import dataset, sensitivity
 
     dataset.ingest(copy_images(corpus_dir, tmp_path / "small"), "small")
-    for page in ("pages/1_Gallery.py", "pages/2_Neighbours.py", "app.py"):
+    for page in ("views/1_Gallery.py", "views/2_Neighbours.py", "app.py"):
         assert_clean(open_page(page, dataset="small"))
-    at = open_page("pages/1_Gallery.py", dataset="small")
+    at = open_page("views/1_Gallery.py", dataset="small")
     assert re.search(r"· [1-3] shown raw", texts(at.markdown))  # non_sensitive photos EB does not flag, before
     sensitivity.policy_path("small").write_text('{"safe": ["non_sensitive",]}')
-    at = open_page("pages/1_Gallery.py", dataset="small")
+    at = open_page("views/1_Gallery.py", dataset="small")
     assert not at.exception
     assert "every image is censored" in texts(at.error) and "policy.json, line 1" in texts(at.error)
     assert "· 0 shown raw" in texts(at.markdown) and len(buttons(at, REVEAL)) == 6
 
 
 def test_model_without_text_tower(corpus_color, corpus_tiny):
-    at = open_page("pages/4_Retrieval.py", dataset="corpus", model="color")
+    at = open_page("views/4_Retrieval.py", dataset="corpus", model="color")
     assert_clean(at)
     assert "needs a model with a text tower" in texts(at.info)
     assert "Use random weights (testing only)" in texts(at.info)
-    at = open_page("pages/3_Zero-shot.py", dataset="corpus", model="color")
+    at = open_page("views/3_Zero-shot.py", dataset="corpus", model="color")
     options = at.selectbox(key="zs-model").options
     assert "color" not in options and not any("random" in o for o in options)  # no test model unless ticked
 
@@ -349,14 +349,14 @@ def test_dataset_without_labels(private_home, corpus_dir, tmp_path):
     at = open_page("app.py", dataset="flat")
     assert_clean(at)
     assert "has no labels" in texts(at.info)
-    at = open_page("pages/6_Compare_models.py", dataset="flat", random="1")
+    at = open_page("views/6_Compare_models.py", dataset="flat", random="1")
     assert_clean(at)
     assert "has no labels" in texts(at.info)
-    at = open_page("pages/3_Zero-shot.py", dataset="flat", model=TINY_KEY, random="1")
+    at = open_page("views/3_Zero-shot.py", dataset="flat", model=TINY_KEY, random="1")
     at.button(key="FormSubmitter:zs-run-Run zero-shot").click().run()
     assert_clean(at)
     assert "no metrics" in texts(at.info)
-    for page in ("pages/1_Gallery.py", "pages/2_Neighbours.py", "pages/5_Blur_scores.py"):
+    for page in ("views/1_Gallery.py", "views/2_Neighbours.py", "views/5_Blur_scores.py"):
         assert_clean(open_page(page, dataset="flat"))
 
 
@@ -366,7 +366,7 @@ def test_missing_weights_is_a_message(corpus_color, monkeypatch):
     if hf_cached_revision("laion/CLIP-ViT-B-32-laion2B-s34B-b79K"):
         pytest.skip("CLIP ViT-B-32 weights are cached on this machine")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    at = open_page("pages/3_Zero-shot.py", dataset="corpus", model="color")
+    at = open_page("views/3_Zero-shot.py", dataset="corpus", model="color")
     at.selectbox(key="zs-model").set_value("open_clip:ViT-B-32@laion2b_s34b_b79k")
     at.button(key="FormSubmitter:zs-run-Run zero-shot").click().run()
     assert not at.exception
@@ -395,7 +395,7 @@ def test_blur_scores_masks_and_iou(private_home, corpus_dir, tmp_path):
         truth = load_mask(ds.abspath(ds.images["mask"].iat[row]), shape=blood.shape)
         return (blood & truth).sum() / max((blood | truth).sum(), 1)
 
-    at = open_page("pages/5_Blur_scores.py", dataset="mk", id=ds.images["id"].iat[2])
+    at = open_page("views/5_Blur_scores.py", dataset="mk", id=ds.images["id"].iat[2])
     assert_clean(at)
     metrics = {x.label: x.value for x in at.metric}
     assert metrics["IoU (cleaned blood-like mask vs truth)"] == f"{iou(2):.3f}"
@@ -435,7 +435,7 @@ def test_empty_dataset(private_home, tmp_path):
     bad.mkdir(parents=True)
     (bad / "broken.jpg").write_bytes(b"<html>not a picture</html>")
     dataset.ingest(tmp_path / "bad", "empty")
-    for page in ("pages/1_Gallery.py", "pages/2_Neighbours.py", "pages/5_Blur_scores.py"):
+    for page in ("views/1_Gallery.py", "views/2_Neighbours.py", "views/5_Blur_scores.py"):
         at = open_page(page, dataset="empty")
         assert_clean(at)
         assert "has no usable images" in texts(at.warning), page

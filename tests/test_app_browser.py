@@ -279,3 +279,27 @@ def test_upload_query_is_censored_and_finds_itself(page, server, corpus_color):
     assert band_energy(data) < 0.1 * band_energy(expected({"path": path}, False)) + 0.5
     first = page.locator('[data-testid="stMain"] img[alt^="image "]').first.get_attribute("alt")
     assert first == f"image {ds.images['id'].iat[row][:16]}"  # its own dataset copy ranks first
+
+
+def test_a_first_visit_straight_to_a_page_gets_the_one_menu(browser, corpus_color, tmp_path):  # noqa: F811
+    """A fresh server whose first visitor follows a link to a page (not the home page) shows
+    the app's own menu: Home first, no second menu with an "app" entry (Streamlit's older
+    folder-based navigation runs when a ``pages/`` folder sits beside app.py)."""
+    from bench.server import Server
+
+    assert not (REPO / "pages").exists()
+    with Server(tmp_path / "server.log", Path(os.environ["WORKBENCH_HOME"])) as srv:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        pg = context.new_page()
+        pg.set_default_timeout(120_000)
+        try:
+            pg.goto(f"{srv.base}/Gallery?{urlencode({'dataset': 'corpus', 'model': 'color'})}")
+            pg.get_by_role("heading", name="Gallery").first.wait_for()
+            nav = pg.locator('[data-testid="stSidebarNav"]')
+            nav.wait_for()
+            links = [t.strip() for t in nav.get_by_role("link").all_inner_texts()]
+            names = [t.split("\n")[-1].strip() for t in links]
+            assert "app" not in names and names[0].endswith("Home"), names
+            assert "Gallery" in names
+        finally:
+            context.close()

@@ -28,7 +28,7 @@ def page(name: str) -> AppTest:
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
     at.query_params["dataset"] = "corpus"
     at.query_params["model"] = "color"
-    at.switch_page(f"pages/{name}")
+    at.switch_page(f"views/{name}")
     return at
 
 

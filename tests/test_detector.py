@@ -763,7 +763,7 @@ def test_screen_and_annotate_pages(det, cut, screened):
     sys.path.insert(0, str(Path(__file__).parent))
     from app_pages import assert_clean, open_page
 
-    at = open_page("pages/10_Screen.py", dataset="det-screen", model="color")
+    at = open_page("views/10_Screen.py", dataset="det-screen", model="color")
     assert_clean(at, "screen")
     at.radio(key="sc-mode").set_value("Train a new detector").run()
     at.text_input(key="sc-name").input("page-det")
@@ -779,7 +779,7 @@ def test_screen_and_annotate_pages(det, cut, screened):
     counts = D.screen_counts(table).set_index("group")["images"]
     assert all(str(counts[g]) == str(shown[g]) for g in D.GROUPS)
 
-    at = open_page("pages/7_Annotate.py", dataset="det-screen", model="color")
+    at = open_page("views/7_Annotate.py", dataset="det-screen", model="color")
     at.text_input(key="w:annotator").input("tess").run()
     at.radio(key="an-kind").set_value("Suggested by a detector").run()
     at.selectbox(key="an-det").set_value("page-det").run()

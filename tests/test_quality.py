@@ -420,7 +420,7 @@ def test_cli_defaults_are_the_library_defaults():
 def test_quality_page_runs_clean(corpus_color):
     from app_pages import assert_clean, open_page
 
-    at = open_page("pages/11_Quality.py", dataset="corpus", model="color")
+    at = open_page("views/11_Quality.py", dataset="corpus", model="color")
     assert_clean(at)
     assert at.title[0].value == "Data quality"
     metrics = {m.label: m.value for m in at.metric}

@@ -48,9 +48,9 @@ from lib import dataset
 REPO = Path(__file__).resolve().parent.parent
 TINY = "open_clip:WB-Tiny-ViT"
 TINY_KEY = "open_clip:WB-Tiny-ViT@@random"
-PAGES = ["app.py", "pages/1_Gallery.py", "pages/2_Neighbours.py", "pages/3_Zero-shot.py", "pages/4_Retrieval.py",
-         "pages/5_Blur_scores.py", "pages/6_Compare_models.py", "pages/7_Annotate.py", "pages/8_Expand.py",
-         "pages/9_Agreement.py"]
+PAGES = ["app.py", "views/1_Gallery.py", "views/2_Neighbours.py", "views/3_Zero-shot.py", "views/4_Retrieval.py",
+         "views/5_Blur_scores.py", "views/6_Compare_models.py", "views/7_Annotate.py", "views/8_Expand.py",
+         "views/9_Agreement.py"]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -238,15 +238,15 @@ def test_hostile_folder_every_page_runs_clean(hostile):
     ds = dataset.load("hostile")
     for page in PAGES:
         assert_clean(open_page(page, dataset="hostile", model="color"), page)
-    for page in ("pages/2_Neighbours.py", "pages/3_Zero-shot.py", "pages/4_Retrieval.py"):
+    for page in ("views/2_Neighbours.py", "views/3_Zero-shot.py", "views/4_Retrieval.py"):
         assert_clean(open_page(page, dataset="hostile", model=TINY_KEY, random="1"), page)
     # the whole dataset on one gallery page: every kept image is drawn
-    at = open_page("pages/1_Gallery.py", dataset="hostile", model="color")
+    at = open_page("views/1_Gallery.py", dataset="hostile", model="color")
     at.selectbox(key="g-size").set_value(96).run()
     assert_clean(at, "gallery")
     assert len(at.get("image")) == len(ds)
     # every unique image as the query of Neighbours and of Blur scores (its colour evidence)
-    for page in ("pages/2_Neighbours.py", "pages/5_Blur_scores.py"):
+    for page in ("views/2_Neighbours.py", "views/5_Blur_scores.py"):
         at = None
         for cid in ds.unique_ids:
             at = open_page(page, at, dataset="hostile", model="color", id=cid)
@@ -550,7 +550,7 @@ def test_damaged_or_foreign_shard_is_never_read_and_is_recomputed(corpus_dir, tm
     else:
         assert np.array_equal(got, before), "damaged or foreign vectors were read"
     catalog.model_status("small")  # the app's model list: no exception
-    at = open_page("pages/2_Neighbours.py", dataset="small", model="color")
+    at = open_page("views/2_Neighbours.py", dataset="small", model="color")
     assert not at.exception, [e.message for e in at.exception]
 
     report = embed("small", "color", shard_size=10, workers=0)
@@ -607,12 +607,12 @@ def test_app_sessions_read_and_write_while_two_processes_write(corpus_dir, tmp_p
         both, runs, clicks, during = [], 0, 0, 0
         while any(p.poll() is None for p in procs) or runs < 2:
             writing = all(p.poll() is None for p in procs)
-            agree = open_page("pages/9_Agreement.py", agree, dataset="conc", model="color")
+            agree = open_page("views/9_Agreement.py", agree, dataset="conc", model="color")
             assert_clean(agree, f"agreement run {runs}")
             metric = [m for m in agree.metric if m.label == "Images both labelled"]
             if metric:
                 both.append(int(metric[0].value))
-            annot = open_page("pages/7_Annotate.py", annot, dataset="conc", model="color")
+            annot = open_page("views/7_Annotate.py", annot, dataset="conc", model="color")
             assert_clean(annot, f"annotate run {runs}")
             assert [b for b in annot.button if b.key == "an-lab-0"], (
                 [i.value for i in annot.info], [w.value for w in annot.warning], [m.value for m in annot.markdown])
@@ -700,12 +700,12 @@ def test_files_swapped_for_symlinks_after_ingest_are_never_read(swapped):
         for row in (1, 4):
             with pytest.raises(UnsafePath):
                 thumbs.thumbnail_bytes(ds, row, 256, "blur")
-        for page in ("pages/1_Gallery.py", "pages/5_Blur_scores.py", "pages/7_Annotate.py"):
+        for page in ("views/1_Gallery.py", "views/5_Blur_scores.py", "views/7_Annotate.py"):
             at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
             at.session_state["wb:annotator"] = "carol"
             at = open_page(page, at, dataset="swapped", model="color", id=ds.images["id"].iat[1])
             assert not at.exception, (page, [e.message for e in at.exception])
-        gallery = open_page("pages/1_Gallery.py", dataset="swapped", model="color")
+        gallery = open_page("views/1_Gallery.py", dataset="swapped", model="color")
         warned = " ".join(w.value for w in gallery.warning)
         assert "cannot show 1.png" in warned and "cannot show 4.png" in warned
         assert len(gallery.get("image")) == 4
@@ -751,7 +751,7 @@ def test_query_parameters_cannot_reach_files_or_turn_safe_view_off(hostile, para
             assert at.sidebar.toggle(key="w:safe").value is True
             assert at.query_params["dataset"] in names
             shown.add(at.query_params["dataset"])
-            if page in ("pages/2_Neighbours.py", "pages/5_Blur_scores.py"):  # the pages that read `id`
+            if page in ("views/2_Neighbours.py", "views/5_Blur_scores.py"):  # the pages that read `id`
                 assert at.query_params["id"] in ids if at.query_params["dataset"] == "hostile" else True
     bad = opened_under(seen, "/etc/passwd", "/etc/shadow", hostile.outside)
     assert not bad, bad
@@ -888,7 +888,7 @@ def test_make_run_serves_no_file_by_path(make_run_server):
     # nor the app's own files (unknown paths answer with the app's index page)
     for path, marker in (("/app/static/.streamlit/config.toml", b"enableXsrfProtection"),
                          ("/.streamlit/config.toml", b"enableXsrfProtection"), ("/app.py", b"st.navigation"),
-                         ("/app/static/../app.py", b"st.navigation"), ("/pages/0_Home.py", b"ui.setup"),
+                         ("/app/static/../app.py", b"st.navigation"), ("/views/0_Home.py", b"ui.setup"),
                          ("/lib/ui.py", b"cache_resource")):
         assert marker not in _http(make_run_server.port, "GET", path)[1], path
 
