@@ -844,10 +844,10 @@ def plotly_js_url() -> str:
 def hover_map(ctx: Ctx, fig, ids: Sequence[str], *, height: int = 540) -> None:
     """Draw a map figure with safe-view thumbnails of ``ids`` on hover (an HTML component:
     hover only; clicks and lassos need the plain map)."""
-    import streamlit.components.v1 as components
-
-    components.html(charts.hover_map_html(fig, hover_previews(ctx, ids), plotly_js_url(), height=height),
-                    height=height + 10)
+    # st.iframe runs the page's script (plotly.js, served by the app itself); it replaced
+    # components.v1.html, deprecated since Streamlit 1.5x
+    st.iframe(charts.hover_map_html(fig, hover_previews(ctx, ids), plotly_js_url(), height=height),
+              height=height + 10)
 
 
 def reason_line(censored: bool, reason: str) -> str:
@@ -1156,11 +1156,9 @@ def _remember_annotator(name: str) -> None:
     """Store the name in this browser (a cookie on the app's own origin, one year)."""
     import json as _json
 
-    import streamlit.components.v1 as components
-
-    components.html(
+    st.iframe(
         "<script>parent.document.cookie = " + _json.dumps(f"{ANNOTATOR_COOKIE}=") + " + encodeURIComponent("
-        + _json.dumps(name) + ") + '; path=/; max-age=31536000; SameSite=Strict';</script>", height=0)
+        + _json.dumps(name) + ") + '; path=/; max-age=31536000; SameSite=Strict';</script>", height=1)
 
 
 def annotator_name() -> str | None:
