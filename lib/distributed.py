@@ -47,7 +47,14 @@ def init_ray(address: str | None = None, **kwargs):
         env.setdefault("env_vars", {}).setdefault("HF_HUB_OFFLINE", os.environ["HF_HUB_OFFLINE"])
     kwargs.setdefault("log_to_driver", False)
     kwargs.setdefault("include_dashboard", False)
-    ray.init(address=address, runtime_env=env, **kwargs)
+    for attempt in range(3):
+        try:
+            ray.init(address=address, runtime_env=env, **kwargs)
+            break
+        except Exception as e:  # Ray waits a fixed 30 s for a new local node: a busy machine can miss it
+            if "timed out during startup" not in str(e) or attempt == 2:
+                raise
+            ray.shutdown()
     return ray
 
 
