@@ -90,11 +90,16 @@ def test_matrix_runs_through_the_cli_and_writes_the_report(derived, tmp_path, ca
 
 
 def test_random_weights_run_the_tiny_clip_and_are_marked(derived, tmp_path):
-    res = bm.run_benchmark(list(derived), ["color", TINY], ["retrieval", "detector"], random_weights=True,
+    res = bm.run_benchmark(list(derived), ["color", TINY], ["probe", "retrieval", "detector"], random_weights=True,
                            out=tmp_path / "rnd")
     t = res.table
     tiny = t[t["model"] == TINY]
     assert tiny["random_weights"].all() and not t[t["model"] == "color"]["random_weights"].any()
+    # the tiny CLIP x probe cell runs (a 5-fold probe on its random-weight vectors), no skip row
+    probe = tiny[(tiny["task"] == "probe")]
+    assert "skipped" not in set(probe["metric"]) and set(probe["dataset"]) == set(derived)
+    auc = probe[probe["metric"] == "roc_auc"]["value"]
+    assert len(auc) == 2 and auc.between(0, 1).all()
     retr = tiny[(tiny["task"] == "retrieval") & (tiny["dataset"] == "bm-cxr")]
     assert set(retr["metric"]) >= {"mean_R", "mean_R_ks", "t2i_R@5", "i2t_R@5"}
     # mean_R is MedicalNarratives' K = 5, 50, 200; on a 28-image gallery K >= 28 is trivially 1.
@@ -135,3 +140,23 @@ def test_bad_input_is_a_clear_error(derived, tmp_path):
     (bad / "x.json").write_text(json.dumps({"paper": "X", "results": [{"dataset": "d", "model": "m"}]}))
     with pytest.raises(bm.BenchmarkError, match="x.json: a result lacks task, metric, value"):
         bm.paper_results(bad)
+
+
+def test_grid_trains_on_manual_auto_first_and_last_labels_and_tests_on_gold(derived, tmp_path):
+    """MedGore's grid: a probe trained on the manual labels, on the seed expansion's labels, and
+    on its First-3 / Last-3 ranks (capped), each tested on the same held-out gold part."""
+    res = bm.run_benchmark(["bm-azh"], ["color"], ["grid"], grid_seeds=3, grid_k=10, grid_cap=40, write=False)
+    t = res.table
+    assert "skipped" not in set(t["metric"]), t[t["metric"] == "skipped"]["note"].tolist()
+    variants = set(t["variant"])
+    assert {"manual", "auto (ranks 1-10)", "first3", "last3", "expansion"} <= variants, variants
+    n_train = t[t["metric"] == "n_train"].set_index("variant")["value"]
+    assert (n_train <= 40).all()  # the cap
+    parts = bm.test_split("bm-azh")
+    n_test = int((parts["part"] == "test").sum())
+    f1 = t[t["metric"] == "f1_macro_zero"]
+    assert (f1["n"] == n_test).all() and f1["value"].between(0, 1).all()  # one gold test part for all
+    agree = t[t["metric"] == "label_agreement"].set_index("variant")["value"]
+    assert agree["manual"] == 1.0  # the manual labels are the gold ones
+    assert agree["auto (ranks 1-10)"] < 1.0  # the expansion's own labels, not the gold ones
+    assert agree["first3"] >= agree["last3"]  # the nearest ranks inherit the seed's class at least as well
