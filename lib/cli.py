@@ -1075,6 +1075,9 @@ def cmd_train(a) -> int:
     print(f"\nunfamiliar beyond cosine distance {det.cut:.4f} to the nearest training image "
           f"({det.meta['familiarity']['percentile']:g}th percentile of leave-one-out distances, "
           f"{det.meta['familiarity']['index']} index)")
+    note = detector.familiarity_text(det.meta)
+    if note:
+        print(f"note: {note}")
     print(f"saved: {detector.detector_dir(a.detector)}")
     return 0
 

@@ -109,6 +109,20 @@ def screening_text(meta: dict) -> str:
             f"({scr['overall_threshold']:.3f}) and that of every group with at least "
             f"{scr.get('min_group_positives', MIN_GROUP_POSITIVES)} sensitive validation images")
     return text + (f"; set by group {scr['set_by']}" if scr.get("set_by") else "; set by the whole split")
+def familiarity_text(meta: dict) -> str | None:
+    """The groups whose images the detector does not make familiar (too few sensitive
+    validation images to measure its recall there), in words; None when every group counts."""
+    fam = meta.get("familiarity", {})
+    rows = fam.get("untrusted_groups") or []
+    if not rows:
+        return None
+    k = meta.get("screening", {}).get("min_group_positives", MIN_GROUP_POSITIVES)
+    listed = ", ".join(f"{r['group']} ({r['val_sensitive']} of {k})" for r in rows)
+    none = " No image can be cleared by this detector yet." if not fam.get("reference") else ""
+    return (f"Its recall is not measured on {listed}: sensitive validation images of the {k} a group needs, "
+            f"so images like those stay unfamiliar (censored) until more of them are labelled.{none}")
+
+
 #: The rule whose threshold clears images: recall first.
 SCREENING_RULE = "R95"
 #: The recall each recall rule promises; the screening threshold of these rules is the worst group's.
@@ -475,8 +489,9 @@ class Detector:
 
     Arrays: ``scaler_mean, scaler_scale, coef`` (dim,) float64, ``intercept`` (1,),
     ``calib_a, calib_b`` (1,) (sigmoid) or ``calib_x, calib_y`` (k,) (isotonic), ``train_ids``
-    (n_train,) S64, ``train_vectors`` (n_train, dim) float16 (familiarity reference),
-    ``loo_distance`` (n_train,) float32, ``val_ids`` (n_val,) S64, ``val_p`` (n_val,) float64,
+    (n_train,) S64, ``train_vectors`` (n_train, dim) float16, ``reference`` (n_train,) bool
+    (the rows of trusted groups: the familiarity reference; absent in files saved before, where
+    every row is), ``loo_distance`` (n_ref,) float32, ``val_ids`` (n_val,) S64, ``val_p`` (n_val,) float64,
     ``val_y`` (n_val,) bool, ``val_groups`` (n_val,) unicode (absent from detectors saved
     before groups: one group, :data:`ONE_GROUP`), and with IVF familiarity ``ivf_centroids``
     (nlist, dim) float32.
@@ -579,10 +594,17 @@ class Detector:
         """Vectors (n, dim) -> calibrated probability of *sensitive*, (n,) float64."""
         return _calibrate(self.meta["classifier"]["calibration"], self.arrays, self.decision_function(X))
 
+    def reference_vectors(self) -> np.ndarray:
+        """The training vectors that make an image familiar (n_ref, dim) float16: those of its
+        trusted groups (:func:`trusted_groups`; every training vector in files saved before)."""
+        ref = self.arrays.get("reference")
+        v = self.arrays["train_vectors"]
+        return v if ref is None else v[ref.astype(bool)]
+
     def index(self) -> Familiarity:
-        """The search over the training vectors (built once per loaded detector)."""
+        """The search over the reference vectors (built once per loaded detector)."""
         if self._index is None:
-            self._index = _familiarity_index(_reference(self.arrays["train_vectors"]),
+            self._index = _familiarity_index(_reference(self.reference_vectors()),
                                              self.arrays.get("ivf_centroids"), self.meta["familiarity"].get("nprobe"))
         return self._index
 
@@ -660,6 +682,8 @@ class Familiarity:
         to leave out (leave-one-out), or -1."""
         q = np.ascontiguousarray(q, dtype=np.float32)
         m = len(q)
+        if m == 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
         if self.kind == "flat":
             k = 1 if exclude is None else min(2, len(self.ref))
             sims, rows = self.flat.search(q, k)
@@ -908,6 +932,12 @@ def fit_detector(X: np.ndarray, y: np.ndarray, ids: Sequence[str], *, groups: Se
     passes the near-duplicates of validation images): a rotated or recompressed copy on both
     sides would make the validation recall, and so the screening threshold, optimistic.
 
+    Familiarity (:func:`trusted_groups`): an image can only be familiar through the training
+    images of a group whose recall the validation split measured (at least
+    ``min_group_positives`` sensitive validation images), or of a group with no sensitive
+    label at all. A handful of labels from a new collection does not make its images familiar,
+    so the detector does not clear them on a recall nobody measured.
+
     Raises :class:`LabelError` with fewer than 2 images of a class.
     """
     from sklearn.calibration import CalibratedClassifierCV
@@ -983,16 +1013,20 @@ def fit_detector(X: np.ndarray, y: np.ndarray, ids: Sequence[str], *, groups: Se
                     for k in sorted(set(groups[tr].tolist()))}
     group_rows = _group_rows(y_val, p_val, g_val, chosen, overall, screening, min_group_positives, train_counts, own)
     step(3)
+    trusted, untrusted = trusted_groups(y, groups, va, min_group_positives)
+    in_ref = np.isin(groups[tr], trusted)
     ref16 = X[tr].astype(np.float16)
-    ref = _reference(ref16)
+    ref = _reference(ref16[in_ref])
     centroids, nprobe = (_ivf_centroids(ref, seed) if len(ref) > FAMILIAR_EXACT_MAX else (None, None))
     index = _familiarity_index(ref, centroids, nprobe)
     best, _ = index.search(ref, exclude=np.arange(len(ref)))
     loo = np.clip(1.0 - best, 0.0, 2.0).astype(np.float32)
-    cut = float(np.percentile(loo, UNFAMILIAR_PERCENTILE))
+    # no reference: nothing is familiar (every distance is 2, beyond a cut of 0)
+    cut = float(np.percentile(loo, UNFAMILIAR_PERCENTILE)) if len(loo) else 0.0
     step(4)
     arrays.update({"train_ids": np.asarray([ids[i] for i in tr], dtype="S64"), "train_vectors": ref16,
-                   "loo_distance": loo, "val_ids": np.asarray([ids[i] for i in va], dtype="S64"),
+                   "reference": in_ref, "loo_distance": loo,
+                   "val_ids": np.asarray([ids[i] for i in va], dtype="S64"),
                    "val_p": p_val.astype(np.float64), "val_y": y_val.astype(bool)})
     if grouped:
         arrays["val_groups"] = np.asarray(g_val, dtype=str)
@@ -1016,7 +1050,8 @@ def fit_detector(X: np.ndarray, y: np.ndarray, ids: Sequence[str], *, groups: Se
                        "recall": _jsonable(at["recall"]), "specificity": _jsonable(at["specificity"]),
                        "unfamiliar_rate": float((val_d > cut).mean()),
                        "groups": [{k: _jsonable(v) for k, v in r.items()} for r in group_rows]},
-        "familiarity": {"percentile": UNFAMILIAR_PERCENTILE, "cut": cut,
+        "familiarity": {"percentile": UNFAMILIAR_PERCENTILE, "cut": cut, "reference": int(in_ref.sum()),
+                        "trusted_groups": trusted, "untrusted_groups": untrusted,
                         "index": "flat" if centroids is None else "ivf",
                         "nlist": None if centroids is None else len(centroids), "nprobe": nprobe},
         "uncertainty": {"transforms": list(TTA_TRANSFORMS), "sd_cut": TTA_SD_CUT, "flip_cut": TTA_FLIP_CUT},
@@ -1073,7 +1108,7 @@ def known_names() -> list[str]:
 _REQUIRED = {"scaler_mean", "scaler_scale", "coef", "intercept", "train_ids", "train_vectors", "loo_distance",
              "val_ids", "val_p", "val_y"}
 #: Arrays a detector may hold: IVF familiarity; the validation rows' groups (none before groups).
-_OPTIONAL = {"ivf_centroids", "val_groups"}
+_OPTIONAL = {"ivf_centroids", "val_groups", "reference"}
 _CALIB_ARRAYS = {"sigmoid": {"calib_a", "calib_b"}, "isotonic": {"calib_x", "calib_y"}, "none": set()}
 
 
@@ -1145,7 +1180,11 @@ def load(name: str) -> Detector:
     dim = arrays["coef"].shape
     n_train, n_val = len(arrays["train_ids"]), len(arrays["val_ids"])
     consistent = (len(dim) == 1 and arrays["scaler_mean"].shape == dim and arrays["scaler_scale"].shape == dim
-                  and arrays["train_vectors"].shape == (n_train, dim[0]) and arrays["loo_distance"].shape == (n_train,)
+                  and arrays["train_vectors"].shape == (n_train, dim[0])
+                  and ("reference" not in arrays or (arrays["reference"].shape == (n_train,)
+                                                     and arrays["reference"].dtype.kind == "b"))
+                  and arrays["loo_distance"].shape == (int(arrays["reference"].sum()) if "reference" in arrays
+                                                       else n_train,)
                   and arrays["val_p"].shape == (n_val,) and arrays["val_y"].shape == (n_val,) and n_train >= 1
                   and arrays["intercept"].shape == (1,) and int(meta["model"].get("dim", dim[0])) == dim[0]
                   and ("ivf_centroids" not in arrays or arrays["ivf_centroids"].shape[1:] == dim)
@@ -1545,6 +1584,33 @@ def _table_threshold(table: pd.DataFrame) -> float:
         if len(t):
             return float(t.iloc[0])
     return PRED_THRESHOLD
+
+
+def trusted_groups(y: np.ndarray, groups: np.ndarray, val: np.ndarray,
+                   min_group_positives: int = MIN_GROUP_POSITIVES) -> tuple[list[str], list[dict]]:
+    """The groups whose training images may make an image familiar, and the others.
+
+    Parameters
+    ----------
+    y : (n,) bool, sensitive; groups : (n,) str; val : row positions of the validation split.
+
+    A group is trusted when its validation split holds at least ``min_group_positives``
+    sensitive images (its recall at the screening threshold is measured, as the worst-group
+    threshold needs), or when none of its labels is sensitive (no recall to measure). Returns
+    the trusted group names (sorted) and, for the others, ``{"group", "val_sensitive",
+    "sensitive"}`` rows: images near those are not cleared until more of them are labelled.
+    """
+    trusted, untrusted = [], []
+    val_mask = np.zeros(len(y), bool)
+    val_mask[np.asarray(val, dtype=np.int64)] = True
+    for g in sorted(set(groups.tolist())):
+        mine = groups == g
+        n_pos, n_val_pos = int(y[mine].sum()), int(y[mine & val_mask].sum())
+        if n_pos == 0 or n_val_pos >= min_group_positives:
+            trusted.append(str(g))
+        else:
+            untrusted.append({"group": str(g), "val_sensitive": n_val_pos, "sensitive": n_pos})
+    return trusted, untrusted
 
 
 def screen_groups(table: pd.DataFrame, threshold: float | None = None) -> np.ndarray:

@@ -688,9 +688,61 @@ def test_reviews_are_a_label_source_and_retrain_keeps_a_learning_curve(det, cut)
     assert curve[["auc", "recall", "specificity"]].notna().all().all()
     fig = charts.learning_curve_figure(curve)
     assert [tr.name for tr in fig.data] == ["AUC", "recall at R95", "specificity at R95"]
-    # the reviewed X-rays are training images now: familiar
+    # the reviewed X-rays are training images now: familiar once their group is trusted (earlier
+    # tests of this module may have reviewed some X-rays Blur: a mixed group with too few
+    # sensitive validation images, whose images stay unfamiliar)
     again = D.predict("det-screen", d, tta=False, write=False).set_index("id")
-    assert not again.loc[cxr[:6], "unfamiliar"].any()
+    fam = d.meta["familiarity"]
+    group = "det-screen/figure1_cxr"
+    assert (group in fam["trusted_groups"]) != (group in {r["group"] for r in fam["untrusted_groups"]})
+    if group in fam["trusted_groups"]:
+        assert not again.loc[cxr[:6], "unfamiliar"].any()
+    else:
+        assert again.loc[cxr, "unfamiliar"].all()
+
+
+def test_a_few_labels_of_a_new_source_do_not_make_it_familiar(corpus_color):
+    """Familiarity comes only from groups whose recall the validation split measured: 12
+    labelled AZH images (a new clinic) leave every AZH image unfamiliar, those it trained on
+    included; with all of AZH's labels the group holds enough sensitive validation images and
+    its images become familiar. Groups without a sensitive label (blood smears) count as they are."""
+    from lib.embeddings import load_embeddings
+
+    ds = corpus_color
+    first = np.flatnonzero(~ds.images["id"].duplicated().to_numpy())
+    X = load_embeddings("corpus", "color").take(first)
+    y = ds.images["label"].to_numpy()[first] == "sensitive"
+    src = ds.images["source"].to_numpy()[first].astype(str)
+    ids = ds.images["id"].to_numpy()[first].tolist()
+    azh = np.flatnonzero(src == "azh")
+    rng = np.random.default_rng(0)
+    few = np.concatenate([rng.choice(azh[y[azh]], 9, replace=False), rng.choice(azh[~y[azh]], 3, replace=False)])
+    for rows, trusted in ((np.concatenate([np.flatnonzero(src != "azh"), few]), False),
+                          (np.arange(len(y)), True)):
+        d = D.fit_detector(X[rows], y[rows], [ids[i] for i in rows], groups=src[rows], seed=0)
+        fam = d.meta["familiarity"]
+        assert ("azh" in fam["trusted_groups"]) == trusted, fam
+        assert {"bccd", "figure1_cxr", "fuseg", "medetec"} <= set(fam["trusted_groups"])  # pure-safe or measured
+        a = d.assess(X[azh])
+        trained_azh = np.isin(np.asarray(ids)[azh], [i.decode() for i in d.arrays["train_ids"]])
+        assert trained_azh.any()
+        if trusted:
+            assert not a["unfamiliar"][trained_azh].any()  # its own training images are familiar
+            assert fam["reference"] == len(d.arrays["train_ids"])
+        else:
+            assert a["unfamiliar"][trained_azh].all()  # even the AZH images it trained on
+            assert a["unfamiliar"].mean() >= 0.95  # (one may lie near another source's images)
+            row = next(r for r in fam["untrusted_groups"] if r["group"] == "azh")
+            assert row["sensitive"] == 9 and row["val_sensitive"] < D.MIN_GROUP_POSITIVES
+            assert fam["reference"] == len(d.arrays["train_ids"]) - int(trained_azh.sum())
+            assert f"azh ({row['val_sensitive']} of 10)" in D.familiarity_text(d.meta)
+    assert D.familiarity_text(d.meta) is None  # every group counts
+    # the rule itself
+    g = np.array(["a"] * 30 + ["b"] * 5 + ["c"] * 6)
+    yy = np.array([True] * 20 + [False] * 10 + [True] * 5 + [False] * 6)
+    val = np.r_[0:10, 30:32, 35:37]  # a: 10 sensitive in validation; b: 2; c: none sensitive at all
+    trusted, untrusted = D.trusted_groups(yy, g, val, 10)
+    assert trusted == ["a", "c"] and untrusted == [{"group": "b", "val_sensitive": 2, "sensitive": 5}]
 
 
 # --------------------------------------------------------------------------- CLI and the app's evidence

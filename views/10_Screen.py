@@ -89,6 +89,9 @@ with ui.guard():
     m[3].metric("Screening threshold", f"{det.threshold:.3f}", help=det_mod.screening_text(meta))
     m[4].metric("Unfamiliar beyond", f"{det.cut:.3f}", help="cosine distance to the nearest training image "
                 f"({meta['familiarity']['percentile']:g}th percentile of the training leave-one-out distances)")
+    note = det_mod.familiarity_text(meta)
+    if note:
+        st.info(note, icon=":material/visibility_off:")
     left, right = st.columns([3, 2])
     with left:
         st.plotly_chart(charts.detector_pr(det_mod.validation_pr(det)), key="sc-pr")
