@@ -609,11 +609,14 @@ class Detector:
         return self._index
 
     def distances(self, X: np.ndarray) -> np.ndarray:
-        """Vectors (n, dim), unit norm -> (n,) float32 cosine distance to the nearest training image."""
+        """Vectors (n, dim), unit norm -> (n,) float32 cosine distance to the nearest training image
+        (reference vector). With IVF, for a familiar image it is the distance to the nearest one
+        found in its nearer half of the probed lists: at most the cut, as the full search's."""
         q = np.ascontiguousarray(X, dtype=np.float32)
         if len(q) == 0:
             return np.zeros(0, np.float32)
-        best, _ = self.index().search(q)
+        # stop probing once an image is familiar: the same unfamiliar flags, about half the work
+        best, _ = self.index().search(q, enough=1.0 - self.cut)
         return np.clip(1.0 - best, 0.0, 2.0).astype(np.float32)
 
     def assess(self, X: np.ndarray) -> dict[str, np.ndarray]:
@@ -676,10 +679,19 @@ class Familiarity:
         self.bounds = np.searchsorted(assign[self.order, 0], np.arange(self.nlist + 1))
         self.sorted = self.ref[self.order]
 
-    def search(self, q: np.ndarray, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, q: np.ndarray, exclude: np.ndarray | None = None,
+               enough: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Queries (m, dim) -> (best inner product (m,) float32, training row (m,) int64; -inf
         and -1 where nothing was found). ``exclude`` (m,) names one training row per query
-        to leave out (leave-one-out), or -1."""
+        to leave out (leave-one-out), or -1.
+
+        ``enough`` (IVF): a query whose best inner product over its nearer half of the
+        ``nprobe`` lists already reaches it is not compared with the other half. More lists
+        can only raise the best product, so which queries reach ``enough`` is the same as with
+        every list probed; for those the product found is a lower bound. (The familiarity
+        search passes 1 - cut: most queries of a collection like the training one are
+        familiar after half the work.)
+        """
         q = np.ascontiguousarray(q, dtype=np.float32)
         m = len(q)
         if m == 0:
@@ -697,36 +709,48 @@ class Familiarity:
             return np.where(lonely, -np.inf, best).astype(np.float32), np.where(lonely, -1, row)
         best = np.full(m, -np.inf, np.float32)
         arg = np.full(m, -1, np.int64)
+        half = (self.nprobe + 1) // 2 if enough is not None and self.nprobe > 1 else self.nprobe
         for s in range(0, m, self.BATCH):
             qq = q[s:s + self.BATCH]
-            _, probes = self.quantizer.search(qq, self.nprobe)
-            lists = probes.ravel()
-            who = np.repeat(np.arange(len(qq)), self.nprobe)
-            keep = lists >= 0
-            lists, who = lists[keep], who[keep]
-            o = np.argsort(lists, kind="stable")
-            lists, who = lists[o], who[o]
-            lb = np.searchsorted(lists, np.arange(self.nlist + 1))
+            _, probes = self.quantizer.search(qq, self.nprobe)  # nearest centroid first
             b, a = best[s:s + self.BATCH], arg[s:s + self.BATCH]
             ex = None if exclude is None else np.asarray(exclude, np.int64)[s:s + self.BATCH]
-            for L in range(self.nlist):
-                lo, hi = self.bounds[L], self.bounds[L + 1]
-                if lb[L] == lb[L + 1] or lo == hi:
-                    continue
-                for c in range(lb[L], lb[L + 1], 8192):  # bounded block of (queries x list) products
-                    qs = who[c:min(c + 8192, lb[L + 1])]
-                    sims = qq[qs] @ self.sorted[lo:hi].T
-                    if ex is not None:
-                        e = ex[qs]
-                        pos = np.where(e >= 0, self.position[np.maximum(e, 0)], -1)
-                        hit = (pos >= lo) & (pos < hi)
-                        sims[np.flatnonzero(hit), pos[hit] - lo] = -np.inf
-                    j = sims.argmax(axis=1)
-                    v = sims[np.arange(len(qs)), j]
-                    better = v > b[qs]
-                    b[qs[better]] = v[better]
-                    a[qs[better]] = self.order[lo + j[better]]
+            self._scan(qq, probes[:, :half], np.arange(len(qq)), b, a, ex)
+            if half < self.nprobe:
+                rest = np.flatnonzero(b < enough)
+                self._scan(qq, probes[rest, half:], rest, b, a, ex)
         return best, arg
+
+    def _scan(self, qq: np.ndarray, probes: np.ndarray, rows: np.ndarray, b: np.ndarray, a: np.ndarray,
+              ex: np.ndarray | None) -> None:
+        """Compare queries ``qq[rows]`` with the lists ``probes`` (len(rows), p) names, list by
+        list, raising their best products ``b`` (and rows ``a``) in place."""
+        if len(rows) == 0 or probes.shape[1] == 0:
+            return
+        lists = probes.ravel()
+        who = np.repeat(rows, probes.shape[1])
+        keep = lists >= 0
+        lists, who = lists[keep], who[keep]
+        o = np.argsort(lists, kind="stable")
+        lists, who = lists[o], who[o]
+        lb = np.searchsorted(lists, np.arange(self.nlist + 1))
+        for L in range(self.nlist):
+            lo, hi = self.bounds[L], self.bounds[L + 1]
+            if lb[L] == lb[L + 1] or lo == hi:
+                continue
+            for c in range(lb[L], lb[L + 1], 8192):  # bounded block of (queries x list) products
+                qs = who[c:min(c + 8192, lb[L + 1])]
+                sims = qq[qs] @ self.sorted[lo:hi].T
+                if ex is not None:
+                    e = ex[qs]
+                    pos = np.where(e >= 0, self.position[np.maximum(e, 0)], -1)
+                    hit = (pos >= lo) & (pos < hi)
+                    sims[np.flatnonzero(hit), pos[hit] - lo] = -np.inf
+                j = sims.argmax(axis=1)
+                v = sims[np.arange(len(qs)), j]
+                better = v > b[qs]
+                b[qs[better]] = v[better]
+                a[qs[better]] = self.order[lo + j[better]]
 
 
 def _familiarity_index(ref: np.ndarray, centroids: np.ndarray | None, nprobe: int | None) -> Familiarity:
@@ -1033,7 +1057,7 @@ def fit_detector(X: np.ndarray, y: np.ndarray, ids: Sequence[str], *, groups: Se
     if centroids is not None:
         arrays["ivf_centroids"] = np.asarray(centroids, np.float32)
     det._index = index
-    val_d = det.distances(X[va])
+    val_d = np.clip(1.0 - index.search(np.ascontiguousarray(X[va], dtype=np.float32))[0], 0.0, 2.0)
     n_groups = len(set(groups.tolist()))
     meta.update({
         "split": {"val_frac": float(val_frac), "seed": int(seed), "n_train": len(tr), "n_val": len(va),

@@ -490,7 +490,7 @@ def test_ivf_familiarity_round_trip(cut, monkeypatch):
     assert np.array_equal(a["distance"].to_numpy(), b["distance"].to_numpy())
     # approximate search can only overestimate a nearest distance: it errs towards unfamiliar
     exact = D.load("no-cxr-ivf")
-    exact._index = D._familiarity_index(D._reference(exact.arrays["train_vectors"]), None, None)
+    exact._index = D._familiarity_index(D._reference(exact.reference_vectors()), None, None)
     from lib.embeddings import load_embeddings
 
     X = load_embeddings("det-screen", "color").matrix()
@@ -498,7 +498,7 @@ def test_ivf_familiarity_round_trip(cut, monkeypatch):
     # the list-by-list search finds what faiss's own IndexIVFFlat finds with the same lists
     import faiss
 
-    ref = D._reference(d.arrays["train_vectors"])
+    ref = D._reference(d.reference_vectors())
     cents = d.arrays["ivf_centroids"]
     q = faiss.IndexFlatIP(ref.shape[1])
     q.add(cents)
@@ -509,6 +509,13 @@ def test_ivf_familiarity_round_trip(cut, monkeypatch):
     mine, my_rows = D.Familiarity(ref, cents, ivf.nprobe).search(X)
     np.testing.assert_allclose(mine, sims[:, 0], atol=1e-5)
     assert (my_rows == rows[:, 0]).mean() > 0.99  # (ties aside)
+    # stopping once familiar (the nearer half of the lists first) flags exactly the same images
+    full = D.Familiarity(ref, cents, ivf.nprobe)
+    for enough in (1.0 - d.cut, 0.97, 0.5):
+        early, _ = full.search(X, enough=enough)
+        assert np.array_equal(early >= enough, mine >= enough)
+        assert np.all(early <= mine + 1e-6)  # a lower bound of the best product
+        np.testing.assert_allclose(early[mine < enough], mine[mine < enough], atol=1e-6)  # exact where not reached
     # leave-one-out: a training vector never finds itself
     best, who = D.Familiarity(ref, cents, ivf.nprobe).search(ref[:50], exclude=np.arange(50))
     assert (who != np.arange(50)).all() and np.all(best <= 1.0 + 1e-6)
