@@ -7,7 +7,7 @@ so a page can map a selection back to images (and show them through the safe vie
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -332,7 +332,7 @@ def draw_mask(n: int, limit: int = DRAW_MAX, *, first: np.ndarray | None = None,
 
 def linked_map(df: pd.DataFrame, color: str | None, *, selected=None, highlight: str | None = None,
                title: str = "", hover: Sequence[str] = ("label",), always: Sequence[str] = (),
-               limit: int = DRAW_MAX):
+               derive: Mapping[str, Callable[[pd.DataFrame], Sequence]] | None = None, limit: int = DRAW_MAX):
     """A 2-D map (columns x, y, id), WebGL (``scattergl``) above :data:`GL_ABOVE` points,
     ``customdata[0]`` = id, linked to the gallery.
 
@@ -347,63 +347,73 @@ def linked_map(df: pd.DataFrame, color: str | None, *, selected=None, highlight:
     selected : ids of a selection: the other points stay visible, in grey.
     highlight : an id drawn as a large ringed marker (the image open in the detail view).
     always : ids drawn whatever the sample (e.g. those with hover previews).
+    derive : {hover column: function of the drawn rows' frame -> its values}: columns costly
+        per row (file names) computed for the drawn points only.
     """
     import plotly.graph_objects as go
 
     df = df.reset_index(drop=True)
     n = len(df)
-    ids = df["id"].astype(str).to_numpy()
-    sel = None if selected is None else np.isin(ids, np.asarray(list(map(str, selected)), dtype=object))
+    id_col = df["id"].astype("string")
+    sel = None if selected is None else id_col.isin(list(map(str, selected))).to_numpy(dtype=bool, na_value=False)
     keep = np.ones(n, bool) if sel is None else sel
-    values = None
     numeric = color is not None and color in df and pd.api.types.is_numeric_dtype(df[color])
+    values = None
     if not numeric:
-        values = df[color].astype("string").fillna("(none)").to_numpy(dtype=object) if color in df \
-            else np.full(n, "all", dtype=object)
+        values = df[color].astype("string").fillna("(none)") if color in df else pd.Series("all", index=df.index)
     counts: dict[str, int] = {}
     if sel is not None and (~sel).any():
         counts["not selected"] = int((~sel).sum())
     if numeric:
         counts[color] = int(keep.sum())
     else:
-        cats, cat_counts = np.unique(values[keep].astype(str), return_counts=True)
-        counts.update({str(c): int(k) for c, k in zip(cats, cat_counts, strict=True)})
+        vc = values[keep].value_counts()
+        counts.update({str(c): int(vc[c]) for c in sorted(vc.index.astype(str))})
     pinned = [str(h) for h in [highlight, *always] if h is not None]
-    drawn = draw_mask(n, limit, first=sel, always=np.flatnonzero(np.isin(ids, pinned)) if pinned else None)
+    pin_rows = np.flatnonzero(id_col.isin(pinned).to_numpy(dtype=bool, na_value=False)) if pinned else None
+    drawn = draw_mask(n, limit, first=sel, always=pin_rows)
     sub = df[drawn].reset_index(drop=True)
+    for col, fn in (derive or {}).items():
+        sub[col] = list(fn(sub))
     sub_sel = None if sel is None else sel[drawn]
-    sub_values = None if values is None else values[drawn]
+    sub_values = None if values is None else values[drawn].to_numpy(dtype=object)
+    sub_ids = sub["id"].astype(str).to_numpy()
     # SVG up to GL_ABOVE points, WebGL above (fluid at 100k+). No dragmode: with one set,
     # Streamlit turns click selection off; the modebar offers box and lasso.
     Scatter = go.Scattergl if len(sub) > GL_ABOVE else go.Scatter
     hov = [c for c in hover if c in sub.columns]
-    custom = sub[["id", *hov]].astype(str).to_numpy()
-    template = "<br>".join(f"{c} %{{customdata[{i + 1}]}}" for i, c in enumerate(hov)) + "<extra></extra>"
+    # customdata: the id alone; the hover lines as one text per point (half the objects
+    # plotly and Streamlit deep-copy and encode, at 50k points a second of every run)
+    custom = sub_ids.astype(object)
+    text = pd.Series("", index=sub.index, dtype="string")
+    for i, c in enumerate(hov):
+        text = text + ("<br>" if i else "") + f"{c} " + sub[c].astype("string").fillna("<NA>")
+    text = text.to_numpy(dtype=object)
+    x, y = sub["x"].to_numpy(), sub["y"].to_numpy()
     fig = go.Figure()
-    base = {"mode": "markers", "hovertemplate": template}
+    base = {"mode": "markers", "hovertemplate": "%{text}<extra></extra>"}
 
     def name(key: str) -> str:
         return f"{key} ({counts[key]:,})"
 
     if sub_sel is not None and "not selected" in counts:
         rest = ~sub_sel
-        fig.add_trace(Scatter(x=sub["x"][rest], y=sub["y"][rest], customdata=custom[rest], name=name("not selected"),
+        fig.add_trace(Scatter(x=x[rest], y=y[rest], customdata=custom[rest], text=text[rest], name=name("not selected"),
                               marker={"size": 5, "color": "#c7c7c7", "opacity": 0.5}, **base))
     sub_keep = np.ones(len(sub), bool) if sub_sel is None else sub_sel
     if numeric:
-        fig.add_trace(Scatter(x=sub["x"][sub_keep], y=sub["y"][sub_keep], customdata=custom[sub_keep],
-                              name=name(color), marker={"size": 6, "color": sub[color][sub_keep],
-                                                        "colorscale": "Viridis", "showscale": True,
-                                                        "colorbar": {"title": color}}, **base))
+        fig.add_trace(Scatter(x=x[sub_keep], y=y[sub_keep], customdata=custom[sub_keep], text=text[sub_keep], name=name(color),
+                              marker={"size": 6, "color": sub[color].to_numpy()[sub_keep], "colorscale": "Viridis",
+                                      "showscale": True, "colorbar": {"title": color}}, **base))
     else:
         cats = [c for c in counts if c != "not selected"]
         for cat, colour in zip(cats, palette(len(cats)), strict=True):
-            m = sub_keep & (sub_values.astype(str) == cat)
-            fig.add_trace(Scatter(x=sub["x"][m], y=sub["y"][m], customdata=custom[m], name=name(cat),
+            m = sub_keep & (sub_values == cat)
+            fig.add_trace(Scatter(x=x[m], y=y[m], customdata=custom[m], text=text[m], name=name(cat),
                                   marker={"size": 6, "color": colour, "opacity": 0.8}, **base))
-    if highlight is not None and (sub["id"].astype(str) == str(highlight)).any():
-        h = (sub["id"].astype(str) == str(highlight)).to_numpy()
-        fig.add_trace(Scatter(x=sub["x"][h], y=sub["y"][h], customdata=custom[h], name="this image",
+    if highlight is not None and (sub_ids == str(highlight)).any():
+        h = sub_ids == str(highlight)
+        fig.add_trace(Scatter(x=x[h], y=y[h], customdata=custom[h], text=text[h], name="this image",
                               marker={"size": 18, "color": "rgba(0,0,0,0)", "line": {"width": 3, "color": "#000"}},
                               **base))
     n_drawn = int(drawn.sum())

@@ -390,6 +390,16 @@ class Dataset:
         """Content ids in first-seen order, each once."""
         return list(dict.fromkeys(self.images["id"].tolist()))
 
+    def row_of(self, image_id: str | None) -> int | None:
+        """The first row of content id ``image_id``, None when the dataset has none: one
+        vectorised comparison (ms at 1M rows), where ``image_id in set(images["id"])`` built
+        a set of every id on each page run."""
+        if image_id is None:
+            return None
+        hit = (self.images["id"] == str(image_id)).to_numpy(dtype=bool, na_value=False)
+        row = int(hit.argmax()) if len(hit) else 0
+        return row if len(hit) and hit[row] else None
+
     def abspath(self, rel: str) -> Path:
         """Absolute path of an image, refusing anything outside the dataset root."""
         return safe_join(self.root, rel)

@@ -741,11 +741,17 @@ def decide(
                     ("review", ok)):
         basis[cleared & c] = kind
     reason = np.full(n, "", dtype=object)
-    flagged_rows = np.flatnonzero(any_flag).tolist()
-    parts = [r for _, _, r in flags]
+    # "; ".join of each row's non-empty flag reasons, column by column (a per-row join cost
+    # seconds at 1M rows)
     flag_text = np.full(n, "", dtype=object)
-    for k in flagged_rows:
-        flag_text[k] = "; ".join(r[k] for r in parts if r[k])
+    for _, _, r in flags:
+        r = np.asarray(r, dtype=object)
+        has, had = r != "", flag_text != ""
+        both = has & had
+        flag_text[both] = flag_text[both] + "; " + r[both]
+        only = has & ~had
+        flag_text[only] = r[only]
+    flag_text[~any_flag] = ""
     reason[any_flag & censored] = flag_text[any_flag & censored]
     reason[ok_wins] = r_review[ok_wins] + ", newer than: " + flag_text[ok_wins]
     plain = cleared & ~any_flag

@@ -21,8 +21,7 @@ with ui.guard():
         st.caption("Showing PCA until the UMAP map is computed.")
         method = "pca"
     pts = gallery.map_frame(ui.projection(ctx.name, ctx.model, method), ctx.eb())
-    pts = pts.assign(**{"safe view": ctx.decision()["evidence"].to_numpy(),
-                        "file": [gallery.file_name(p, 32) for p in images["path"]]})
+    pts = pts.assign(**{"safe view": ctx.decision()["evidence"].to_numpy(), "path": images["path"].array})
     sel = ui.selection(ctx.name)
     # this run's click, or every point inside its box / lasso (drawn or not), before drawing
     chosen = charts.selected_ids(st.session_state.get("mp-map"), pts)
@@ -37,7 +36,8 @@ with ui.guard():
     ids = ui.hover_preview_ids(pts["id"], first=[current, *(sel["ids"] if sel else [])]) if hover else []
     fig = charts.linked_map(pts, colour, selected=sel["ids"] if sel else None, highlight=current,
                             title=f"{ctx.model.label} · {method.upper()} · {gallery.plural(len(pts), 'image')}",
-                            hover=("label", "EB", "file"), always=ids)
+                            hover=("label", "EB", "file"), always=ids,
+                            derive={"file": lambda d: [gallery.file_name(p, 32) for p in d["path"]]})
     if hover:
         ui.hover_map(ctx, fig, ids)
         st.caption(f"Thumbnails for {len(ids)} of {len(pts)} points"
@@ -52,8 +52,8 @@ with ui.guard():
         s1, s2 = st.columns([3, 1])
         s1.caption(f"{len(sel['ids'])} image(s) selected on *{sel['source']}* (the coloured points).")
         s2.button("Clear selection", on_click=ui.clear_selection, key="mp-clear")
-    if current in set(images["id"]):
-        row = gallery.rows_of_ids(images, [current])[0]
+    row = ds.row_of(current)
+    if row is not None:
         a, b = st.columns([1, 3])
         with a:
             ui.show_image(ctx, row, key="mp-one", caption=gallery.file_name(images["path"].iat[row]))

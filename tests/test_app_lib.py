@@ -419,20 +419,23 @@ def test_a_large_map_draws_a_sample_with_exact_counts():
     meta = fig.layout.meta
     counts = df["label"].fillna("(none)").value_counts().to_dict()
     assert meta["points"] == n and meta["counts"] == counts
-    drawn = [str(c[0]) for tr in fig.data if tr.name != "this image" for c in tr.customdata]
+    drawn = [str(c) for tr in fig.data if tr.name != "this image" for c in tr.customdata]
     assert meta["drawn"] == 10_002 and len(drawn) == len(set(drawn)) == 10_002  # the sample, the open image, a pinned one
     assert {hi, pin} <= set(drawn)
     names = sorted(tr.name for tr in fig.data if tr.name != "this image")
     assert names == sorted(f"{k} ({v:,})" for k, v in counts.items())
     assert "10,002 of 120,000 points drawn" in fig.layout.title.text
     again = charts.linked_map(df, "label", highlight=hi, limit=10_000, always=[pin])
-    assert [list(tr.customdata[:, 0]) for tr in again.data] == [list(tr.customdata[:, 0]) for tr in fig.data]
+    assert [list(tr.customdata) for tr in again.data] == [list(tr.customdata) for tr in fig.data]
+    hover = next(tr for tr in fig.data if tr.name.startswith("safe"))
+    row = df.set_index("id").loc[hover.customdata[0]]
+    assert hover.text[0] == f"label {row['label']}" and hover.hovertemplate == "%{text}<extra></extra>"
     # a selection: every selected point drawn first (up to the limit), the rest in grey, counts exact
     chosen = df["id"][:3000].tolist()
     sel = charts.linked_map(df, "EB", selected=chosen, limit=10_000)
     by_name = {tr.name: tr for tr in sel.data}
     assert set(by_name) == {f"not selected ({n - 3000:,})", "EB (3,000)"}
-    assert sorted(map(str, by_name["EB (3,000)"].customdata[:, 0])) == sorted(chosen)
+    assert sorted(map(str, by_name["EB (3,000)"].customdata)) == sorted(chosen)
     assert sel.layout.meta["drawn"] == 10_000
     small = charts.linked_map(df[:500], "label")
     assert small.layout.meta["drawn"] == 500 and "drawn" not in (small.layout.title.text or "")
