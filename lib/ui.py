@@ -330,17 +330,20 @@ def predictions(path: str | None) -> pd.DataFrame | None:
 # Shared by every session (st.cache_resource: no copy per call). As st.cache_data, each of a
 # page's calls unpickled a fresh table (tens of MB at 100k rows) in the session's thread, and
 # under many sessions glibc kept those per-thread arenas: ~16 MB of server memory per page view.
+# The inputs come as callables, called on a miss only: gathering them on every call (the
+# reviews table, 1M rows once every image is labelled) cost seconds per thumbnail.
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _decision(home: str, name: str, key: tuple, _inputs: dict) -> pd.DataFrame:
-    return sensitivity.decide(load_dataset(name).images, **_inputs)
+def _decision(home: str, name: str, key: tuple, _inputs: Callable[[], dict]) -> pd.DataFrame:
+    return sensitivity.decide(load_dataset(name).images, **_inputs())
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _view(home: str, name: str, key: tuple, _decision_table=None) -> dict[str, tuple[bool, str]]:
-    return sensitivity.by_id(_decision_table)
+def _view(home: str, name: str, key: tuple, _decision_table: Callable[[], pd.DataFrame]) -> dict[str, tuple[bool, str]]:
+    return sensitivity.by_id(_decision_table())
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
+# Shared (st.cache_resource): as st.cache_data each call unpickled a copy (1M reviews: seconds).
+@st.cache_resource(show_spinner=False, max_entries=16)
 def _reviews(home: str, name: str, last_event: int) -> pd.DataFrame:
     from .evidence import reviews
 
@@ -536,7 +539,8 @@ class Ctx:
         """The safe view's decision per dataset row (:func:`lib.sensitivity.decide`: censored,
         status, evidence, reason; shared: never modify it)."""
         key = self._decision_key()
-        return _decision(_home(), self.name, key, _inputs=self._decision_inputs())
+        self.eb()  # its first computation draws a progress bar: here, not inside the cached call
+        return _decision(_home(), self.name, key, _inputs=self._decision_inputs)
 
     def _decision_inputs(self) -> dict:
         policy, error = self.policy()
@@ -548,7 +552,7 @@ class Ctx:
     def view(self) -> dict[str, tuple[bool, str]]:
         """{content id: (censored, reason)} (shared: never modify it)."""
         key = self._decision_key()
-        return _view(_home(), self.name, key, _decision_table=self.decision())
+        return _view(_home(), self.name, key, _decision_table=self.decision)
 
     def censored_of(self, cid: str) -> tuple[bool, str]:
         """(censored, reason) of one image; an id the decision does not know is censored."""
