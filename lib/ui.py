@@ -1022,14 +1022,17 @@ def toggle_pick(name: str, cid: str) -> None:
     picked(name).symmetric_difference_update({str(cid)})
 
 
-def bulk_bar(ctx: Ctx, store, who: str | None, schemas: dict, filtered_ids, page_ids) -> None:
+def bulk_bar(ctx: Ctx, store, who: str | None, schemas: dict, filtered_ids, page_ids,
+             n_filtered: int | None = None) -> None:
     """The Gallery's selection row: select the page or every filtered image, then label them all
-    at once (one transaction, undoable), send them to the Annotate page or export them."""
+    at once (one transaction, undoable), send them to the Annotate page or export them.
+    ``n_filtered``: how many distinct ids ``filtered_ids`` holds, when the caller knows."""
     from .annotations import AnnotationError, scope
 
     sel = picked(ctx.name)
-    # counted vectorised; the ids are listed only when the button is pressed (1M rows: a second a run)
-    n_filtered = len(pd.unique(pd.Series(filtered_ids, dtype="string")))
+    # the ids are listed only when the button is pressed (1M rows: a second a run)
+    if n_filtered is None:
+        n_filtered = len(pd.unique(pd.Series(filtered_ids, dtype="string")))
     c = st.columns([2, 1, 1, 1])
     c[0].markdown(f"**{len(sel)}** selected for bulk actions" if sel else "Tick images (or select them all) "
                   "to label, review or export them together.")

@@ -114,7 +114,7 @@ with ui.guard():
 
     shown = eb.iloc[rows[start:stop]].assign(path=images["path"].to_numpy()[rows[start:stop]])
     picked = ui.picked(ctx.name)
-    ui.bulk_bar(ctx, store, who, schemas, images["id"].array[rows], shown["id"].tolist())
+    ui.bulk_bar(ctx, store, who, schemas, images["id"].array[rows], shown["id"].tolist(), n_filtered=ds.n_distinct(rows))
 
     def caption(rec) -> str:
         lab = rec["label"] if isinstance(rec["label"], str) else "(no label)"
