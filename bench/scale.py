@@ -179,14 +179,19 @@ def _lasso(page, xy: np.ndarray, ids: np.ndarray) -> dict:
     here from the projection's coordinates."""
     import re
 
-    box = page.evaluate("""() => { const gd = document.querySelector('.js-plotly-plot');
+    # centred on the densest cell of a 40 x 40 histogram of every point, so it holds many
+    counts, ex, ey = np.histogram2d(xy[:, 0], xy[:, 1], bins=40)
+    i, j = np.unravel_index(np.argmax(counts), counts.shape)
+    box = page.evaluate("""([dx, dy]) => { const gd = document.querySelector('.js-plotly-plot');
         const r = gd.getBoundingClientRect(), xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
-        return {left: r.left + xa._offset, top: r.top + ya._offset, w: xa._length, h: ya._length}; }""")
-    cx, cy = box["left"] + box["w"] * 0.45, box["top"] + box["h"] * 0.55
+        return {left: r.left + xa._offset, top: r.top + ya._offset, w: xa._length, h: ya._length,
+                cx: r.left + xa._offset + xa.d2p(dx), cy: r.top + ya._offset + ya.d2p(dy)}; }""",
+                        [float((ex[i] + ex[i + 1]) / 2), float((ey[j] + ey[j + 1]) / 2)])
+    cx, cy = box["cx"], box["cy"]
     page.mouse.move(cx, cy)  # the modebar shows on hover
     page.locator('.modebar-btn[data-title="Lasso Select"]').first.click()
     ang = np.linspace(0, 2 * np.pi, 7)[:-1]
-    verts = [(round(cx + box["w"] * 0.22 * np.cos(a)), round(cy + box["h"] * 0.3 * np.sin(a))) for a in ang]
+    verts = [(round(cx + box["w"] * 0.06 * np.cos(a)), round(cy + box["h"] * 0.08 * np.sin(a))) for a in ang]
     page.evaluate("() => { window.__lasso = null; const gd = document.querySelector('.js-plotly-plot');"
                   " gd.on('plotly_selected', e => { window.__lasso = JSON.stringify(gd.layout.selections || []); }); }")
     page.mouse.move(*verts[0])
