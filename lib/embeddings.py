@@ -180,7 +180,8 @@ class EmbeddingStore:
         if (pos < 0).any():
             raise MissingVectors(f"{int((pos < 0).sum())} of {len(pos)} images have no vector in cache "
                                  f"{self.dir}; run `python -m lib embed` first")
-        return DatasetEmbeddings(list(content_ids), self._locs[pos], list(self._mmaps), self.fingerprint, self.dir)
+        return DatasetEmbeddings(list(content_ids), self._locs[pos], list(self._mmaps), self.fingerprint, self.dir,
+                                 list(self._shards))
 
     def info(self) -> dict:
         p = self.dir / "model.json"
@@ -199,6 +200,7 @@ class DatasetEmbeddings:
     shards: list[np.ndarray]
     fingerprint: str
     store_dir: Path
+    shard_names: list[str] | None = None  # the store's names of ``shards`` (a committed shard never changes)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -233,11 +235,14 @@ class DatasetEmbeddings:
         """Changes whenever the rows or the shards behind them change."""
         h = hashlib.sha256(self.fingerprint.encode())
         h.update(np.asarray(self.ids, dtype=ID_DTYPE).tobytes())
-        h.update(np.ascontiguousarray(self.locs).tobytes())
-        # the shards these rows read, not every shard of the store: embedding another dataset
-        # with the same model must not make this one's index and maps stale
-        used = np.unique(self.locs[:, 0]) if len(self.locs) else []
-        h.update(str([self.shards[i].shape for i in used]).encode())
+        # the shards these rows read, by name, not their positions among every shard of the
+        # store: embedding another dataset with the same model adds shards, and must not make
+        # this one's index and maps stale
+        used = np.unique(self.locs[:, 0]) if len(self.locs) else np.zeros(0, np.int64)
+        rank = np.searchsorted(used, self.locs[:, 0]).astype(np.int64) if len(self.locs) else used
+        h.update(np.ascontiguousarray(np.stack([rank, self.locs[:, 1].astype(np.int64)], 1)).tobytes())
+        names = self.shard_names
+        h.update(str([(names[i] if names else "", self.shards[i].shape) for i in used]).encode())
         return h.hexdigest()[:20]
 
 
