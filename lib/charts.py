@@ -380,7 +380,7 @@ def linked_map(df: pd.DataFrame, color: str | None, *, selected=None, highlight:
     sub_ids = sub["id"].astype(str).to_numpy()
     # SVG up to GL_ABOVE points, WebGL above (fluid at 100k+). No dragmode: with one set,
     # Streamlit turns click selection off; the modebar offers box and lasso.
-    Scatter = go.Scattergl if len(sub) > GL_ABOVE else go.Scatter
+    Scatter = go.Scattergl if len(sub) > GL_ABOVE or len(sub) < n else go.Scatter
     hov = [c for c in hover if c in sub.columns]
     # customdata: the id alone; the hover lines as one text per point (half the objects
     # plotly and Streamlit deep-copy and encode, at 50k points a second of every run)
