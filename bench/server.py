@@ -31,11 +31,14 @@ class Server:
     port : default a free one.
     command : argv to run instead of the default ``streamlit run app.py`` on ``port``
         (e.g. the line ``make run`` would execute).
+    cwd : the checkout whose app runs (default this one; a benchmark may run an older
+        commit's app side by side).
     """
 
     def __init__(self, log: Path, home: Path | None = None, *, port: int | None = None,
-                 command: list[str] | None = None, timeout: float = 90):
+                 command: list[str] | None = None, timeout: float = 90, cwd: Path | None = None):
         self.log_path, self.home, self.timeout = Path(log), home, timeout
+        self.cwd = Path(cwd) if cwd is not None else REPO
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.command = command or [
@@ -49,7 +52,7 @@ class Server:
             env["WORKBENCH_HOME"] = str(self.home)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in __exit__)
         t0 = time.monotonic()
-        self.proc = subprocess.Popen(self.command, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(self.command, cwd=self.cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         while True:
             if self.proc.poll() is not None:

@@ -9,7 +9,7 @@ so a page can map a selection back to images (and show them through the safe vie
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -248,26 +248,84 @@ def distinct_colours(fig):
     return fig
 
 
-def selected_ids(event) -> list[str]:
+def selected_ids(event, points: pd.DataFrame | None = None) -> list[str]:
     """Image ids of the points selected in a ``st.plotly_chart(on_select=...)`` event.
 
     Reads ``customdata[0]`` of each selected point (see :func:`image_map`,
     :func:`blood_skin_scatter`); works on the event object or its dict form.
+    With ``points`` (the map's frame: x, y, id, every point, drawn or not) a box or lasso
+    selects every point inside it (:func:`region_mask`), not only the drawn ones: exact on a
+    map that draws a sample (:func:`linked_map`); a click still selects the clicked point.
     """
     if event is None:
         return []
     sel = event.get("selection") if isinstance(event, dict) else getattr(event, "selection", None)
     if sel is None:
         return []
-    points = sel.get("points") if isinstance(sel, dict) else getattr(sel, "points", [])
+    if points is not None:
+        inside = region_mask(sel, points["x"].to_numpy(np.float64), points["y"].to_numpy(np.float64))
+        if inside is not None:
+            return list(dict.fromkeys(points["id"].to_numpy()[inside].astype(str).tolist()))
+    points_ = sel.get("points") if isinstance(sel, dict) else getattr(sel, "points", [])
     out = []
-    for p in points or []:
+    for p in points_ or []:
         cd = p.get("customdata") if isinstance(p, dict) else None
         if cd is None:
             continue
         v = cd[0] if isinstance(cd, (list, tuple)) else cd
         if v is not None and str(v) not in out:
             out.append(str(v))
+    return out
+
+
+def _get(obj, key: str):
+    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+
+
+def region_mask(selection, x: np.ndarray, y: np.ndarray) -> np.ndarray | None:
+    """Which points (x, y) lie inside the boxes and lassos of a plotly selection (the
+    ``selection`` of a Streamlit event: ``box`` [{x: [x0, x1], y: [y0, y1]}], ``lasso``
+    [{x: [...], y: [...]}], data coordinates); None when it has neither (a click).
+
+    A box is closed; a lasso is its polygon under the even-odd rule (as plotly's own
+    test). Several regions (shift-drag) are unioned.
+    """
+    boxes, lassos = _get(selection, "box") or [], _get(selection, "lasso") or []
+    if not boxes and not lassos:
+        return None
+    out = np.zeros(len(x), bool)
+    for b in boxes:
+        bx, by = np.asarray(_get(b, "x"), np.float64), np.asarray(_get(b, "y"), np.float64)
+        if len(bx) >= 2 and len(by) >= 2:
+            out |= (x >= bx.min()) & (x <= bx.max()) & (y >= by.min()) & (y <= by.max())
+    for poly in lassos:
+        px, py = np.asarray(_get(poly, "x"), np.float64), np.asarray(_get(poly, "y"), np.float64)
+        if len(px) >= 3 and len(px) == len(py):
+            out |= in_polygon(x, y, px, py)
+    return out
+
+
+def in_polygon(x: np.ndarray, y: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
+    """Even-odd point-in-polygon test of points (x, y) against the polygon (px, py) (closed
+    implicitly). Points outside its bounding box are never tested; the rest are sorted by y
+    once, so each edge toggles only the points level with it (a lasso of hundreds of short
+    edges over 1M points: tens of ms)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    out = np.zeros(len(x), bool)
+    cand = np.flatnonzero((x >= px.min()) & (x <= px.max()) & (y >= py.min()) & (y <= py.max()))
+    if not len(cand):
+        return out
+    order = np.argsort(y[cand], kind="stable")
+    ys, xs = y[cand][order], x[cand][order]
+    inside = np.zeros(len(cand), bool)
+    for x1, y1, x2, y2 in zip(px, py, np.roll(px, 1), np.roll(py, 1), strict=True):
+        if y1 == y2:
+            continue
+        # the points with min(y1, y2) <= y < max(y1, y2) cross this edge's level
+        a, b = np.searchsorted(ys, min(y1, y2), "left"), np.searchsorted(ys, max(y1, y2), "left")
+        if a < b:
+            inside[a:b] ^= xs[a:b] < x1 + (ys[a:b] - y1) * (x2 - x1) / (y2 - y1)
+    out[cand[order]] = inside
     return out
 
 
@@ -316,55 +374,126 @@ def palette(n: int) -> tuple[str, ...]:
 
 #: Maps with more points than this are drawn with WebGL.
 GL_ABOVE = 20_000
+#: A map draws at most this many points (a seeded uniform sample beyond): what the browser
+#: receives stays a few MB at any size; the legend counts and selections are of every point.
+DRAW_MAX = 50_000
+
+
+def draw_mask(n: int, limit: int = DRAW_MAX, *, first: np.ndarray | None = None, always=None,
+              seed: int = 0) -> np.ndarray:
+    """Which of ``n`` points a map draws: all of them up to ``limit``, else a seeded uniform
+    sample of ``limit``: of the ``first`` points (a bool mask: a selection) up to ``limit``,
+    the others filling the rest; plus the rows ``always`` (the open image, hover previews)."""
+    keep = np.zeros(n, bool)
+    if n <= limit:
+        keep[:] = True
+    else:
+        rng = np.random.default_rng(seed)
+        groups = [np.arange(n)] if first is None else [np.flatnonzero(first), np.flatnonzero(~first)]
+        left = limit
+        for rows in groups:
+            take = rows if len(rows) <= left else rng.choice(rows, left, replace=False)
+            keep[take] = True
+            left -= len(take)
+    if always is not None:
+        keep[np.asarray(always, np.int64)] = True
+    return keep
 
 
 def linked_map(df: pd.DataFrame, color: str | None, *, selected=None, highlight: str | None = None,
-               title: str = "", hover: Sequence[str] = ("label",)):
+               title: str = "", hover: Sequence[str] = ("label",), always: Sequence[str] = (),
+               derive: Mapping[str, Callable[[pd.DataFrame], Sequence]] | None = None, limit: int = DRAW_MAX):
     """A 2-D map (columns x, y, id), WebGL (``scattergl``) above :data:`GL_ABOVE` points,
     ``customdata[0]`` = id, linked to the gallery.
+
+    Above ``limit`` points it draws a sample (:func:`draw_mask`); the legend names each
+    trace with its exact count over every point, the title says how many are drawn, and
+    ``layout.meta`` holds ``points`` (all), ``drawn`` and ``counts`` ({trace: count}).
+    Select with :func:`selected_ids` given the whole frame, so a box or lasso is exact.
 
     Parameters
     ----------
     color : a column: numbers get a continuous scale, anything else one colour per value.
     selected : ids of a selection: the other points stay visible, in grey.
     highlight : an id drawn as a large ringed marker (the image open in the detail view).
+    always : ids drawn whatever the sample (e.g. those with hover previews).
+    derive : {hover column: function of the drawn rows' frame -> its values}: columns costly
+        per row (file names) computed for the drawn points only.
     """
     import plotly.graph_objects as go
 
     df = df.reset_index(drop=True)
+    n = len(df)
+    id_col = df["id"].astype("string")
+    sel = None if selected is None else id_col.isin(list(map(str, selected))).to_numpy(dtype=bool, na_value=False)
+    keep = np.ones(n, bool) if sel is None else sel
+    numeric = color is not None and color in df and pd.api.types.is_numeric_dtype(df[color])
+    values = None
+    if not numeric:
+        values = df[color].astype("string").fillna("(none)") if color in df else pd.Series("all", index=df.index)
+    counts: dict[str, int] = {}
+    if sel is not None and (~sel).any():
+        counts["not selected"] = int((~sel).sum())
+    if numeric:
+        counts[color] = int(keep.sum())
+    else:
+        vc = values[keep].value_counts()
+        counts.update({str(c): int(vc[c]) for c in sorted(vc.index.astype(str))})
+    pinned = [str(h) for h in [highlight, *always] if h is not None]
+    pin_rows = np.flatnonzero(id_col.isin(pinned).to_numpy(dtype=bool, na_value=False)) if pinned else None
+    drawn = draw_mask(n, limit, first=sel, always=pin_rows)
+    sub = df[drawn].reset_index(drop=True)
+    for col, fn in (derive or {}).items():
+        sub[col] = list(fn(sub))
+    sub_sel = None if sel is None else sel[drawn]
+    sub_values = None if values is None else values[drawn].to_numpy(dtype=object)
+    sub_ids = sub["id"].astype(str).to_numpy()
     # SVG up to GL_ABOVE points, WebGL above (fluid at 100k+). No dragmode: with one set,
     # Streamlit turns click selection off; the modebar offers box and lasso.
-    Scatter = go.Scattergl if len(df) > GL_ABOVE else go.Scatter
-    sel = None if selected is None else df["id"].isin(set(map(str, selected))).to_numpy()
-    hov = [c for c in hover if c in df.columns]
-    custom = df[["id", *hov]].astype(str).to_numpy()
-    template = "<br>".join(f"{c} %{{customdata[{i + 1}]}}" for i, c in enumerate(hov)) + "<extra></extra>"
+    Scatter = go.Scattergl if len(sub) > GL_ABOVE or len(sub) < n else go.Scatter
+    hov = [c for c in hover if c in sub.columns]
+    # customdata: the id alone; the hover lines as one text per point (half the objects
+    # plotly and Streamlit deep-copy and encode, at 50k points a second of every run)
+    custom = sub_ids.astype(object)
+    text = pd.Series("", index=sub.index, dtype="string")
+    for i, c in enumerate(hov):
+        text = text + ("<br>" if i else "") + f"{c} " + sub[c].astype("string").fillna("<NA>")
+    text = text.to_numpy(dtype=object)
+    x, y = sub["x"].to_numpy(), sub["y"].to_numpy()
     fig = go.Figure()
-    base = {"mode": "markers", "hovertemplate": template}
-    if sel is not None and (~sel).any():
-        rest = ~sel
-        fig.add_trace(Scatter(x=df["x"][rest], y=df["y"][rest], customdata=custom[rest], name="not selected",
-                                   marker={"size": 5, "color": "#c7c7c7", "opacity": 0.5}, **base))
-    keep = np.ones(len(df), bool) if sel is None else sel
-    if color is not None and color in df and pd.api.types.is_numeric_dtype(df[color]):
-        fig.add_trace(Scatter(x=df["x"][keep], y=df["y"][keep], customdata=custom[keep], name=color,
-                                   marker={"size": 6, "color": df[color][keep], "colorscale": "Viridis",
-                                           "showscale": True, "colorbar": {"title": color}}, **base))
+    base = {"mode": "markers", "hovertemplate": "%{text}<extra></extra>"}
+
+    def name(key: str) -> str:
+        return f"{key} ({counts[key]:,})"
+
+    if sub_sel is not None and "not selected" in counts:
+        rest = ~sub_sel
+        fig.add_trace(Scatter(x=x[rest], y=y[rest], customdata=custom[rest], text=text[rest], name=name("not selected"),
+                              marker={"size": 5, "color": "#c7c7c7", "opacity": 0.5}, **base))
+    sub_keep = np.ones(len(sub), bool) if sub_sel is None else sub_sel
+    if numeric:
+        fig.add_trace(Scatter(x=x[sub_keep], y=y[sub_keep], customdata=custom[sub_keep], text=text[sub_keep], name=name(color),
+                              marker={"size": 6, "color": sub[color].to_numpy()[sub_keep], "colorscale": "Viridis",
+                                      "showscale": True, "colorbar": {"title": color}}, **base))
     else:
-        values = df[color].astype("string").fillna("(none)") if color in df else pd.Series(["all"] * len(df))
-        cats = sorted(values[keep].unique())
+        cats = [c for c in counts if c != "not selected"]
         for cat, colour in zip(cats, palette(len(cats)), strict=True):
-            m = keep & (values == cat).to_numpy()
-            fig.add_trace(Scatter(x=df["x"][m], y=df["y"][m], customdata=custom[m], name=str(cat),
-                                       marker={"size": 6, "color": colour, "opacity": 0.8}, **base))
-    if highlight is not None and (df["id"] == str(highlight)).any():
-        h = (df["id"] == str(highlight)).to_numpy()
-        fig.add_trace(Scatter(x=df["x"][h], y=df["y"][h], customdata=custom[h], name="this image",
-                                   marker={"size": 18, "color": "rgba(0,0,0,0)", "line": {"width": 3, "color": "#000"}},
-                                   **base))
+            m = sub_keep & (sub_values == cat)
+            fig.add_trace(Scatter(x=x[m], y=y[m], customdata=custom[m], text=text[m], name=name(cat),
+                                  marker={"size": 6, "color": colour, "opacity": 0.8}, **base))
+    if highlight is not None and (sub_ids == str(highlight)).any():
+        h = sub_ids == str(highlight)
+        fig.add_trace(Scatter(x=x[h], y=y[h], customdata=custom[h], text=text[h], name="this image",
+                              marker={"size": 18, "color": "rgba(0,0,0,0)", "line": {"width": 3, "color": "#000"}},
+                              **base))
+    n_drawn = int(drawn.sum())
+    if n_drawn < n:
+        title = (f"{title}<br>" if title else "") + \
+            f"<sup>{n_drawn:,} of {n:,} points drawn (a uniform sample); counts and selections are of all</sup>"
     fig.update_layout(title=title, height=520, xaxis={"showticklabels": False, "title": None},
                       yaxis={"showticklabels": False, "title": None}, legend={"orientation": "h", "y": -0.05},
-                      margin={"t": 40 if title else 10, "b": 10})
+                      margin={"t": (60 if n_drawn < n else 40) if title else 10, "b": 10},
+                      meta={"points": n, "drawn": n_drawn, "counts": counts})
     return fig
 
 

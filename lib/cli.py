@@ -381,6 +381,9 @@ def _index_args(p):
     p.add_argument("--reduce-on-decode", action="store_true",
                    help="give the models the JPEGs reduced on decode (DCT scaling to 256 px) instead of decoding "
                         "large JPEGs again at full size: faster, vectors not quite `embed`'s (cosine >= 0.999)")
+    p.add_argument("--tta", action="store_true",
+                   help="also embed the 7 flips / rotations of every image with every model (the detector's "
+                        "test-time augmentation views, what `predict --tta` reads): 8 forward passes an image")
 
 
 @verb("index", "one decode per image, every signal: embeddings of --models, EB fractions, perceptual hashes, "
@@ -397,7 +400,7 @@ def cmd_index(a) -> int:
         raise WorkbenchError(f"--batch-size {a.batch_size} must be at least 1")
     report = index(a.name, models, random_weights=a.random_weights, batch_size=a.batch_size, workers=a.workers,
                    shard_size=a.shard_size, device=a.device, precision=a.precision,
-                   reduce_on_decode=a.reduce_on_decode, progress=sys.stderr.isatty())
+                   reduce_on_decode=a.reduce_on_decode, tta=a.tta, progress=sys.stderr.isatty())
     print(report.summary())
     for _path, reason in report.errors[:30]:
         print(f"  error: {reason}")

@@ -21,6 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import config
@@ -389,6 +390,27 @@ class Dataset:
     def unique_ids(self) -> list[str]:
         """Content ids in first-seen order, each once."""
         return list(dict.fromkeys(self.images["id"].tolist()))
+
+    def row_of(self, image_id: str | None) -> int | None:
+        """The first row of content id ``image_id``, None when the dataset has none: one
+        vectorised comparison (ms at 1M rows), where ``image_id in set(images["id"])`` built
+        a set of every id on each page run."""
+        if image_id is None:
+            return None
+        hit = (self.images["id"] == str(image_id)).to_numpy(dtype=bool, na_value=False)
+        row = int(hit.argmax()) if len(hit) else 0
+        return row if len(hit) and hit[row] else None
+
+    def n_distinct(self, rows=None) -> int:
+        """How many distinct content ids ``rows`` (row numbers; all rows when None) hold:
+        integer codes of the ids built once per Dataset object (the app's is shared), then
+        a bincount (ms at 1M rows, where hashing 1M id strings took half a second a run)."""
+        codes = self.__dict__.get("_id_codes")
+        if codes is None:
+            codes = self.__dict__["_id_codes"] = pd.factorize(self.images["id"])[0]
+        sub = codes if rows is None else codes[np.asarray(rows, dtype=np.int64)]
+        sub = sub[sub >= 0]  # (a missing id has no code)
+        return int(np.count_nonzero(np.bincount(sub))) if len(sub) else 0
 
     def abspath(self, rel: str) -> Path:
         """Absolute path of an image, refusing anything outside the dataset root."""

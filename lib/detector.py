@@ -1327,20 +1327,24 @@ def tta_store(fingerprint: str, transform: str):
     return EmbeddingStore(tta_fingerprint(fingerprint, transform), root=config.cache_dir() / "emb-tta")
 
 
-class _View:
-    """A backend's preprocessing applied to a flipped / rotated image (fork-inherited by decode workers)."""
+class View:
+    """A preprocessing applied to a flipped / rotated image (fork-inherited by decode workers):
+    ``View(backend.preprocess, "rot90").preprocess(img)``. :func:`lib.signals.index` (``tta``)
+    uses it too, so both fill the :func:`tta_store` stores with the same views."""
 
-    def __init__(self, backend, transform: str):
-        self.backend, self.op = backend, _transpose_op(transform)
+    def __init__(self, preprocess: Callable, transform: str):
+        self.inner, self.op = preprocess, _transpose_op(transform)
 
     def preprocess(self, img):
-        return self.backend.preprocess(img.transpose(self.op))
+        return self.inner(img.transpose(self.op))
 
 
 def embed_views(ds, det: Detector, *, backend=None, batch_size: int = 64, workers: int | None = None,
                 shard_size: int = 4096, progress: Progress = None) -> dict[str, tuple[np.ndarray, object]]:
     """Embed the 7 views of every image of dataset ``ds`` that their caches lack (the model
-    is loaded only when something is missing).
+    is loaded only when something is missing). ``python -m lib index NAME --models SPEC --tta``
+    (:func:`lib.signals.index`) fills the same stores from its one decode per image; then
+    nothing is missing here and no image is read.
 
     Returns
     -------
@@ -1375,7 +1379,7 @@ def embed_views(ds, det: Detector, *, backend=None, batch_size: int = 64, worker
                     items.append((cid, str(ds.abspath(path_of[cid]))))
                 except UnsafePath:
                     done += 1
-            view = _View(backend, t)
+            view = View(backend.preprocess, t)
             buf_ids: list[str] = []
             buf: list[np.ndarray] = []
             for ok, arrays, errors in prefetch_batches(items, view.preprocess, batch_size, workers):

@@ -41,6 +41,10 @@ ID_DTYPE = "S64"
 # ------------------------------------------------------------------------ the store
 
 
+class MissingVectors(WorkbenchError):
+    """Some of the asked images have no vector in the store (:meth:`EmbeddingStore.open`)."""
+
+
 class EmbeddingStore:
     """All vectors of one model fingerprint, across every dataset."""
 
@@ -174,9 +178,10 @@ class EmbeddingStore:
         pos = pd.Index(self._ids).get_indexer(np.asarray(content_ids, dtype=ID_DTYPE)) if len(self._ids) \
             else np.full(len(content_ids), -1)
         if (pos < 0).any():
-            raise WorkbenchError(f"{int((pos < 0).sum())} of {len(pos)} images have no vector in cache "
+            raise MissingVectors(f"{int((pos < 0).sum())} of {len(pos)} images have no vector in cache "
                                  f"{self.dir}; run `python -m lib embed` first")
-        return DatasetEmbeddings(list(content_ids), self._locs[pos], list(self._mmaps), self.fingerprint, self.dir)
+        return DatasetEmbeddings(list(content_ids), self._locs[pos], list(self._mmaps), self.fingerprint, self.dir,
+                                 list(self._shards))
 
     def info(self) -> dict:
         p = self.dir / "model.json"
@@ -195,6 +200,7 @@ class DatasetEmbeddings:
     shards: list[np.ndarray]
     fingerprint: str
     store_dir: Path
+    shard_names: list[str] | None = None  # the store's names of ``shards`` (a committed shard never changes)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -229,8 +235,14 @@ class DatasetEmbeddings:
         """Changes whenever the rows or the shards behind them change."""
         h = hashlib.sha256(self.fingerprint.encode())
         h.update(np.asarray(self.ids, dtype=ID_DTYPE).tobytes())
-        h.update(np.ascontiguousarray(self.locs).tobytes())
-        h.update(str([s.shape for s in self.shards]).encode())
+        # the shards these rows read, by name, not their positions among every shard of the
+        # store: embedding another dataset with the same model adds shards, and must not make
+        # this one's index and maps stale
+        used = np.unique(self.locs[:, 0]) if len(self.locs) else np.zeros(0, np.int64)
+        rank = np.searchsorted(used, self.locs[:, 0]).astype(np.int64) if len(self.locs) else used
+        h.update(np.ascontiguousarray(np.stack([rank, self.locs[:, 1].astype(np.int64)], 1)).tobytes())
+        names = self.shard_names
+        h.update(str([(names[i] if names else "", self.shards[i].shape) for i in used]).encode())
         return h.hexdigest()[:20]
 
 
@@ -567,20 +579,22 @@ def embed(
     return report
 
 
-def load_embeddings(name: str, spec, *, random_weights: bool = False, backend=None) -> DatasetEmbeddings:
+def load_embeddings(name: str, spec, *, random_weights: bool = False, backend=None, dataset=None) -> DatasetEmbeddings:
     """The cached vectors of dataset ``name`` under model ``spec`` (a ResolvedModel, or a spec
-    string resolved with ``random_weights`` / ``backend``), one (dim,) vector per dataset row."""
+    string resolved with ``random_weights`` / ``backend``), one (dim,) vector per dataset row.
+    ``dataset``: the dataset ``name`` already loaded (else it is read)."""
     from . import dataset as ds_mod
     from .models import resolve_model
 
     model = resolve_model(spec, random_weights=random_weights, backend=backend)
     spec = model.spec
-    ds = ds_mod.load(name)
+    ds = ds_mod.load(name) if dataset is None else dataset
     fp = model.fingerprint
     if fp is None:
         raise WorkbenchError(f"no embeddings of {spec!r} yet; run: python -m lib embed {name} --model {spec}")
     store = EmbeddingStore(fp)
-    if store.missing(ds.unique_ids):
-        raise WorkbenchError(
-            f"dataset {name!r} is not fully embedded with {spec!r}; run: python -m lib embed {name} --model {spec}")
-    return store.open(ds.ids)
+    try:  # one lookup of the ids (at 1M rows, a second one cost seconds)
+        return store.open(ds.ids)
+    except MissingVectors:
+        raise WorkbenchError(f"dataset {name!r} is not fully embedded with {spec!r}; run: python -m lib embed {name} "
+                             f"--model {spec}") from None

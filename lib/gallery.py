@@ -216,8 +216,8 @@ def shown_summary(n_rows: int, n_total: int, decision: pd.DataFrame, safe_view: 
     from .sensitivity import FLAGGED, UNSCREENED
 
     cens = decision["censored"].to_numpy(bool)
-    flagged = int((decision["status"].to_numpy() == FLAGGED).sum())
-    unscreened = int((decision["status"].to_numpy() == UNSCREENED).sum())
+    flagged = int((decision["status"] == FLAGGED).sum())  # vectorised on arrow strings: no 1M objects
+    unscreened = int((decision["status"] == UNSCREENED).sum())
     head = f"**{n_rows}** of {plural(n_total, 'image')}"
     if not safe_view:
         return f"{head} · **safe view off**: all shown unblurred ({flagged} flagged, {unscreened} not yet screened)"

@@ -33,20 +33,21 @@ class Space:
         return self._index
 
     def row_of(self, image_id: str) -> int:
-        rows = np.flatnonzero(self.dataset.images["id"].to_numpy() == image_id)
-        if not len(rows):
+        row = self.dataset.row_of(image_id)
+        if row is None:
             raise ds_mod.DatasetError(f"image {image_id} is not in dataset {self.dataset.name!r}")
-        return int(rows[0])
+        return row
 
 
-def open_space(name: str, model, *, index_kind: str = "auto") -> Space:
+def open_space(name: str, model, *, index_kind: str = "auto", dataset: ds_mod.Dataset | None = None) -> Space:
     """Dataset ``name`` embedded with ``model`` (a :class:`lib.models.ResolvedModel` or a spec
-    string; its embeddings must be cached: see ``lib embed``)."""
+    string; its embeddings must be cached: see ``lib embed``). ``dataset``: the dataset
+    already loaded (the app's shared one: not a second copy of a 1M-row table)."""
     from .models import resolve_model
 
     model = resolve_model(model)
-    ds = ds_mod.load(name)
-    return Space(ds, model.spec, load_embeddings(name, model), index_kind)
+    ds = ds_mod.load(name) if dataset is None else dataset
+    return Space(ds, model.spec, load_embeddings(name, model, dataset=ds), index_kind)
 
 
 def search_vectors(space: Space, vectors: np.ndarray, k: int,

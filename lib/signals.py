@@ -7,10 +7,15 @@ JPEGs reduced on decode to no less than the scoring side), and the same pixels y
   EXIF-oriented image), into :class:`lib.embeddings.EmbeddingStore`;
 - the EB blood-like and skin-like fractions, into :class:`lib.colorscore.FractionCache`;
 - the perceptual hashes of the 8 orientations, into :func:`lib.quality.hash_cache`;
-- the image statistics (size, brightness, sharpness), into :func:`lib.imagestats.stats_cache`.
+- the image statistics (size, brightness, sharpness), into :func:`lib.imagestats.stats_cache`;
+- with ``tta`` (``index NAME --models SPEC --tta``), each model's embeddings of the 7 flips /
+  rotations of the image (:data:`lib.detector.TTA_TRANSFORMS`, the detector's test-time
+  augmentation views), into :func:`lib.detector.tta_store` of the model's fingerprint: the
+  stores :func:`lib.detector.embed_views` fills, each view the model's preprocessing of the
+  transposed decoded image, as there.
 
-So a later ``scores``, ``quality --hash`` or ``embed`` finds everything cached and decodes
-nothing. The colour fractions, hashes and statistics are bit for bit those of their own
+So a later ``scores``, ``quality --hash``, ``embed`` or ``predict --tta`` finds everything
+cached and decodes nothing. The colour fractions, hashes and statistics are bit for bit those of their own
 passes (they decode the same way: :func:`lib.colorscore.load_for_scoring`). The models get
 the pixels :func:`lib.embeddings.embed` decodes: the same decode for PNGs and small JPEGs;
 a JPEG that the shared decode reduced (at least twice :data:`SIDE` on both sides) is decoded
@@ -71,11 +76,12 @@ def model_path(backend, fast_pixels: bool = True) -> tuple[Callable, Callable]:
 
 
 def _combined_preprocess(preps: list[Callable], specs: list[str]) -> tuple[Callable, list[tuple[int, tuple, np.dtype]]]:
-    """One preprocess for several models: their arrays as one flat float32 vector (uint8
-    and float32 values survive the round trip exactly).
+    """One preprocess for several models (or views): their arrays' bytes as one flat uint8
+    vector, so every array survives the round trip exactly and uint8 pixels stay one byte
+    each in the workers' shared memory (8 views of a 224 px model: 1.2 MB an image).
 
-    Returns (preprocess, [(offset, shape, dtype)] per model) to cut a batch (n, total) back
-    into each model's (n, *shape) arrays; with one model, its own preprocess and [].
+    Returns (preprocess, [(byte offset, shape, dtype)] per model) to cut a batch (n, total)
+    back into each model's (n, *shape) arrays; with one model, its own preprocess and [].
     """
     from PIL import Image
 
@@ -90,10 +96,11 @@ def _combined_preprocess(preps: list[Callable], specs: list[str]) -> tuple[Calla
             raise WorkbenchError(f"model {spec!r}: its preprocessing fails on a blank image ({e}); "
                                  "index it on its own with `python -m lib embed`") from None
         layout.append((off, a.shape, a.dtype))
-        off += a.size
+        off += a.nbytes
 
     def preprocess(img):
-        return np.concatenate([np.asarray(p(img), dtype=np.float32).ravel() for p in preps])
+        return np.concatenate([np.ascontiguousarray(p(img), dtype=d).reshape(-1).view(np.uint8)
+                               for p, (_, _, d) in zip(preps, layout, strict=True)])
 
     return preprocess, layout
 
@@ -103,8 +110,8 @@ def _split(arrays: np.ndarray, layout: list, k: int) -> np.ndarray:
     if not layout:
         return arrays
     off, shape, dtype = layout[k]
-    size = int(np.prod(shape))
-    return arrays[:, off:off + size].reshape(len(arrays), *shape).astype(dtype, copy=False)
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return np.ascontiguousarray(arrays[:, off:off + nbytes]).view(dtype).reshape(len(arrays), *shape)
 
 
 def make_decode(full_for_models: bool, params=DEFAULT_PARAMS) -> Callable:
@@ -137,6 +144,7 @@ def index(
     device: str | None = None,
     precision: str = "auto",
     reduce_on_decode: bool = False,
+    tta: bool = False,
     fast_pixels: bool = True,
     verify: bool = True,
     flush_every: int = 4096,
@@ -150,9 +158,13 @@ def index(
     not to ``color``); ``backends`` ({spec: loaded backend}) reuses loaded models. A run with
     nothing missing loads no model and decodes nothing. ``progress_callback(done, total)``
     is called after each batch. ``reduce_on_decode`` and ``fast_pixels``: see the module
-    docstring and :func:`lib.embeddings.embed`. Returns an :class:`IndexReport`.
+    docstring and :func:`lib.embeddings.embed`. ``tta``: also embed the 7 flips / rotations
+    of every image with every model (the detector's test-time augmentation views, see the
+    module docstring); the report counts them as views under ``"<spec> tta"``. Returns an
+    :class:`IndexReport`.
     """
     from . import dataset as ds_mod
+    from .detector import TTA_TRANSFORMS, View, tta_store
     from .models import load_model, parse_spec, resolve_fingerprint
 
     t0 = time.perf_counter()
@@ -168,36 +180,47 @@ def index(
     have_eb = fr_cache.fractions(unique)
     need = {"eb": {u for u in unique if u not in have_eb},
             "phash": set(h_cache.missing(unique)), "stats": set(s_cache.missing(unique))}
+    # The targets that hold vectors: each model's store (key: its spec) and, with tta, the
+    # store of each of its 7 views (key: "<spec> [<transform>]").
+    views = TTA_TRANSFORMS if tta else ()
+    target_of: dict[str, tuple[str, str | None]] = {}
     stores: dict[str, EmbeddingStore] = {}
     corrupt: dict[str, list] = {}
+
+    def targets(spec: str, fp: str) -> dict[str, EmbeddingStore]:
+        out = {spec: EmbeddingStore(fp)}
+        out.update({f"{spec} [{t}]": tta_store(fp, t) for t in views})
+        return out
+
     for spec in models:
         rw = random_weights and parse_spec(spec).kind != "color"
         b = backends.get(spec)
         fp = b.fingerprint if b is not None else resolve_fingerprint(spec, random_weights=rw)
-        if fp is not None:
-            store = EmbeddingStore(fp)
-            corrupt[spec] = store.verify() if verify else []
-            missing = store.missing(unique)
-            if missing and b is None:  # it is needed: load it (its fingerprint may differ from the memo's)
-                b = backends[spec] = load_model(spec, random_weights=rw, device=device, precision=precision)
-                store = EmbeddingStore(b.fingerprint)
-                missing = store.missing(unique)
-        else:
+        if fp is None:
             b = backends[spec] = load_model(spec, random_weights=rw, device=device, precision=precision)
-            store = EmbeddingStore(b.fingerprint)
-            corrupt[spec] = store.verify() if verify else []
-            missing = store.missing(unique)
-        stores[spec] = store
-        need[spec] = set(missing)
-    for key in [*SIGNALS, *models]:
+            fp = b.fingerprint
+        mine = targets(spec, fp)
+        corrupt[spec] = mine[spec].verify() if verify else []
+        missing = {k: st.missing(unique) for k, st in mine.items()}
+        if any(missing.values()) and b is None:  # needed: load it (its fingerprint may differ from the memo's)
+            b = backends[spec] = load_model(spec, random_weights=rw, device=device, precision=precision)
+            mine = targets(spec, b.fingerprint)
+            missing = {k: st.missing(unique) for k, st in mine.items()}
+        for k, st in mine.items():
+            stores[k], need[k] = st, set(missing[k])
+            target_of[k] = (spec, None if k == spec else k[len(spec) + 2:-1])
+    for key in [*SIGNALS, *target_of]:
         report.cached[key] = len(unique) - len(need[key])
         report.computed[key] = 0
 
     todo = [u for u in unique if any(u in need[k] for k in need)]
-    active = [s for s in models if need[s]]
-    for spec in active:
+    active = [k for k in target_of if need[k]]  # targets with vectors to compute
+    for k in active:
+        spec, t = target_of[k]
         b = backends[spec]
-        stores[spec].write_info({**b.fingerprint_info, "spec": b.spec, "dim": b.dim})
+        info = {**b.fingerprint_info, "spec": b.spec, "dim": b.dim} if t is None else \
+            {"base_fingerprint": b.fingerprint, "spec": f"{b.spec} [{t}]", "transform": t, "dim": b.dim}
+        stores[k].write_info(info)
     path_of = dict(zip(ds.images["id"].astype(str), ds.images["path"], strict=False))
     items = []
     for cid in todo:
@@ -207,12 +230,14 @@ def index(
             report.errors.append((path_of[cid], str(e)))
 
     # -- one decode per image, every signal
-    act_backends = [backends[s] for s in active]
+    act_backends = [backends[target_of[k][0]] for k in active]
     sides = [b.input_side() for b in act_backends]
     full_for_models = (not reduce_on_decode) or any(s is None or s > SIDE for s in sides)
     paths = [model_path(b, fast_pixels) for b in act_backends]
     if act_backends:
-        preprocess, layout = _combined_preprocess([p for p, _ in paths], active)
+        preps = [p if target_of[k][1] is None else View(p, target_of[k][1]).preprocess
+                 for (p, _), k in zip(paths, active, strict=True)]
+        preprocess, layout = _combined_preprocess(preps, active)
     else:  # only the cheap signals are missing: no model runs
         def preprocess(img):
             return np.zeros(1, np.float32)
@@ -243,13 +268,13 @@ def index(
             report.computed[k] += len(pend[k])
             pend[k].clear()
 
-    def flush_vectors(spec: str, final: bool) -> None:
-        while vec_ids[spec] and (final or len(vec_ids[spec]) >= shard_size):
-            vecs = np.concatenate(vec_buf[spec])
-            k = min(shard_size, len(vec_ids[spec]))
-            stores[spec].write_shard(vec_ids[spec][:k], vecs[:k])
-            report.computed[spec] += k
-            vec_ids[spec], vec_buf[spec] = vec_ids[spec][k:], [vecs[k:]]
+    def flush_vectors(key: str, final: bool) -> None:
+        while vec_ids[key] and (final or len(vec_ids[key]) >= shard_size):
+            vecs = np.concatenate(vec_buf[key])
+            k = min(shard_size, len(vec_ids[key]))
+            stores[key].write_shard(vec_ids[key][:k], vecs[:k])
+            report.computed[key] += k
+            vec_ids[key], vec_buf[key] = vec_ids[key][k:], [vecs[k:]]
 
     done = 0
     try:
@@ -257,14 +282,14 @@ def index(
                                                             make_decode(full_for_models, params)):
             report.errors.extend(errors)
             report.decoded += len(ids)
-            for j, spec in enumerate(active):
-                rows = [r for r, cid in enumerate(ids) if cid in need[spec]]
+            for j, key in enumerate(active):
+                rows = [r for r, cid in enumerate(ids) if cid in need[key]]
                 if rows and arrays is not None:
                     x = _split(arrays, layout, j)
                     x = x if len(rows) == len(ids) else x[rows]
-                    vec_buf[spec].append(paths[j][1](x))
-                    vec_ids[spec].extend(ids[r] for r in rows)
-                    flush_vectors(spec, final=False)
+                    vec_buf[key].append(paths[j][1](x))
+                    vec_ids[key].extend(ids[r] for r in rows)
+                    flush_vectors(key, final=False)
             for cid, (blood, skin, codes, stats) in zip(ids, extras, strict=True):
                 if cid in need["eb"]:
                     pend["eb"].append((cid, blood, skin))
@@ -278,12 +303,16 @@ def index(
             done += len(ids) + len(errors)
             if progress_callback is not None:
                 progress_callback(done, len(items))
-        for spec in active:
-            flush_vectors(spec, final=True)
+        for key in active:
+            flush_vectors(key, final=True)
     finally:
         flush_signals()  # keep what was computed even when interrupted
         bar.close()
     report.seconds = time.perf_counter() - t0
+    for spec in models if views else ():  # the 7 view stores of a model reported as one: views, not images
+        keys = [f"{spec} [{t}]" for t in views]
+        report.cached[f"{spec} tta"] = sum(report.cached.pop(k) for k in keys)
+        report.computed[f"{spec} tta"] = sum(report.computed.pop(k) for k in keys)
     for spec in models:
         b = backends.get(spec)
         report.embed.append(EmbedReport(name, b.spec if b is not None else spec, stores[spec].fingerprint,

@@ -244,7 +244,7 @@ def load_backend(choice: ModelChoice):
 def _space(home: str, name: str, spec: str, random_weights: bool, token: str):
     from .neighbors import open_space
 
-    return open_space(name, _resolved(spec, random_weights))
+    return open_space(name, _resolved(spec, random_weights), dataset=load_dataset(name))
 
 
 def load_space(name: str, choice: ModelChoice):
@@ -330,17 +330,20 @@ def predictions(path: str | None) -> pd.DataFrame | None:
 # Shared by every session (st.cache_resource: no copy per call). As st.cache_data, each of a
 # page's calls unpickled a fresh table (tens of MB at 100k rows) in the session's thread, and
 # under many sessions glibc kept those per-thread arenas: ~16 MB of server memory per page view.
+# The inputs come as callables, called on a miss only: gathering them on every call (the
+# reviews table, 1M rows once every image is labelled) cost seconds per thumbnail.
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _decision(home: str, name: str, key: tuple, _inputs: dict) -> pd.DataFrame:
-    return sensitivity.decide(load_dataset(name).images, **_inputs)
+def _decision(home: str, name: str, key: tuple, _inputs: Callable[[], dict]) -> pd.DataFrame:
+    return sensitivity.decide(load_dataset(name).images, **_inputs())
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _view(home: str, name: str, key: tuple, _decision_table=None) -> dict[str, tuple[bool, str]]:
-    return sensitivity.by_id(_decision_table)
+def _view(home: str, name: str, key: tuple, _decision_table: Callable[[], pd.DataFrame]) -> dict[str, tuple[bool, str]]:
+    return sensitivity.by_id(_decision_table())
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
+# Shared (st.cache_resource): as st.cache_data each call unpickled a copy (1M reviews: seconds).
+@st.cache_resource(show_spinner=False, max_entries=16)
 def _reviews(home: str, name: str, last_event: int) -> pd.DataFrame:
     from .evidence import reviews
 
@@ -393,20 +396,21 @@ def _nudity(home: str, name: str, key: tuple) -> pd.DataFrame | None:
     return df if len(df) else None
 
 
-@st.cache_data(show_spinner="Projecting…", max_entries=32)
+# Shared (st.cache_resource): as st.cache_data every call unpickled a copy, seconds at 1M rows.
+@st.cache_resource(show_spinner="Projecting…", max_entries=16)
 def _projection(home: str, name: str, spec: str, random_weights: bool, method: str, token: str) -> pd.DataFrame:
     from .embeddings import load_embeddings
     from .projection import project
 
     ds = load_dataset(name)
-    emb = load_embeddings(name, _resolved(spec, random_weights))
+    emb = load_embeddings(name, _resolved(spec, random_weights), dataset=ds)
     xy = project(emb, method)
-    return pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "id": ds.images["id"].to_numpy(),
-                         "label": ds.images["label"].to_numpy(), "row": np.arange(len(ds))})
+    return pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "id": ds.images["id"].array,
+                         "label": ds.images["label"].array, "row": np.arange(len(ds))})
 
 
 def projection(name: str, choice: ModelChoice, method: str) -> pd.DataFrame:
-    """2-D map of the dataset under ``choice`` (x, y, id, label, row)."""
+    """2-D map of the dataset under ``choice`` (x, y, id, label, row; shared: never modify it)."""
     return _projection(_home(), name, choice.spec, choice.random_weights, method, _token(name))
 
 
@@ -535,7 +539,8 @@ class Ctx:
         """The safe view's decision per dataset row (:func:`lib.sensitivity.decide`: censored,
         status, evidence, reason; shared: never modify it)."""
         key = self._decision_key()
-        return _decision(_home(), self.name, key, _inputs=self._decision_inputs())
+        self.eb()  # its first computation draws a progress bar: here, not inside the cached call
+        return _decision(_home(), self.name, key, _inputs=self._decision_inputs)
 
     def _decision_inputs(self) -> dict:
         policy, error = self.policy()
@@ -547,7 +552,7 @@ class Ctx:
     def view(self) -> dict[str, tuple[bool, str]]:
         """{content id: (censored, reason)} (shared: never modify it)."""
         key = self._decision_key()
-        return _view(_home(), self.name, key, _decision_table=self.decision())
+        return _view(_home(), self.name, key, _decision_table=self.decision)
 
     def censored_of(self, cid: str) -> tuple[bool, str]:
         """(censored, reason) of one image; an id the decision does not know is censored."""
@@ -1054,18 +1059,23 @@ def toggle_pick(name: str, cid: str) -> None:
     picked(name).symmetric_difference_update({str(cid)})
 
 
-def bulk_bar(ctx: Ctx, store, who: str | None, schemas: dict, filtered_ids, page_ids) -> None:
+def bulk_bar(ctx: Ctx, store, who: str | None, schemas: dict, filtered_ids, page_ids,
+             n_filtered: int | None = None) -> None:
     """The Gallery's selection row: select the page or every filtered image, then label them all
-    at once (one transaction, undoable), send them to the Annotate page or export them."""
+    at once (one transaction, undoable), send them to the Annotate page or export them.
+    ``n_filtered``: how many distinct ids ``filtered_ids`` holds, when the caller knows."""
     from .annotations import AnnotationError, scope
 
     sel = picked(ctx.name)
-    filtered = list(dict.fromkeys(map(str, filtered_ids)))
+    # the ids are listed only when the button is pressed (1M rows: a second a run)
+    if n_filtered is None:
+        n_filtered = len(pd.unique(pd.Series(filtered_ids, dtype="string")))
     c = st.columns([2, 1, 1, 1])
     c[0].markdown(f"**{len(sel)}** selected for bulk actions" if sel else "Tick images (or select them all) "
                   "to label, review or export them together.")
     c[1].button("Select this page", key="bulk-page", on_click=lambda: sel.update(map(str, page_ids)))
-    c[2].button(f"Select all {len(filtered)} filtered", key="bulk-all", on_click=lambda: sel.update(filtered))
+    c[2].button(f"Select all {n_filtered} filtered", key="bulk-all",
+                on_click=lambda: sel.update(dict.fromkeys(map(str, pd.Series(filtered_ids, dtype="string").tolist()))))
     c[3].button("Clear", key="bulk-clear", on_click=sel.clear, disabled=not sel)
     undo = _ss().get(f"wb:undo:{ctx.name}")
     if undo:

@@ -371,3 +371,80 @@ def test_hover_map_html_carries_the_figure_and_the_previews():
     html = charts.hover_map_html(fig, {"a": ("data:image/jpeg;base64,AAAA", "censored: label s")}, "/app/static/p.js")
     assert '<script src="/app/static/p.js">' in html and '"censored: label s"' in html
     assert "plotly_hover" in html and '"customdata"' in html
+
+
+def _convex_inside(x, y, px, py):
+    """Independent of charts.in_polygon: inside a convex polygon (counter-clockwise) = left of every edge."""
+    ok = np.ones(len(x), bool)
+    for i in range(len(px)):
+        j = (i + 1) % len(px)
+        ok &= (px[j] - px[i]) * (y - py[i]) - (py[j] - py[i]) * (x - px[i]) > 0
+    return ok
+
+
+def test_lasso_and_box_select_every_point_inside_drawn_or_not():
+    """A map of 200k points draws a sample; a lasso or box selects every point inside it from
+    the whole frame (the expected sets computed independently: half-planes, a box)."""
+    rng = np.random.default_rng(3)
+    n = 200_000
+    df = pd.DataFrame({"x": rng.normal(size=n), "y": rng.normal(size=n), "id": [f"i{k:06d}" for k in range(n)],
+                       "label": rng.choice(["safe", "sensitive"], n)})
+    ang = np.linspace(0, 2 * np.pi, 7)[:-1] + 0.1
+    hx, hy = 0.3 + 1.1 * np.cos(ang), -0.2 + 0.9 * np.sin(ang)  # a hexagon, counter-clockwise
+    # plotly reports the lasso through every mouse position: many collinear points per edge
+    t = np.linspace(0, 1, 25)[:-1]
+    lx = np.concatenate([hx[i] + t * (hx[(i + 1) % 6] - hx[i]) for i in range(6)])
+    ly = np.concatenate([hy[i] + t * (hy[(i + 1) % 6] - hy[i]) for i in range(6)])
+    want = df["id"][_convex_inside(df["x"].to_numpy(), df["y"].to_numpy(), hx, hy)].tolist()
+    event = {"selection": {"points": [{"customdata": ["i000001"]}], "box": [],
+                           "lasso": [{"xref": "x", "yref": "y", "x": lx.tolist(), "y": ly.tolist()}]}}
+    got = charts.selected_ids(event, df)
+    assert len(want) > 20_000 and got == want
+    assert charts.selected_ids(event) == ["i000001"]  # without the frame: the drawn points the event lists
+    # a non-convex lasso (an L) is the union of two boxes; a box; both together
+    lx2, ly2 = [0, 2, 2, 1, 1, 0], [0, 0, 1, 1, 2, 2]
+    x, y = df["x"].to_numpy(), df["y"].to_numpy()
+    ell = ((x > 0) & (x < 2) & (y > 0) & (y < 1)) | ((x > 0) & (x < 1) & (y >= 1) & (y < 2))
+    assert charts.selected_ids({"selection": {"lasso": [{"x": lx2, "y": ly2}]}}, df) == df["id"][ell].tolist()
+    box = (x >= -1) & (x <= -0.5) & (y >= -2) & (y <= 0.25)
+    assert charts.selected_ids({"selection": {"box": [{"x": [-0.5, -1], "y": [0.25, -2]}]}}, df) == \
+        df["id"][box].tolist()
+    both = {"selection": {"box": [{"x": [-0.5, -1], "y": [0.25, -2]}], "lasso": [{"x": lx2, "y": ly2}]}}
+    assert charts.selected_ids(both, df) == df["id"][box | ell].tolist()
+    # a click (no box, no lasso) is the clicked point, frame or not
+    click = {"selection": {"points": [{"customdata": ["i000007", "safe"]}], "box": [], "lasso": []}}
+    assert charts.selected_ids(click, df) == ["i000007"]
+
+
+def test_a_large_map_draws_a_sample_with_exact_counts():
+    rng = np.random.default_rng(4)
+    n = 120_000
+    df = pd.DataFrame({"x": rng.normal(size=n), "y": rng.normal(size=n), "id": [f"i{k:06d}" for k in range(n)],
+                       "label": rng.choice(["safe", "sensitive", None], n)})
+    df["EB"] = rng.normal(size=n)
+    out = np.flatnonzero(~charts.draw_mask(n, 10_000))  # two ids the seeded sample leaves out
+    hi, pin = df["id"][out[-1]], df["id"][out[0]]
+    fig = charts.linked_map(df, "label", highlight=hi, limit=10_000, always=[pin])
+    meta = fig.layout.meta
+    counts = df["label"].fillna("(none)").value_counts().to_dict()
+    assert meta["points"] == n and meta["counts"] == counts
+    drawn = [str(c) for tr in fig.data if tr.name != "this image" for c in tr.customdata]
+    assert meta["drawn"] == 10_002 and len(drawn) == len(set(drawn)) == 10_002  # the sample, the open image, a pinned one
+    assert {hi, pin} <= set(drawn)
+    names = sorted(tr.name for tr in fig.data if tr.name != "this image")
+    assert names == sorted(f"{k} ({v:,})" for k, v in counts.items())
+    assert "10,002 of 120,000 points drawn" in fig.layout.title.text
+    again = charts.linked_map(df, "label", highlight=hi, limit=10_000, always=[pin])
+    assert [list(tr.customdata) for tr in again.data] == [list(tr.customdata) for tr in fig.data]
+    hover = next(tr for tr in fig.data if tr.name.startswith("safe"))
+    row = df.set_index("id").loc[hover.customdata[0]]
+    assert hover.text[0] == f"label {row['label']}" and hover.hovertemplate == "%{text}<extra></extra>"
+    # a selection: every selected point drawn first (up to the limit), the rest in grey, counts exact
+    chosen = df["id"][:3000].tolist()
+    sel = charts.linked_map(df, "EB", selected=chosen, limit=10_000)
+    by_name = {tr.name: tr for tr in sel.data}
+    assert set(by_name) == {f"not selected ({n - 3000:,})", "EB (3,000)"}
+    assert sorted(map(str, by_name["EB (3,000)"].customdata)) == sorted(chosen)
+    assert sel.layout.meta["drawn"] == 10_000
+    small = charts.linked_map(df[:500], "label")
+    assert small.layout.meta["drawn"] == 500 and "drawn" not in (small.layout.title.text or "")

@@ -151,3 +151,21 @@ def test_cli_datasets_and_show(corpus):
                          capture_output=True, text=True, check=True).stdout
     rows = [ln for ln in out.splitlines() if "images/" in ln]
     assert len(rows) == 4 and corpus.images["id"].iloc[0][:16] in rows[0]
+
+
+def test_row_of_and_distinct_counts_on_the_corpus_copies(corpus):
+    """row_of: an id's first row (None for an id the dataset lacks); n_distinct: distinct ids
+    among rows, byte-identical copies counted once (the corpus has some)."""
+    import numpy as np
+
+    ids = corpus.images["id"].astype(str).tolist()
+    dup = corpus.duplicates["path"].iloc[0]
+    cid = corpus.images.set_index("path").loc[dup, "id"]
+    rows = [k for k, i in enumerate(ids) if i == cid]
+    assert len(rows) >= 2 and corpus.row_of(cid) == rows[0]
+    assert all(corpus.row_of(i) == ids.index(i) for i in ids[::37])
+    assert corpus.row_of("0" * 64) is None and corpus.row_of(None) is None
+    assert corpus.n_distinct() == len(corpus.unique_ids) < len(ids)
+    assert corpus.n_distinct(rows) == 1 and corpus.n_distinct([]) == 0
+    pick = np.arange(0, len(ids), 3)
+    assert corpus.n_distinct(pick) == len({ids[k] for k in pick})

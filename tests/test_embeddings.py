@@ -157,3 +157,19 @@ def test_embed_records_decode_failures_without_stopping(tmp_path, monkeypatch):
     report = embeddings.embed("vanishing", "color", workers=0)
     assert report.computed == 4 and len(report.errors) == 1 and "3.png" in report.errors[0][0]
     shutil.rmtree(tmp_path / "home")
+
+
+def test_embedding_another_dataset_keeps_this_ones_key(corpus_dir, tmp_path, monkeypatch):
+    """The key (index and map caches) depends on the shards a dataset reads: embedding another
+    dataset with the same model adds shards and must not make this one's index and map stale."""
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    dataset.ingest(_subset_manifest(corpus_dir, tmp_path / "a.csv", 20), "a", root=corpus_dir)
+    dataset.ingest(_subset_manifest(corpus_dir, tmp_path / "b.csv", 20, offset=100), "b", root=corpus_dir)
+    embed("a", "color", shard_size=8, workers=0)
+    key = load_embeddings("a", "color").key
+    embed("b", "color", shard_size=8, workers=0)
+    assert load_embeddings("a", "color").key == key
+    assert load_embeddings("b", "color").key != key
+    with pytest.raises(embeddings.WorkbenchError, match="not fully embedded"):
+        dataset.ingest(_subset_manifest(corpus_dir, tmp_path / "c.csv", 5, offset=300), "c", root=corpus_dir)
+        load_embeddings("c", "color")

@@ -265,3 +265,60 @@ def test_a_file_broken_since_ingest_is_reported_and_retried(home, corpus_dir):
 
     with pytest.raises(ImageError, match=victim.name):
         stats_file(str(victim))
+
+
+def test_index_tta_fills_the_detector_views_and_predict_then_decodes_nothing(home, tiny_model, tmp_path, monkeypatch):
+    """``index --tta``: the 7 flips / rotations come from the same decode, into the stores
+    ``predict --tta`` reads. With the image files gone, predict still has every view; the
+    views equal what :func:`lib.detector.embed_views` computes itself from the files (the
+    stated tolerance: cosine >= 0.99999 per view, the fp16 cache's rounding; measured: equal)."""
+    from lib import config, dataset
+    from lib import detector as D
+    from lib.signals import index
+
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    dataset.ingest(home / "src", "sig")
+    rep = index("sig", ["color", TINY], random_weights=True, backends={TINY: tiny_model}, tta=True, workers=2,
+                batch_size=4)
+    n = 12
+    assert rep.decoded == n
+    for spec in ("color", TINY):
+        assert rep.computed[spec] == n and rep.computed[f"{spec} tta"] == 7 * n and rep.cached[f"{spec} tta"] == 0
+    dets = {"color": D.train(["sig"], "color", "sig-color")[0],
+            TINY: D.train(["sig"], TINY, "sig-tiny", random_weights=True, backend=tiny_model)[0]}
+    ds = dataset.load("sig")
+    for det in dets.values():
+        assert all(D.tta_store(det.fingerprint, t).missing(list(ds.unique_ids)) == [] for t in D.TTA_TRANSFORMS)
+
+    gone = home / "gone"
+    shutil.move(str(home / "src"), str(gone))
+    try:  # nothing to decode: every view is read from its store
+        fused = {s: D.view_vectors(ds, d) for s, d in dets.items()}
+        tables = {s: D.predict("sig", d, tta=True, write=False) for s, d in dets.items()}
+        again = index("sig", ["color", TINY], random_weights=True, backends={TINY: tiny_model}, tta=True)
+        assert again.decoded == 0 and not again.errors and sum(again.computed.values()) == 0
+        assert again.cached[f"{TINY} tta"] == 7 * n
+    finally:
+        shutil.move(str(gone), str(home / "src"))
+    for s in dets:
+        assert np.isfinite(fused[s]).all() and np.isfinite(tables[s]["tta_sd"]).all(), s
+
+    shutil.rmtree(config.cache_dir() / "emb-tta")  # embed_views' own computation, from the files
+    for s, det in dets.items():
+        own = D.view_vectors(ds, det, backend=tiny_model if s == TINY else None)
+        assert np.isfinite(own).all()
+        cos = np.sum(fused[s] * own, axis=2)  # (7 views, rows)
+        assert cos.min() >= 0.99999, (s, cos.min())
+        assert np.array_equal(fused[s], own), (s, np.abs(fused[s] - own).max())
+        table = D.predict("sig", det, tta=True, write=False, backend=tiny_model if s == TINY else None)
+        np.testing.assert_array_equal(table["tta_sd"].to_numpy(), tables[s]["tta_sd"].to_numpy())
+        assert table["uncertain"].tolist() == tables[s]["uncertain"].tolist()
+
+
+def test_index_verb_tta_flag(home, indexed):
+    """``index NAME --models color --tta`` fills the color views only (the rest is cached)."""
+    ok = _cli("index", "sig", "--models", "color", "--tta", home=home)
+    assert ok.returncode == 0, ok.stderr
+    assert "index sig: 12 unique images, 12 decoded once" in ok.stdout and "color tta 84 new/0 cached" in ok.stdout
+    again = _cli("index", "sig", "--models", "color", "--tta", home=home)
+    assert "0 decoded once" in again.stdout and "color tta 0 new/84 cached" in again.stdout

@@ -21,10 +21,10 @@ with ui.guard():
             except WorkbenchError as e:
                 st.error(str(e))
     cid = ui.page_param("id")
-    if cid not in set(images["id"]):
+    row = ds.row_of(cid)
+    if row is None:
         st.info("Open an image from any thumbnail (its **Details** link) or a map point, or find one above.")
         st.stop()
-    row = gallery.rows_of_ids(images, [cid])[0]
     rec = images.iloc[row]
     store = ui.annotation_store()
 

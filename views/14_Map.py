@@ -21,23 +21,24 @@ with ui.guard():
         st.caption("Showing PCA until the UMAP map is computed.")
         method = "pca"
     pts = gallery.map_frame(ui.projection(ctx.name, ctx.model, method), ctx.eb())
-    pts = pts.assign(**{"safe view": ctx.decision()["evidence"].to_numpy(),
-                        "file": [gallery.file_name(p, 32) for p in images["path"]]})
+    pts = pts.assign(**{"safe view": ctx.decision()["evidence"].to_numpy(), "path": images["path"].array})
     sel = ui.selection(ctx.name)
-    chosen = charts.selected_ids(st.session_state.get("mp-map"))  # this run's click or lasso, before drawing
+    # this run's click, or every point inside its box / lasso (drawn or not), before drawing
+    chosen = charts.selected_ids(st.session_state.get("mp-map"), pts)
     if len(chosen) == 1 and chosen[0] != st.session_state.get("mp-clicked"):  # a click: open that image here
         st.session_state["mp-clicked"] = chosen[0]
         ui.set_page_param("id", chosen[0])
     current = ui.page_param("id")
-    fig = charts.linked_map(pts, colour, selected=sel["ids"] if sel else None, highlight=current,
-                            title=f"{ctx.model.label} · {method.upper()} · {gallery.plural(len(pts), 'image')}",
-                            hover=("label", "EB", "file"))
     hover = st.toggle("Thumbnails on hover", key="mp-hover",
                       help="Each point shows its image beside the cursor, through the safe view "
                            f"(at most {ui.HOVER_MAX} points: all of a small dataset, else the open image, "
                            "the selection and a sample). Clicks and the lasso need it off.")
+    ids = ui.hover_preview_ids(pts["id"], first=[current, *(sel["ids"] if sel else [])]) if hover else []
+    fig = charts.linked_map(pts, colour, selected=sel["ids"] if sel else None, highlight=current,
+                            title=f"{ctx.model.label} · {method.upper()} · {gallery.plural(len(pts), 'image')}",
+                            hover=("label", "EB", "file"), always=ids,
+                            derive={"file": lambda d: [gallery.file_name(p, 32) for p in d["path"]]})
     if hover:
-        ids = ui.hover_preview_ids(pts["id"], first=[current, *(sel["ids"] if sel else [])])
         ui.hover_map(ctx, fig, ids)
         st.caption(f"Thumbnails for {len(ids)} of {gallery.plural(len(pts), 'point')}"
                    + ("." if len(ids) == len(pts) else " (the open image, the selection, then a seeded sample)."))
@@ -51,8 +52,8 @@ with ui.guard():
         s1, s2 = st.columns([3, 1])
         s1.caption(f"{gallery.plural(len(sel['ids']), 'image')} selected on *{sel['source']}* (the coloured points).")
         s2.button("Clear selection", on_click=ui.clear_selection, key="mp-clear")
-    if current in set(images["id"]):
-        row = gallery.rows_of_ids(images, [current])[0]
+    row = ds.row_of(current)
+    if row is not None:
         a, b = st.columns([1, 3])
         with a:
             ui.show_image(ctx, row, key="mp-one", caption=gallery.file_name(images["path"].iat[row]),

@@ -35,7 +35,7 @@ with ui.guard():
             if hi > lo:
                 chosen = c1.slider("EB score", lo, hi, (lo, hi), key="g-eb", format="%.2f")
                 eb_range = chosen if chosen != (lo, hi) else None
-        present = set(decision["evidence"])
+        present = set(decision["evidence"].unique())
         evidence = c2.multiselect("Safe-view evidence", [v for v in EVIDENCE_VALUES if v in present], key="g-ev",
                                   placeholder="all", help="Why each image is censored or shown: work through the "
                                   "images not yet screened, check what a detector cleared, …")
@@ -92,7 +92,8 @@ with ui.guard():
         rows = rows[det_keep[rows]]
 
     top = st.columns([3, 1, 1])
-    top[0].markdown(gallery.shown_summary(len(rows), len(images), decision.iloc[rows], ctx.safe_view))
+    top[0].markdown(gallery.shown_summary(len(rows), len(images),
+                                          decision if len(rows) == len(decision) else decision.iloc[rows], ctx.safe_view))
     page_size = top[1].selectbox("Per page", [24, 48, 96], key="g-size")
     n_pages = gallery.page_bounds(len(rows), page_size, 1)[2]
     signature = (tuple(rows[:50]), len(rows), page_size)
@@ -113,7 +114,7 @@ with ui.guard():
 
     shown = eb.iloc[rows[start:stop]].assign(path=images["path"].to_numpy()[rows[start:stop]])
     picked = ui.picked(ctx.name)
-    ui.bulk_bar(ctx, store, who, schemas, images["id"].to_numpy()[rows], shown["id"].tolist())
+    ui.bulk_bar(ctx, store, who, schemas, images["id"].array[rows], shown["id"].tolist(), n_filtered=ds.n_distinct(rows))
 
     def caption(rec) -> str:
         lab = rec["label"] if isinstance(rec["label"], str) else "(no label)"

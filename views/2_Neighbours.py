@@ -45,7 +45,7 @@ with ui.guard():
         img = gallery.decode_upload(upload.getvalue(), upload.name)
         qrow = None
     else:
-        if not qid or qid not in set(images["id"]):
+        if ds.row_of(qid) is None:
             qid = str(images["id"].iat[0])
             ui.set_page_param("id", qid)
         qrow = space.row_of(qid)
