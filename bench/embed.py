@@ -93,8 +93,10 @@ def run(rec: Recorder) -> None:
     from lib.embeddings import EmbeddingStore, default_workers, embed, load_embeddings
     from lib.images import open_image
     from lib.models import load_model
+    from lib.models.base import native_cpu_bf16
 
     logging.getLogger().setLevel(logging.ERROR)
+    native = native_cpu_bf16()
     n = 128 if rec.quick else 384
     rounds = 1 if rec.quick else 3
     home = fresh_home("embed")
@@ -153,7 +155,20 @@ def run(rec: Recorder) -> None:
               "b_bf16_reduced": "(d+) embed bf16-cast, JPEGs reduced on decode"}
     # Warm-up: first calls pay for allocator growth and oneDNN kernel selection.
     fp32.encode_preprocessed(pre[:BATCH])
-    bf16.encode_preprocessed(pre[:BATCH])
+    bf16_few = None
+    if native:
+        bf16.encode_preprocessed(pre[:BATCH])
+    else:  # emulated bf16 (~9x slower than fp32 on an AVX2 host): its rows would not fit the time limit
+        few = pre[:16]
+        t0 = time.perf_counter()
+        bf16_few = bf16.encode_preprocessed(few)
+        bf16_rate = len(few) / (time.perf_counter() - t0)
+        rec.explain(
+            f"This CPU has no native bf16 ({torch.backends.cpu.get_cpu_capability()} only: no AVX512-BF16 or AMX), "
+            f"so bf16-cast is emulated: {bf16_rate:.1f} img/s on {len(few)} images, slower than fp32. Its rows "
+            "(a'), (d), (d0), (d+) and the (d)/(a') >= 0.92 goal are left out here; they apply on a CPU with native "
+            "bf16. The pipeline's overhead is measured by (b)/(a) in fp32; the library warns when bf16-cast is "
+            "asked for on such a CPU.")
     wall: dict[str, list[float]] = {k: [] for k in methods}
     cpu: dict[str, list[float]] = {k: [] for k in methods}
     outputs: dict[str, np.ndarray] = {}
@@ -188,22 +203,29 @@ def run(rec: Recorder) -> None:
         if "reduced" in outputs and "full_bf16" in outputs:
             rec.add("min cosine (d+) reduced-on-decode vs (d) full decode",
                     np.sum(outputs["full_bf16"] * outputs["reduced"], 1).min(), "", (">=", 0.9999))
-        cos = np.sum(outputs["a"] * outputs["a_bf16"], axis=1)
-        rec.add("min cosine bf16-cast vs fp32 (every image)", cos.min(), "", (">=", 0.999),
-                note=f"median {np.median(cos):.5f}")
-        cached = outputs["full_bf16"]  # what a full-decode bf16 run left in the cache
-        rec.add("min cosine bf16-cast cache vs fp32 (fp16 storage)", np.sum(outputs["a"] * cached, axis=1).min(), "",
-                (">=", 0.999))
+        if "a_bf16" in outputs:
+            cos = np.sum(outputs["a"] * outputs["a_bf16"], axis=1)
+            rec.add("min cosine bf16-cast vs fp32 (every image)", cos.min(), "", (">=", 0.999),
+                    note=f"median {np.median(cos):.5f}")
+        elif "a" in outputs and bf16_few is not None:
+            cos = np.sum(outputs["a"][:len(bf16_few)] * bf16_few, axis=1)
+            rec.add(f"min cosine bf16-cast vs fp32 ({len(bf16_few)} images, emulated bf16)", cos.min(), "",
+                    (">=", 0.999), note=f"median {np.median(cos):.5f}")
+        if "full_bf16" in outputs:  # what a full-decode bf16 run left in the cache
+            rec.add("min cosine bf16-cast cache vs fp32 (fp16 storage)",
+                    np.sum(outputs["a"] * outputs["full_bf16"], axis=1).min(), "", (">=", 0.999))
         for k, label in [("a", "fp32 model alone"), ("b", "fp32 embed"), ("a_bf16", "bf16-cast model alone"),
                          ("b_bf16", "bf16-cast embed")]:
-            rec.add(f"achieved GFLOP/s, {label}", rate[k].max() * flops / 1e9, "GFLOP/s")
+            if k in rate:
+                rec.add(f"achieved GFLOP/s, {label}", rate[k].max() * flops / 1e9, "GFLOP/s")
 
     print(f"[embed] setup (ingest, models, pre-decoding, warm-up): {time.perf_counter() - t_setup:.0f} s", flush=True)
     base = len(rec.rows)
     for r in range(rounds):
         # Pairs to compare sit side by side; odd rounds run backwards, so slow drifts of the
         # background load cancel. The tuned peer (no goal) only runs in the first round.
-        keys = ["a", "b", "c", "b_bf16_float", "b_bf16", "a_bf16", "b_bf16_reduced"] + (["c_tuned"] if r == 0 else [])
+        keys = ["a", "b", "c"] + (["b_bf16_float", "b_bf16", "a_bf16", "b_bf16_reduced"] if native else []) \
+            + (["c_tuned"] if r == 0 else [])
         for k in (keys if r % 2 == 0 else keys[::-1]):
             c0, t0 = _cpu_seconds(), time.perf_counter()
             out = methods[k]()

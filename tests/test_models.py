@@ -221,6 +221,20 @@ def test_device_and_precision_choices(tiny_model, images):
         load_model(f"open_clip:{TINY_ARCH}", random_weights=True, precision="int3")
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_cast_on_a_cpu_without_native_bf16_says_so(native, monkeypatch, caplog):
+    import lib.models.base as base
+
+    assert isinstance(base.native_cpu_bf16(), bool)  # the real probe answers on any host
+    monkeypatch.setattr(base, "native_cpu_bf16", lambda: native)
+    with caplog.at_level("WARNING", logger="lib.models.base"):
+        load_model(f"open_clip:{TINY_ARCH}", random_weights=True, precision="bf16-cast", device="cpu")
+        load_model(f"open_clip:{TINY_ARCH}", random_weights=True, precision="fp32", device="cpu")
+    warned = [r.getMessage() for r in caplog.records if "no native bf16" in r.getMessage()]
+    assert len(warned) == (0 if native else 1), warned
+    assert native or "--precision fp32" in warned[0]
+
+
 def test_load_available_skips_only_missing_weights(tmp_path):
     absent = f"open_clip:ViT-B-32@{tmp_path / 'nowhere.safetensors'}"
     loaded, missing = load_available(["color", absent, "color"])

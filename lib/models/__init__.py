@@ -294,7 +294,8 @@ def load_model(spec: str, *, random_weights: bool = False, seed: int = 0, device
     random_weights : build the architecture with seeded random weights (tests, benchmarks).
     device : ``cuda``, ``mps``, ``cpu``; default picks the best available.
     precision : ``auto`` (fp16 autocast on GPU, fp32 on CPU), ``fp32``, ``fp16``, ``bf16``
-        (autocast), ``bf16-cast`` (whole model in bf16: the fast CPU path).
+        (autocast), ``bf16-cast`` (whole model in bf16: the fast CPU path on CPUs with native
+        bf16, AVX512-BF16 or AMX; elsewhere emulated, slower than fp32, and a warning says so).
     """
     s = parse_spec(spec)
     backend = REGISTRY[s.kind].load(s, random_weights, seed, device, precision)
