@@ -115,7 +115,7 @@ def _app_data(name: str, spec: str, fingerprint: str, info: dict) -> dict[str, f
     gallery.eb_scores(dataset.load("files"))  # the files' own fractions (cached after the first size)
     frac = FractionCache().read().set_index("id")
     base = frac.reindex(np.resize(src, len(ids)))  # row r is a copy of file row r % len(files) (_replicate)
-    FractionCache().write(ids, base["blood"].to_numpy(), base["skin"].to_numpy())
+    FractionCache().add(ids, base["blood"].to_numpy(), base["skin"].to_numpy())
     out["eb"] = time.perf_counter() - t
     t = time.perf_counter()
     space = open_space(name, spec)
@@ -213,7 +213,7 @@ def _lasso(page, xy: np.ndarray, ids: np.ndarray) -> dict:
     page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
     seconds = time.perf_counter() - t
     text = page.locator('[data-testid="stMain"]').inner_text()
-    shown = int(re.search(r"([\d,]+) image\(s\) selected", text).group(1).replace(",", ""))
+    shown = int(re.search(r"([\d,]+) images? selected", text).group(1).replace(",", ""))
     inside = _convex_inside(xy[:, 0].astype(np.float64), xy[:, 1].astype(np.float64), px, py)
     return {"shown": shown, "want": set(ids[inside].tolist()), "seconds": seconds, "vertices": len(px)}
 
@@ -289,10 +289,12 @@ def _measure(n: int, spec: str, log_dir, repo=None, *, warm_reps: int = 3, check
 
 def _map_checks(page, got: dict, xy: np.ndarray, ids: np.ndarray) -> None:
     """The map's counts (its layout.meta) and a lasso, then the selection's first Gallery page."""
+    from lib import gallery
+
     got["meta"] = page.evaluate("() => document.querySelector('.js-plotly-plot').layout.meta")
     lasso = _lasso(page, xy, ids)
     page.get_by_role("link", name="Open selection in Gallery").click()
-    page.get_by_text(f"Only the {lasso['shown']} image(s) selected").first.wait_for()
+    page.get_by_text(f"Only the {gallery.plural(lasso['shown'], 'image')} selected").first.wait_for()
     page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
     page.get_by_role("heading", name="Gallery").first.wait_for()
     page.locator('[data-testid="stMain"] img[alt^="image "]').nth(min(lasso["shown"], 24) - 1).wait_for()

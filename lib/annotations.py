@@ -61,7 +61,8 @@ from .errors import WorkbenchError
 DEFAULT_LABELS: tuple[str, ...] = ("Blur", "Maybe", "Ok")
 CONSENSUS = "consensus"
 MAX_NAME = 64
-SCHEMA_VERSION = 3  # 2: label_schemas (label sets beside the default one); 3: current by label, label counts
+SCHEMA_VERSION = 4  # 2: label_schemas (label sets beside the default one); 3: current by label, label counts;
+# 4: the latest event per dataset scope
 
 CURRENT_COLUMNS = ["dataset", "image_id", "annotator", "label", "note", "task", "updated_at"]
 #: pandas' default text dtype from 3.0 on; spelled out so empty and all-missing columns get it too
@@ -124,6 +125,19 @@ CREATE TRIGGER IF NOT EXISTS current_count_delete AFTER DELETE ON current
 BEGIN
     UPDATE current_counts SET n = n - 1
     WHERE dataset = OLD.dataset AND annotator = OLD.annotator AND label = OLD.label;
+END;
+
+-- v4: the latest event id per dataset scope (a dataset and each "<dataset>/<label set>"),
+-- kept by a trigger: the pages' cache key, read once per thumbnail. MAX(id) over events
+-- walked the ids back from the newest, ~0.2 s when another dataset wrote the last million.
+CREATE TABLE IF NOT EXISTS last_events (
+    dataset    TEXT PRIMARY KEY,
+    id         INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS last_event_insert AFTER INSERT ON events
+BEGIN
+    INSERT INTO last_events (dataset, id) VALUES (NEW.dataset, NEW.id)
+    ON CONFLICT (dataset) DO UPDATE SET id = MAX(id, excluded.id);
 END;
 
 CREATE TABLE IF NOT EXISTS label_schemas (
@@ -516,6 +530,9 @@ class AnnotationStore:
                 c.execute("DELETE FROM current_counts")
                 c.execute("INSERT INTO current_counts (dataset, annotator, label, n) "
                           "SELECT dataset, annotator, label, COUNT(*) FROM current GROUP BY dataset, annotator, label")
+            if version < 4:  # the latest events a store before v4 holds
+                c.execute("INSERT OR REPLACE INTO last_events (dataset, id) "
+                          "SELECT dataset, MAX(id) FROM events GROUP BY dataset")
             c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # -- label sets ---------------------------------------------------------------------
@@ -797,9 +814,9 @@ class AnnotationStore:
         """Id of the latest event of ``dataset`` and its label sets (0 when none): changes with
         every label, clear and consensus, so readers can cache what they derive from the labels."""
         dataset = _check_text("dataset", dataset)
-        with self._read() as conn:
-            row = conn.execute("SELECT MAX(id) FROM events WHERE dataset = ? OR dataset LIKE ?",
-                               (dataset, f"{dataset}/%")).fetchone()
+        with self._read() as conn:  # "<dataset>/..." sorts between "<dataset>/" and "<dataset>0"
+            row = conn.execute("SELECT MAX(id) FROM last_events WHERE dataset = ? OR (dataset >= ? AND dataset < ?)",
+                               (dataset, f"{dataset}/", f"{dataset}0")).fetchone()
         return int(row[0] or 0)
 
     def history(self, dataset: str, image_id: str | None = None, annotator: str | None = None) -> pd.DataFrame:

@@ -488,9 +488,37 @@ def test_a_version_2_store_gains_the_label_index(tmp_path):
     reopened.set_label("ds", img(3), "ann", "Blur")
     assert reopened.label_counts("ds") == {"Blur": 1, "Ok": 2}
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == annotations.SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == annotations.SCHEMA_VERSION == 4
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "current_label" in names
+
+
+def test_last_event_is_kept_per_scope_and_migrated_from_a_version_3_store(tmp_path):
+    path = tmp_path / "v3.sqlite"
+    store = AnnotationStore(path)
+    store.bulk_label("ds", [img(1), img(2)], "ann", "Ok")
+    store.bulk_label("ds_2", [img(1)], "ann", "Blur")  # '_' is a LIKE wildcard: ds_2 is not ds's
+    store.bulk_label("other", [img(i) for i in range(50)], "ann", "Blur")  # written last
+    store.close()
+    with sqlite3.connect(path) as conn:  # what a store written before version 4 looks like
+        conn.execute("DROP TRIGGER last_event_insert")
+        conn.execute("DROP TABLE last_events")
+        conn.execute("PRAGMA user_version = 3")
+        want = {d: conn.execute("SELECT MAX(id) FROM events WHERE dataset = ?", (d,)).fetchone()[0]
+                for d in ("ds", "ds_2", "other")}
+    store = AnnotationStore(path)
+    assert {d: store.last_event(d) for d in want} == want  # taken from the events at the migration
+    assert store.last_event("nothing") == 0 and store.last_event("d") == 0
+    store.set_label("other", img(1), "bob", "Ok")
+    assert store.last_event("ds") == want["ds"]  # another dataset's label leaves it alone
+    store.set_label("ds", img(3), "ann", "Blur")
+    assert store.last_event("ds") == max(store.history("ds")["id"]) > want["other"]
+    assert store.last_event("ds_2") == want["ds_2"]
+    with sqlite3.connect(path) as conn:
+        plan = " ".join(str(r) for r in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT MAX(id) FROM last_events WHERE dataset = ? OR (dataset >= ? AND dataset < ?)",
+            ("ds", "ds/", "ds0")))
+    assert "events" not in plan.replace("last_events", "")  # never the events table
 
 
 def test_label_counts_follow_every_kind_of_change(store):
