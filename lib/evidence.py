@@ -9,6 +9,7 @@ same pieces through its cached loaders (``lib/ui.py``) and calls
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -179,3 +180,27 @@ def image_evidence(image_id: str, *, label, policy: sensitivity.LabelPolicy, eb:
         rows.append(("known-safe dataset", f"marked by {policy.known_safe['by']}, {str(policy.known_safe['at'])[:10]}",
                      "clears"))
     return pd.DataFrame(rows, columns=["evidence", "value", "says"])
+
+
+
+def stored_decision(name: str, key: tuple, decide: Callable[[], pd.DataFrame], *, n_rows: int,
+                    store=None) -> pd.DataFrame:
+    """The safe view's decision of dataset ``name`` (a :func:`lib.sensitivity.decide` table,
+    ``n_rows`` rows), read from disk when an earlier process made it for the same inputs,
+    else ``decide()``, stored for the next one (:func:`lib.files.stored_table`).
+
+    ``key`` must change whenever an input of the decision does (the app's key: dataset,
+    EB cut, prediction table and threshold, policy, vocabulary, latest review, NudeNet
+    scores); the label sets' meanings (a changed meaning writes no event) and the deciding
+    code are added here. A fresh server at 1M rows reads the table instead of gathering a
+    million reviews and deciding again (~20 s).
+    """
+    import sys
+
+    from . import files
+    from .annotations import AnnotationStore
+
+    schemas = [repr(s) for s in (store or AnnotationStore()).schemas(name)]
+    return files.stored_table(
+        "decisions", name, [name, *key, schemas, files.code_stamp(sensitivity, sys.modules[__name__])], decide,
+        valid=lambda t: len(t) == n_rows and list(t.columns) == sensitivity.DECISION_COLUMNS)

@@ -155,3 +155,50 @@ def result_path(name: str, filename: str, out: str | os.PathLike | None = None) 
     path = Path(out) if out else results_dir(name) / filename
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def stored_table(kind: str, name: str, key: list, compute: Callable[[], Any], *,
+                 valid: Callable[[Any], bool], keep: Callable[[Any], bool] = lambda _t: True):
+    """A table derived from inputs that ``key`` stands for, read from
+    ``<home>/cache/<kind>/<name>/<hash of key>.parquet`` when an earlier process stored it,
+    else ``compute()``, stored when ``keep(table)`` (one file per kind and name).
+
+    ``key`` (strings, numbers, tuples: anything with a stable ``repr``) must change
+    whenever an input does. A stored file that cannot be read or fails ``valid`` is
+    computed again, never used. A fresh app server thus starts from what the last one
+    derived: a million rows read in a fraction of a second.
+    """
+    import hashlib
+    import logging
+
+    import pandas as pd
+
+    from . import config
+
+    digest = hashlib.sha256(json.dumps([repr(k) for k in key]).encode()).hexdigest()[:32]
+    folder = config.cache_dir() / kind / slug(name)
+    path = folder / f"{digest}.parquet"
+    if path.exists():
+        try:
+            table = pd.read_parquet(path)
+            if valid(table):
+                return table
+        except (OSError, ValueError) as e:  # pyarrow's errors are OSErrors or ValueErrors
+            logging.getLogger(__name__).warning("%s: unreadable (%s): computing it again", path, e)
+    table = compute()
+    if keep(table):
+        if folder.is_dir():
+            for old in folder.glob("*.parquet"):
+                old.unlink(missing_ok=True)
+        write_table(path, table)
+    return table
+
+
+def code_stamp(*modules) -> str:
+    """sha256 of the source files of ``modules``: a key part that changes with the code."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for m in modules:
+        h.update(Path(m.__file__).read_bytes())
+    return h.hexdigest()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -37,6 +38,31 @@ def eb_scores(ds, params: ColorParams = DEFAULT_PARAMS, *, workers: int | None =
     z_blood, z_skin, eb (NaN where the image could not be scored), error, row. z-scores
     are taken over the dataset's own images.
     """
+    from . import colorscore, files
+    from .dataset import dataset_dir
+
+    stamp = dataset_dir(ds.name) / "dataset.json"
+    if not stamp.exists():  # not a saved dataset: nothing to key a stored table by
+        return _eb_scores(ds, params, workers, progress)
+    parts = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in colorscore.FractionCache(params).parts()]
+    key = [ds.name, stamp.stat().st_mtime_ns, len(ds.images), repr(params), parts,
+           files.code_stamp(colorscore, sys.modules[__name__])]
+    # Stored only when every image was scored: a failed one is tried again by the next process.
+    return files.stored_table("eb", ds.name, key, lambda: _eb_scores(ds, params, workers, progress),
+                              valid=lambda t: len(t) == len(ds.images) and list(t.columns) == EB_COLUMNS,
+                              keep=lambda t: not t["error"].notna().any())
+
+
+def _none_for_na(values: pd.Series) -> np.ndarray:
+    """Objects with None for a missing value (as a stored table reads back: never pd.NA)."""
+    return values.to_numpy(dtype=object, na_value=None)
+
+
+#: The columns of :func:`eb_scores`, in order.
+EB_COLUMNS = ["id", "label", "split", "blood", "skin", "z_blood", "z_skin", "eb", "error", "row"]
+
+
+def _eb_scores(ds, params: ColorParams, workers: int | None, progress) -> pd.DataFrame:
     from .colorscore import eb_table, score_dataset_rows
 
     images = ds.images
@@ -46,7 +72,7 @@ def eb_scores(ds, params: ColorParams = DEFAULT_PARAMS, *, workers: int | None =
     else:  # nothing scorable: no mean/sd to take
         table = frac.assign(z_blood=np.nan, z_skin=np.nan, eb=np.nan)
     out = pd.DataFrame({"id": table["id"].to_numpy(), "label": images["label"].to_numpy(),
-                        "split": images["split"].to_numpy() if "split" in images else None})
+                        "split": _none_for_na(images["split"]) if "split" in images else None})
     for c in ("blood", "skin", "z_blood", "z_skin", "eb", "error"):
         out[c] = table[c].to_numpy()
     out["row"] = np.arange(len(out))

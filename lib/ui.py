@@ -332,9 +332,14 @@ def predictions(path: str | None) -> pd.DataFrame | None:
 # under many sessions glibc kept those per-thread arenas: ~16 MB of server memory per page view.
 # The inputs come as callables, called on a miss only: gathering them on every call (the
 # reviews table, 1M rows once every image is labelled) cost seconds per thumbnail.
+# A fresh server reads the decision an earlier one stored for the same inputs (lib.evidence).
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _decision(home: str, name: str, key: tuple, _inputs: Callable[[], dict]) -> pd.DataFrame:
-    return sensitivity.decide(load_dataset(name).images, **_inputs())
+    from .evidence import stored_decision
+
+    images = load_dataset(name).images
+    return stored_decision(name, key, lambda: sensitivity.decide(images, **_inputs()), n_rows=len(images),
+                           store=annotation_store())
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)

@@ -448,3 +448,16 @@ def test_nudenet_is_computed_once_per_image_and_only_flags(wound_folder, monkeyp
     for cid, cens, reason in zip(d["id"], d["censored"], d["reason"], strict=True):
         assert cens or "→ safe" in reason  # nothing cleared by NudeNet
         assert ("NudeNet" in reason) == (nud[cid] >= sv.NUDITY_THRESHOLD)
+
+
+def test_by_id_keeps_each_ids_first_censored_row_else_its_first_row():
+    rng = np.random.default_rng(0)
+    n = 5000
+    d = pd.DataFrame({"id": rng.integers(0, 1500, n).astype(str), "censored": rng.random(n) < 0.3,
+                      "reason": [f"r{k}" for k in range(n)]})
+    want: dict = {}
+    for i, c, r in zip(d["id"], d["censored"], d["reason"], strict=True):  # the rule, row by row
+        if i not in want or (c and not want[i][0]):
+            want[i] = (bool(c), r)
+    assert sv.by_id(d) == want
+    assert sv.by_id(d.iloc[:0]) == {}

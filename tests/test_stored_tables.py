@@ -1,0 +1,111 @@
+"""Tables a fresh process reads instead of deriving again: the safe view's decision and the EB
+scores (lib.files.stored_table). A stored table is used only for the very inputs it was made
+from: any change of evidence makes it again, never a stale decision shown raw."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from lib import config, dataset, evidence, files, gallery
+from lib import sensitivity as sv
+from lib.annotations import AnnotationStore, LabelSchema, scope
+
+
+def test_stored_table_is_read_back_only_for_the_same_key_and_when_valid(caplog):
+    calls = []
+
+    def compute(v):
+        def go():
+            calls.append(v)
+            return pd.DataFrame({"a": [v, v + 1], "s": ["x", None]})
+        return go
+
+    valid = lambda t: len(t) == 2  # noqa: E731
+    first = files.stored_table("t", "ds", ["k", 1], compute(1), valid=valid)
+    again = files.stored_table("t", "ds", ["k", 1], compute(99), valid=valid)  # read, not computed
+    pd.testing.assert_frame_equal(first, again)
+    assert calls == [1]
+    other = files.stored_table("t", "ds", ["k", 2], compute(2), valid=valid)  # another key: computed
+    assert calls == [1, 2] and other["a"].tolist() == [2, 3]
+    folder = config.cache_dir() / "t" / "ds"
+    assert len(list(folder.glob("*.parquet"))) == 1  # one stored table per kind and name
+    files.stored_table("t", "ds", ["k", 2], compute(3), valid=lambda t: False)  # fails the check: computed
+    assert calls[-1] == 3
+    (stored,) = folder.glob("*.parquet")
+    stored.write_bytes(b"not parquet")  # damaged on disk: computed again, with a warning
+    with caplog.at_level("WARNING"):
+        assert files.stored_table("t", "ds", ["k", 2], compute(4), valid=valid)["a"].tolist() == [4, 5]
+    assert "unreadable" in caplog.text
+    files.stored_table("t", "ds2", ["k"], compute(5), valid=valid, keep=lambda t: False)
+    assert not (config.cache_dir() / "t" / "ds2").exists()  # not kept: nothing stored
+
+
+@pytest.fixture()
+def wounds(corpus_dir, tmp_path):
+    m = pd.read_csv(corpus_dir / "manifest.csv")
+    root = tmp_path / "wounds"
+    for folder, paths in {"burns": m[m.source == "medetec"].path[:4], "skin": m[m.subclass == "normal_skin"].path[:4]}.items():
+        (root / folder).mkdir(parents=True)
+        for p in paths:
+            shutil.copy(corpus_dir / p, root / folder / p.replace("/", "_"))
+    dataset.ingest(root, "stored-wounds")
+    sv.set_policy("stored-wounds", safe=["skin"], by="test")
+    return dataset.load("stored-wounds")
+
+
+def _key(name: str, store: AnnotationStore) -> tuple:
+    policy = sv.policy_path(name)
+    return (policy.stat().st_mtime_ns, store.last_event(name))
+
+
+def test_a_stored_decision_is_never_read_after_its_evidence_changed(wounds, tmp_path):
+    store = AnnotationStore(tmp_path / "a.sqlite")
+    ds, name = wounds, "stored-wounds"
+
+    def decide():
+        return evidence.decide_dataset(ds, store=store, nudity=False)
+
+    def stored(key):
+        return evidence.stored_decision(name, key, decide, n_rows=len(ds.images), store=store)
+
+    fresh = stored(_key(name, store))
+    pd.testing.assert_frame_equal(fresh, decide())
+    assert list(fresh.columns) == sv.DECISION_COLUMNS
+    raw = fresh.loc[~fresh["censored"], "id"].tolist()
+    assert raw and fresh["censored"].any()  # skin raw by the policy, burns censored
+    assert stored(_key(name, store)) is not fresh  # a fresh process: read from disk ...
+    pd.testing.assert_frame_equal(stored(_key(name, store)), fresh)  # ... the same table
+
+    # A review: the key's latest event moves, the stored table is not read.
+    store.set_label(name, raw[0], "ana", "Blur")
+    after = stored(_key(name, store))
+    assert after.set_index("id").loc[raw[0], "censored"].all()
+    pd.testing.assert_frame_equal(after, decide())
+
+    # A label set's meaning changed (no event is written): decided again.
+    store.add_schema(name, LabelSchema("look", ("gross", "fine")))
+    store.set_label(scope(name, "look"), raw[1], "ana", "gross")
+    before = stored(_key(name, store))
+    assert not before.set_index("id").loc[raw[1], "censored"].any()  # "gross" means nothing yet
+    store.add_schema(name, LabelSchema("look", ("gross", "fine"), meanings={"gross": "sensitive"}))
+    changed = stored(_key(name, store))
+    assert changed.set_index("id").loc[raw[1], "censored"].all()
+    pd.testing.assert_frame_equal(changed, decide())
+
+
+def test_eb_scores_stored_equal_the_computed_ones(wounds):
+    from lib.colorscore import DEFAULT_PARAMS
+
+    computed = gallery._eb_scores(wounds, DEFAULT_PARAMS, None, None)
+    first = gallery.eb_scores(wounds)
+    folder = config.cache_dir() / "eb" / files.slug(wounds.name)
+    (path,) = folder.glob("*.parquet")
+    mtime = path.stat().st_mtime_ns
+    second = gallery.eb_scores(wounds)  # read back
+    assert path.stat().st_mtime_ns == mtime
+    pd.testing.assert_frame_equal(first, computed)
+    pd.testing.assert_frame_equal(second, computed)
+    assert list(second.columns) == gallery.EB_COLUMNS
