@@ -21,7 +21,7 @@ with ui.guard():
     schemas = {s.name: s for s in store.schemas(ctx.name)}
 
     with st.expander("Filters", expanded=True):
-        opts = gallery.filter_options(images)
+        opts = ui.filter_options(ctx.name)
         cols = st.columns(4)
         equals = {}
         for i, (col, values) in enumerate(opts.items()):
@@ -114,7 +114,8 @@ with ui.guard():
 
     shown = eb.iloc[rows[start:stop]].assign(path=images["path"].to_numpy()[rows[start:stop]])
     picked = ui.picked(ctx.name)
-    ui.bulk_bar(ctx, store, who, schemas, images["id"].array[rows], shown["id"].tolist(), n_filtered=ds.n_distinct(rows))
+    ui.bulk_bar(ctx, store, who, schemas, lambda: images["id"].array[rows], shown["id"].tolist(),
+                n_filtered=ds.n_distinct(rows))
 
     def caption(rec) -> str:
         lab = rec["label"] if isinstance(rec["label"], str) else "(no label)"
