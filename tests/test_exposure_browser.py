@@ -497,6 +497,7 @@ def test_zero_shot_mistakes_and_retrieval_results(page, server, expo):  # noqa: 
     page.get_by_text("Mistakes at this threshold").wait_for()
     settle(page)
     assert_no_exception(page)
+    wait_images(page, 1)  # the mistakes' thumbnails can arrive after the heading (seen on a loaded machine)
     c = check_images(page, server.base, truth, where="zero-shot mistakes")
     assert c["censored"] + c["sharp"] >= 1, "no mistake shown: nothing was checked"
     check_plotly(page, "zero-shot")
