@@ -877,10 +877,13 @@ class AnnotationStore:
         label = _check_text("label", label)
         # INDEXED BY: without statistics the planner prefers the primary key (sorted by image_id),
         # a scan of the whole dataset; the label index is sorted by image_id within a label too.
-        sql = "SELECT DISTINCT image_id FROM current INDEXED BY current_label WHERE dataset = ? AND label = ?"
+        # One annotator has one row per image (the primary key): DISTINCT only across annotators
+        # (1M rows, 100k answers: 105 -> 63 ms without it).
+        distinct = "DISTINCT " if annotator is None else ""
+        sql = f"SELECT {distinct}image_id FROM current INDEXED BY current_label WHERE dataset = ? AND label = ?"
         args: tuple = (dataset, label)
-        if annotator is not None:  # one row per (image, annotator) by the primary key: no DISTINCT (1M: 105 -> 63 ms)
-            sql = sql.replace("DISTINCT ", "") + " AND annotator = ?"
+        if annotator is not None:
+            sql += " AND annotator = ?"
             args += (check_annotator(annotator, allow_reserved=True),)
         with self._read() as conn:
             return [r[0] for r in conn.execute(sql + " ORDER BY image_id", args)]

@@ -182,7 +182,6 @@ def image_evidence(image_id: str, *, label, policy: sensitivity.LabelPolicy, eb:
     return pd.DataFrame(rows, columns=["evidence", "value", "says"])
 
 
-
 def stored_decision(name: str, key: tuple, decide: Callable[[], pd.DataFrame], *, n_rows: int,
                     store=None) -> pd.DataFrame:
     """The safe view's decision of dataset ``name`` (a :func:`lib.sensitivity.decide` table,

@@ -8,6 +8,7 @@ the final name. Nothing here writes pickles.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import uuid
@@ -196,9 +197,14 @@ def stored_table(kind: str, name: str, key: list, compute: Callable[[], Any], *,
 
 def code_stamp(*modules) -> str:
     """sha256 of the source files of ``modules``: a key part that changes with the code."""
+    return _code_stamp(tuple(m.__file__ for m in modules))
+
+
+@functools.cache  # the code a process runs is the code it loaded: read each file once
+def _code_stamp(paths: tuple[str, ...]) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    for m in modules:
-        h.update(Path(m.__file__).read_bytes())
+    for p in paths:
+        h.update(Path(p).read_bytes())
     return h.hexdigest()

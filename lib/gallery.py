@@ -38,24 +38,17 @@ def eb_scores(ds, params: ColorParams = DEFAULT_PARAMS, *, workers: int | None =
     z_blood, z_skin, eb (NaN where the image could not be scored), error, row. z-scores
     are taken over the dataset's own images.
     """
-    from . import colorscore, files
-    from .dataset import dataset_dir
+    from . import catalog, colorscore, files
 
-    stamp = dataset_dir(ds.name) / "dataset.json"
-    if not stamp.exists():  # not a saved dataset: nothing to key a stored table by
+    token = catalog.dataset_token(ds.name)
+    if token == "0":  # not a saved dataset: nothing to key a stored table by
         return _eb_scores(ds, params, workers, progress)
     parts = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in colorscore.FractionCache(params).parts()]
-    key = [ds.name, stamp.stat().st_mtime_ns, len(ds.images), repr(params), parts,
-           files.code_stamp(colorscore, sys.modules[__name__])]
+    key = [ds.name, token, len(ds.images), repr(params), parts, files.code_stamp(colorscore, sys.modules[__name__])]
     # Stored only when every image was scored: a failed one is tried again by the next process.
     return files.stored_table("eb", ds.name, key, lambda: _eb_scores(ds, params, workers, progress),
                               valid=lambda t: len(t) == len(ds.images) and list(t.columns) == EB_COLUMNS,
                               keep=lambda t: not t["error"].notna().any())
-
-
-def _none_for_na(values: pd.Series) -> np.ndarray:
-    """Objects with None for a missing value (as a stored table reads back: never pd.NA)."""
-    return values.to_numpy(dtype=object, na_value=None)
 
 
 #: The columns of :func:`eb_scores`, in order.
@@ -72,7 +65,8 @@ def _eb_scores(ds, params: ColorParams, workers: int | None, progress) -> pd.Dat
     else:  # nothing scorable: no mean/sd to take
         table = frac.assign(z_blood=np.nan, z_skin=np.nan, eb=np.nan)
     out = pd.DataFrame({"id": table["id"].to_numpy(), "label": images["label"].to_numpy(),
-                        "split": _none_for_na(images["split"]) if "split" in images else None})
+                        # None for a missing split, as a stored table reads back (never pd.NA)
+                        "split": images["split"].to_numpy(dtype=object, na_value=None) if "split" in images else None})
     for c in ("blood", "skin", "z_blood", "z_skin", "eb", "error"):
         out[c] = table[c].to_numpy()
     out["row"] = np.arange(len(out))
