@@ -126,9 +126,9 @@ def fresh_home(name: str) -> Path:
 # ------------------------------------------------------------------ model checkpoint
 
 
-def vitb32_checkpoint() -> Path:
-    """A seeded random-weight ViT-B-32 saved as a local safetensors checkpoint (built once)."""
-    path = SCRATCH / "vitb32-seed0.safetensors"
+def clip_checkpoint(arch: str = "ViT-B-32") -> Path:
+    """A seeded random-weight open_clip ``arch`` saved as a local safetensors checkpoint (built once)."""
+    path = SCRATCH / ("vitb32-seed0.safetensors" if arch == "ViT-B-32" else f"{arch.lower()}-seed0.safetensors")
     if path.exists():
         return path
     import logging
@@ -142,13 +142,17 @@ def vitb32_checkpoint() -> Path:
     SCRATCH.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     logging.getLogger().setLevel(logging.ERROR)  # "no pretrained weights loaded": that is the point
-    model = open_clip.create_model("ViT-B-32", pretrained=None)
+    model = open_clip.create_model(arch, pretrained=None)
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     return write_bytes(path, save(state))
 
 
 def vitb32_spec() -> str:
-    return f"open_clip:ViT-B-32@{vitb32_checkpoint()}"
+    return clip_spec("ViT-B-32")
+
+
+def clip_spec(arch: str) -> str:
+    return f"open_clip:{arch}@{clip_checkpoint(arch)}"
 
 
 # ------------------------------------------------------------------ synthetic vectors

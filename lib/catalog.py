@@ -124,35 +124,60 @@ def model_status(name: str) -> pd.DataFrame:
     current (the spec resolves to this fingerprint today; stale caches of older code or
     other weights are not current).
     """
-    from .embeddings import EmbeddingStore
     from .models import resolve_fingerprint
 
-    ds = ds_mod.load(name)
-    unique = ds.unique_ids
+    infos = _model_infos()
+    fps = list(dict.fromkeys(str(i.get("fingerprint") or "") for i in infos))
+    cover = {r.fingerprint: (int(r.vectors), int(r.total)) for r in _coverage(name, fps).itertuples()}
     rows = []
-    for info in _model_infos():
+    for info in infos:
         fp = str(info.get("fingerprint") or "")
         spec = str(info.get("spec") or "?")
         rnd = str(info.get("source", "")).startswith("random(")
-        try:
-            missing = len(EmbeddingStore(fp).missing(unique)) if fp else len(unique)
-        except Exception:  # an unreadable cache covers nothing
-            missing = len(unique)
-        have = len(unique) - missing
+        have, total = cover[fp]
         try:
             current = resolve_fingerprint(spec, random_weights=rnd) == fp
         except Exception:
             current = False
         rows.append({
             "spec": spec, "random_weights": rnd, "text": info.get("kind") != "color", "dim": info.get("dim"),
-            "fingerprint": fp[:12], "vectors": have, "total": len(unique),
-            "status": "full" if have == len(unique) and unique else "partial" if have else "none",
+            "fingerprint": fp[:12], "vectors": have, "total": total,
+            "status": "full" if have == total and total else "partial" if have else "none",
             "current": bool(current),
         })
     cols = ["spec", "random_weights", "text", "dim", "fingerprint", "vectors", "total", "status", "current"]
     df = pd.DataFrame(rows, columns=cols)
     order = df["status"].map({"full": 0, "partial": 1, "none": 2})
     return df.assign(_o=order).sort_values(["_o", "spec"]).drop(columns="_o").reset_index(drop=True)
+
+
+def _coverage(name: str, fingerprints: list[str]) -> pd.DataFrame:
+    """How many of dataset ``name``'s distinct images each cache holds: columns fingerprint,
+    vectors, total. Stored (:func:`lib.files.stored_table`) under the dataset's ingest stamp
+    and every cache's shard names, so a fresh app server reads it back: counting a million
+    ids against the caches took seconds of its first page."""
+    from . import embeddings
+    from .files import code_stamp, stored_table
+
+    def shards(fp: str) -> str:  # shards are only added (or quarantined): their names say what a cache holds
+        d = embeddings.EmbeddingStore(fp).shard_dir if fp else None
+        names = sorted(os.listdir(d)) if d is not None and d.is_dir() else []
+        return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+    def compute() -> pd.DataFrame:
+        unique = ds_mod.load(name).unique_ids
+        vectors = []
+        for fp in fingerprints:
+            try:
+                vectors.append(len(unique) - len(embeddings.EmbeddingStore(fp).missing(unique)) if fp else 0)
+            except Exception:  # an unreadable cache covers nothing
+                vectors.append(0)
+        return pd.DataFrame({"fingerprint": fingerprints, "vectors": vectors, "total": len(unique)},
+                            columns=["fingerprint", "vectors", "total"]).astype({"vectors": "int64", "total": "int64"})
+
+    key = [dataset_token(name), code_stamp(embeddings), *((fp, shards(fp)) for fp in fingerprints)]
+    return stored_table("coverage", name, key, compute,
+                        valid=lambda t: list(t["fingerprint"]) == fingerprints)
 
 
 def usable_models(name: str, *, random_weights: bool = False, status: pd.DataFrame | None = None) -> list[ModelChoice]:

@@ -401,16 +401,30 @@ class Dataset:
         row = int(hit.argmax()) if len(hit) else 0
         return row if len(hit) and hit[row] else None
 
+    @property
+    def copy_rows(self) -> np.ndarray:
+        """(n,) bool: the rows whose content id has other rows (byte-identical copies, as
+        ingest marked them in ``duplicate_of``, and the rows they copy). Once per Dataset
+        object (the app's is shared): a collection without copies costs one column read."""
+        mask = self.__dict__.get("_copy_rows")
+        if mask is None:
+            ids = self.images["id"]
+            if "duplicate_of" in self.images:
+                dup = self.images["duplicate_of"].notna().to_numpy(dtype=bool)
+                mask = ids.isin(ids[dup].unique()).to_numpy(dtype=bool) if dup.any() else dup
+            else:  # a table from before ingest marked copies
+                mask = ids.duplicated(keep=False).to_numpy(dtype=bool)
+            self.__dict__["_copy_rows"] = mask
+        return mask
+
     def n_distinct(self, rows=None) -> int:
         """How many distinct content ids ``rows`` (row numbers; all rows when None) hold:
-        integer codes of the ids built once per Dataset object (the app's is shared), then
-        a bincount (ms at 1M rows, where hashing 1M id strings took half a second a run)."""
-        codes = self.__dict__.get("_id_codes")
-        if codes is None:
-            codes = self.__dict__["_id_codes"] = pd.factorize(self.images["id"])[0]
-        sub = codes if rows is None else codes[np.asarray(rows, dtype=np.int64)]
-        sub = sub[sub >= 0]  # (a missing id has no code)
-        return int(np.count_nonzero(np.bincount(sub))) if len(sub) else 0
+        each row without copies counts once; only rows with copies are grouped (1M rows
+        without copies: ms, where factorizing every id took ~2 s of a fresh server's page)."""
+        sub = np.arange(len(self.images)) if rows is None else np.asarray(rows, dtype=np.int64)
+        copies = self.copy_rows[sub]
+        shared = self.images["id"].iloc[sub[copies]].dropna() if copies.any() else []
+        return int(np.count_nonzero(~copies)) + len(set(shared))
 
     def abspath(self, rel: str) -> Path:
         """Absolute path of an image, refusing anything outside the dataset root."""

@@ -138,6 +138,8 @@ class EmbeddingStore:
     def _load_catalog(self) -> None:
         if self._ids is not None:
             return
+        import pandas as pd
+
         names, ids, locs, mmaps = [], [], [], []
         for name in self.shard_names():
             opened = self._open_shard(name)
@@ -150,8 +152,13 @@ class EmbeddingStore:
             locs.append(np.stack([np.full(len(opened[0]), si, np.int32),
                                   np.arange(len(opened[0]), dtype=np.int32)], 1))
         self._shards, self._mmaps = names, mmaps
-        self._ids = np.concatenate(ids) if ids else np.zeros(0, ID_DTYPE)
-        self._locs = np.concatenate(locs) if locs else np.zeros((0, 2), np.int32)
+        all_ids = np.concatenate(ids) if ids else np.zeros(0, ID_DTYPE)
+        all_locs = np.concatenate(locs) if locs else np.zeros((0, 2), np.int32)
+        index = pd.Index(all_ids)
+        if not index.is_unique:  # shards written side by side (two runs, workers) may share ids: the first is kept
+            keep = ~index.duplicated(keep="first")
+            all_ids, all_locs, index = all_ids[keep], all_locs[keep], index[keep]
+        self._ids, self._locs, self._index = all_ids, all_locs, index
 
     def ids(self) -> np.ndarray:
         """Every cached content id, (n,) |S64."""
@@ -163,19 +170,18 @@ class EmbeddingStore:
 
     def missing(self, content_ids: Sequence[str]) -> list[str]:
         """The ids (unique, in order) that have no vector yet."""
-        import pandas as pd
 
         uniq = list(dict.fromkeys(content_ids))
-        have = pd.Index(self.ids())
-        pos = have.get_indexer(np.asarray(uniq, dtype=ID_DTYPE)) if len(have) else np.full(len(uniq), -1)
+        self._load_catalog()
+        pos = self._index.get_indexer(np.asarray(uniq, dtype=ID_DTYPE)) if len(self._ids) \
+            else np.full(len(uniq), -1)
         return [u for u, p in zip(uniq, pos, strict=True) if p < 0]
 
     def open(self, content_ids: Sequence[str]) -> DatasetEmbeddings:
         """Memory-mapped view of the vectors of ``content_ids`` (in that order)."""
-        import pandas as pd
 
         self._load_catalog()
-        pos = pd.Index(self._ids).get_indexer(np.asarray(content_ids, dtype=ID_DTYPE)) if len(self._ids) \
+        pos = self._index.get_indexer(np.asarray(content_ids, dtype=ID_DTYPE)) if len(self._ids) \
             else np.full(len(content_ids), -1)
         if (pos < 0).any():
             raise MissingVectors(f"{int((pos < 0).sum())} of {len(pos)} images have no vector in cache "

@@ -354,8 +354,8 @@ def _decision(home: str, name: str, key: tuple, _inputs: Callable[[], dict]) -> 
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _view(home: str, name: str, key: tuple, _decision_table: Callable[[], pd.DataFrame]) -> dict[str, tuple[bool, str]]:
-    return sensitivity.by_id(_decision_table())
+def _served(home: str, name: str, key: tuple, _decision_table: Callable[[], pd.DataFrame]) -> tuple:
+    return sensitivity.served(_decision_table(), load_dataset(name).copy_rows)
 
 
 # Shared (st.cache_resource): as st.cache_data each call unpickled a copy (1M reviews: seconds).
@@ -522,6 +522,7 @@ class Ctx:
     pred_threshold: float | None = None
     blur_strength: float = safety.BLUR_FRACTION
     grey_revealed: bool = False
+    _served: tuple | None = field(default=None, repr=False)
 
     # ---- data
 
@@ -565,14 +566,25 @@ class Ctx:
                     eb=self.eb(), eb_threshold=float(self.eb_threshold), nudity=nudity_table(self.name),
                     screening=self.screening())
 
-    def view(self) -> dict[str, tuple[bool, str]]:
-        """{content id: (censored, reason)} (shared: never modify it)."""
-        key = self._decision_key()
-        return _view(_home(), self.name, key, _decision_table=self.decision)
+    def served(self) -> tuple[np.ndarray, np.ndarray, pd.Series]:
+        """(censored (n,), source row (n,), reason per row (n,)) per dataset row as the safe
+        view serves it (:func:`lib.sensitivity.served`; shared: never modify it): a row
+        shows ``reason[source[row]]``."""
+        key = self._decision_key()  # every call: a review made during this run counts at once
+        if self._served is None or self._served[0] != key:
+            censored, source = _served(_home(), self.name, key, _decision_table=self.decision)
+            self._served = (key, (censored, source, self.decision()["reason"]))
+        return self._served[1]
+
+    def censored_at(self, row: int) -> tuple[bool, str]:
+        """(censored, reason) of dataset row ``row``."""
+        censored, source, reasons = self.served()
+        return bool(censored[int(row)]), str(reasons.iat[int(source[int(row)])])
 
     def censored_of(self, cid: str) -> tuple[bool, str]:
-        """(censored, reason) of one image; an id the decision does not know is censored."""
-        return self.view().get(str(cid), (True, "not in this dataset"))
+        """(censored, reason) of one image by content id; an id the dataset does not hold is censored."""
+        row = self.ds.row_of(cid)
+        return (True, "not in this dataset") if row is None else self.censored_at(row)
 
     def eb(self) -> pd.DataFrame:
         return eb_scores(self.name)
@@ -794,20 +806,16 @@ def guard() -> Iterator[None]:
 # =========================================================================== images
 
 
-def _record(ctx: Ctx, row):
-    return ctx.ds.images.iloc[int(row)] if isinstance(row, (int, np.integer)) else row
-
-
-def image_bytes(ctx: Ctx, row, *, side: int = THUMB_SIDE) -> tuple[bytes, str]:
-    """(JPEG bytes, rendering mode) of a dataset row as the safe view serves it.
+def image_bytes(ctx: Ctx, row: int, *, side: int = THUMB_SIDE) -> tuple[bytes, str]:
+    """(JPEG bytes, rendering mode) of dataset row ``row`` as the safe view serves it.
 
     The mode is ``raw`` only when the decision clears the image, the user revealed it in
     this session, or safe view is off; ``regions`` when revealed with its colour regions
     blacked out; else the censoring mode.
     """
-    rec = _record(ctx, row)
+    rec = ctx.ds.images.iloc[int(row)]
     cid = str(rec["id"])
-    censored, _ = ctx.censored_of(cid)
+    censored, _ = ctx.censored_at(row)
     level = revealed().get(cid)
     mode = thumbs.mode_for(censored, safe_view=ctx.safe_view, revealed=level, censor=ctx.censor)
     grey = bool(ctx.grey_revealed and level and censored and mode in ("raw", "regions"))
@@ -843,7 +851,7 @@ def hover_previews(ctx: Ctx, ids: Sequence[str], *, side: int = HOVER_SIDE) -> d
             data, _ = image_bytes(ctx, row, side=side)
         except (ImageError, UnsafePath, OSError):
             continue  # an unreadable file: its point shows the hover text only
-        censored, reason = ctx.censored_of(cid)
+        censored, reason = ctx.censored_at(row)
         out[cid] = (thumbs.data_uri(data), ("censored: " if censored else "shown: ") + reason)
     return out
 
@@ -902,15 +910,15 @@ def details_link(ctx: Ctx, cid: str) -> None:
     nav_link("image", "Details", ctx, icon=":material/info:", id=str(cid))
 
 
-def show_image(ctx: Ctx, row, *, key: str, caption: str | None = None, side: int = THUMB_SIDE,
+def show_image(ctx: Ctx, row: int, *, key: str, caption: str | None = None, side: int = THUMB_SIDE,
                reveal: bool = True, width="stretch", details: bool = True) -> None:
-    """One dataset image through the safe view, its one-line reason, its Reveal control and
+    """Dataset row ``row`` through the safe view, its one-line reason, its Reveal control and
     (unless ``details`` is False, as on the detail view itself) a link to its detail view."""
-    rec = _record(ctx, row)
+    rec = ctx.ds.images.iloc[int(row)]
     cid = str(rec["id"])
-    censored, reason = ctx.censored_of(cid)
+    censored, reason = ctx.censored_at(row)
     try:
-        data, mode = image_bytes(ctx, rec, side=side)
+        data, mode = image_bytes(ctx, row, side=side)
     except (ImageError, UnsafePath, OSError) as e:
         st.warning(f"cannot show {rec['path']}: {e}")
         if details:  # the detail view says what is wrong with the file

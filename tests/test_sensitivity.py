@@ -461,3 +461,10 @@ def test_by_id_keeps_each_ids_first_censored_row_else_its_first_row():
             want[i] = (bool(c), r)
     assert sv.by_id(d) == want
     assert sv.by_id(d.iloc[:0]) == {}
+    censored, source = sv.served(d)  # per row: every copy served as its id is
+    reasons = d["reason"].to_numpy()[source]
+    assert [(bool(c), r) for c, r in zip(censored, reasons, strict=True)] == [want[i] for i in d["id"]]
+    copies = d["id"].duplicated(keep=False).to_numpy()
+    for c_, r_ in zip(sv.served(d, copies), (censored, source), strict=True):  # told which rows have copies
+        assert list(c_) == list(r_)
+    assert list(sv.served(d, np.zeros(n, bool))[0]) == list(d["censored"])

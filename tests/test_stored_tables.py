@@ -45,6 +45,10 @@ def test_stored_table_is_read_back_only_for_the_same_key_and_when_valid(caplog):
 
 @pytest.fixture()
 def wounds(corpus_dir, tmp_path):
+    return _wounds(corpus_dir, tmp_path)
+
+
+def _wounds(corpus_dir, tmp_path):
     m = pd.read_csv(corpus_dir / "manifest.csv")
     root = tmp_path / "wounds"
     for folder, paths in {"burns": m[m.source == "medetec"].path[:4], "skin": m[m.subclass == "normal_skin"].path[:4]}.items():
@@ -109,3 +113,35 @@ def test_eb_scores_stored_equal_the_computed_ones(wounds):
     pd.testing.assert_frame_equal(first, computed)
     pd.testing.assert_frame_equal(second, computed)
     assert list(second.columns) == gallery.EB_COLUMNS
+
+
+def test_cache_coverage_is_stored_and_never_stale(corpus_dir, tmp_path, monkeypatch):
+    """The model list's coverage counts (a million ids against each cache: seconds) are read
+    back by a fresh process, and counted again as soon as a cache gains a shard."""
+    import numpy as np
+
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))  # an empty colour cache
+    wounds = _wounds(corpus_dir, tmp_path)
+
+    from lib import catalog
+    from lib.embeddings import EmbeddingStore
+    from lib.models import load_model
+
+    backend = load_model("color")
+    store = EmbeddingStore(backend.fingerprint)
+    store.write_info({**backend.fingerprint_info, "spec": backend.spec, "dim": backend.dim})
+    ids = wounds.unique_ids
+    store.write_shard(ids[:3], np.ones((3, backend.dim), np.float32))
+    row = catalog.model_status(wounds.name).set_index("spec").loc["color"]
+    assert (row["vectors"], row["total"], row["status"]) == (3, len(ids), "partial")
+    (path,) = (config.cache_dir() / "coverage" / files.slug(wounds.name)).glob("*.parquet")
+    mtime = path.stat().st_mtime_ns
+    assert catalog.model_status(wounds.name).set_index("spec").loc["color", "vectors"] == 3
+    assert path.stat().st_mtime_ns == mtime  # read back, not counted again
+    store.write_shard(ids[3:], np.ones((len(ids) - 3, backend.dim), np.float32))
+    row = catalog.model_status(wounds.name).set_index("spec").loc["color"]
+    assert (row["vectors"], row["status"]) == (len(ids), "full")
+    other = EmbeddingStore(backend.fingerprint)  # a shard that repeats ids (two runs side by side)
+    other.write_shard(ids[:5], np.full((5, backend.dim), 2, np.float32))
+    assert other.missing(ids) == [] and len(other.ids()) == len(ids)
+    assert catalog.model_status(wounds.name).set_index("spec").loc["color", "vectors"] == len(ids)

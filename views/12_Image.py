@@ -39,7 +39,7 @@ with ui.guard():
         with l2:
             ui.nav_link("map", "On the map", ctx, icon=":material/scatter_plot:", id=cid)
     with right:
-        censored, reason = ctx.censored_of(cid)
+        censored, reason = ctx.censored_at(row)
         st.markdown(f"**Safe view:** {'censored' if censored else 'shown raw'}: {reason}")
         policy, _ = ctx.policy()
         ev = evidence.image_evidence(cid, label=rec["label"], policy=policy, eb=ctx.eb(),

@@ -112,7 +112,7 @@ with ui.guard():
     start, stop, n_pages, page = gallery.page_bounds(len(rows), page_size, page)
     ui.set_page_param("page", str(page))
 
-    shown = eb.iloc[rows[start:stop]].assign(path=images["path"].to_numpy()[rows[start:stop]])
+    shown = eb.iloc[rows[start:stop]].assign(path=images["path"].take(rows[start:stop]).to_numpy())
     picked = ui.picked(ctx.name)
     ui.bulk_bar(ctx, store, who, schemas, lambda: images["id"].array[rows], shown["id"].tolist(),
                 n_filtered=ds.n_distinct(rows))

@@ -209,7 +209,7 @@ with ui.guard():
     st.progress(done / len(ids), text=f"**{done} done · {left} left** of {len(ids)} in this queue")
 
     left_col, right_col = st.columns([3, 2])
-    censored, reason = ctx.censored_of(cid)
+    censored, reason = ctx.censored_at(int(rec["row"]))
     with left_col:
         data, mode = ui.image_bytes(ctx, int(rec["row"]), side=512)
         name = gallery.file_name(ds.images["path"].iat[int(rec["row"])], 48)
