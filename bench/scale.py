@@ -300,6 +300,61 @@ def _measure(n: int, spec: str, log_dir, repo=None, *, warm_reps: int = 3, check
     return got
 
 
+#: The floor of any Streamlit page on this host: a sidebar, a title and 24 images, nothing else.
+BARE_APP = """import numpy as np
+import streamlit as st
+st.set_page_config(layout="wide")
+with st.sidebar:
+    st.selectbox("Dataset", ["a"])
+st.title("Bare page")
+img = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype("uint8")
+for r in range(4):
+    for c in st.columns(6):
+        with c:
+            st.image(img, alt="image bare", width="stretch")
+            st.caption("caption")
+"""
+
+
+def _floor(log_dir, warm_reps: int = 3) -> dict:
+    """Cold and warm first paint of :data:`BARE_APP` (the same Chromium, the same server
+    launch): what this host's Streamlit costs before any page of ours draws anything."""
+    import sys
+
+    from playwright.sync_api import sync_playwright
+
+    from .app_page import CHROMIUM
+    from .common import WORK
+    from .server import Server, free_port
+
+    folder = WORK / "bare-app"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "app.py").write_text(BARE_APP)
+    port = free_port()
+    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless",
+           "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
+    got = {}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            with Server(log_dir / "streamlit-bare.log", port=port, command=cmd, cwd=folder) as server:
+                ctx = browser.new_context(viewport={"width": 1440, "height": 1400})
+                times = []
+                for _ in range(warm_reps + 1):
+                    page = ctx.new_page()
+                    t = time.perf_counter()
+                    page.goto(server.base + "/")
+                    page.locator('img[alt="image bare"]').nth(23).wait_for()
+                    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
+                    times.append(time.perf_counter() - t)
+                    page.close()
+                got = {"cold": times[0], "warm": min(times[1:]), "warm all": times[1:]}
+                ctx.close()
+        finally:
+            browser.close()
+    return got
+
+
 def _map_checks(page, got: dict, xy: np.ndarray, ids: np.ndarray) -> None:
     """The map's counts (its layout.meta) and a lasso, then the selection's first Gallery page."""
     from lib import gallery
@@ -467,8 +522,17 @@ def _app_part(rec: Recorder, sizes: list[int]) -> None:
         before_name = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True,
                                      text=True).stdout.strip() or repo
         before = {_tag(n): _measure(n, spec, logs, repo, warm_reps=1, checks=False) for n in sizes}
+    floor = _floor(logs)
     figs = {_tag(n): _measure(n, spec, logs) for n in sizes}
     _record(rec, sizes, figs, before, before_name)
+    rec.add("floor: a bare Streamlit page (sidebar, title, 24 images), first paint, cold server", floor["cold"], "s")
+    rec.add("floor: the bare page, warm server", floor["warm"], "s",
+            note="new tab, best of 3: " + ", ".join(f"{w:.2f}" for w in floor["warm all"]) + "; what any Streamlit "
+                 "page costs on this host and browser before a page of ours draws anything")
+    top = figs[_tag(sizes[-1])]
+    for page_name in APP_PAGES:
+        rec.add(f"{_tag(sizes[-1])}: {page_name} warm / bare page warm", top[f"{page_name} warm"] / floor["warm"], "ratio",
+                note="the page's own cost above this host's Streamlit floor, measured in this run")
     rec.explain("App pages: the datasets above, after their labelling (every image labelled by one annotator, a "
                 "tenth by a second: the safe view reads those reviews), with synthetic clustered 512-d ViT-B-32 "
                 "vectors per synthetic id, each row's EB fractions copied from its file's, the IVF index and the PCA "
