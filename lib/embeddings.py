@@ -170,7 +170,6 @@ class EmbeddingStore:
 
     def missing(self, content_ids: Sequence[str]) -> list[str]:
         """The ids (unique, in order) that have no vector yet."""
-
         uniq = list(dict.fromkeys(content_ids))
         self._load_catalog()
         pos = self._index.get_indexer(np.asarray(uniq, dtype=ID_DTYPE)) if len(self._ids) \
@@ -179,7 +178,6 @@ class EmbeddingStore:
 
     def open(self, content_ids: Sequence[str]) -> DatasetEmbeddings:
         """Memory-mapped view of the vectors of ``content_ids`` (in that order)."""
-
         self._load_catalog()
         pos = self._index.get_indexer(np.asarray(content_ids, dtype=ID_DTYPE)) if len(self._ids) \
             else np.full(len(content_ids), -1)

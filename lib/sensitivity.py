@@ -870,17 +870,6 @@ def served(decision: pd.DataFrame, copies=None) -> tuple[np.ndarray, np.ndarray]
     return censored, source
 
 
-def by_id(decision: pd.DataFrame) -> dict[str, tuple[bool, str]]:
-    """{content id: (censored, reason)} of a :func:`decide` table, as :func:`served` serves
-    each id (for callers that look up by id; the app reads :func:`served` by row)."""
-    censored, source = served(decision)
-    reasons = decision["reason"].to_numpy(dtype=object)[source]
-    ids = decision["id"].to_numpy(dtype=object)
-    keep = ~pd.Index(ids).duplicated(keep="first")
-    return dict(zip(ids[keep].tolist(), zip(censored[keep].tolist(), reasons[keep].tolist(), strict=True),
-                    strict=True))
-
-
 def must_censor(censored) -> bool:
     """Whether an image with this ``censored`` flag must be censored.
 

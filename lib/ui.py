@@ -581,11 +581,6 @@ class Ctx:
         censored, source, reasons = self.served()
         return bool(censored[int(row)]), str(reasons.iat[int(source[int(row)])])
 
-    def censored_of(self, cid: str) -> tuple[bool, str]:
-        """(censored, reason) of one image by content id; an id the dataset does not hold is censored."""
-        row = self.ds.row_of(cid)
-        return (True, "not in this dataset") if row is None else self.censored_at(row)
-
     def eb(self) -> pd.DataFrame:
         return eb_scores(self.name)
 

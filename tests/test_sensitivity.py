@@ -175,9 +175,10 @@ def test_every_row_has_one_reason_and_copies_censor_together():
     imgs = pd.DataFrame({"id": ["a" * 64, "a" * 64, "b" * 64], "label": ["non_sensitive", "burns", "ok"]})
     d = sv.decide(imgs)
     assert d["reason"].str.len().gt(0).all()
-    view = sv.by_id(d)
-    assert view["a" * 64] == (True, "label burns → sensitive")  # one copy flagged: both censored
-    assert view["b" * 64] == (False, "label ok → safe")
+    censored, source = sv.served(d)
+    view = [(bool(c), d["reason"].iat[s_]) for c, s_ in zip(censored, source, strict=True)]
+    assert view[0] == view[1] == (True, "label burns → sensitive")  # one copy flagged: both censored
+    assert view[2] == (False, "label ok → safe")
     counts = sv.breakdown(d)
     assert counts["images"].sum() == 3 and counts.iloc[0]["shown"] == "censored"
 
@@ -450,7 +451,7 @@ def test_nudenet_is_computed_once_per_image_and_only_flags(wound_folder, monkeyp
         assert ("NudeNet" in reason) == (nud[cid] >= sv.NUDITY_THRESHOLD)
 
 
-def test_by_id_keeps_each_ids_first_censored_row_else_its_first_row():
+def test_served_keeps_each_ids_first_censored_row_else_its_first_row():
     rng = np.random.default_rng(0)
     n = 5000
     d = pd.DataFrame({"id": rng.integers(0, 1500, n).astype(str), "censored": rng.random(n) < 0.3,
@@ -459,8 +460,7 @@ def test_by_id_keeps_each_ids_first_censored_row_else_its_first_row():
     for i, c, r in zip(d["id"], d["censored"], d["reason"], strict=True):  # the rule, row by row
         if i not in want or (c and not want[i][0]):
             want[i] = (bool(c), r)
-    assert sv.by_id(d) == want
-    assert sv.by_id(d.iloc[:0]) == {}
+    assert len(sv.served(d.iloc[:0])[0]) == 0
     censored, source = sv.served(d)  # per row: every copy served as its id is
     reasons = d["reason"].to_numpy()[source]
     assert [(bool(c), r) for c, r in zip(censored, reasons, strict=True)] == [want[i] for i in d["id"]]
