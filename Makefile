@@ -16,10 +16,11 @@ $(VENV)/.installed: requirements.txt
 # Set everything up, make sure there is something to look at (the offline demo
 # dataset, built once and indexed by `python -m lib index demo --models color`: one
 # decode per image for its embeddings, EB fractions, hashes and statistics), and open
-# the app on http://127.0.0.1:$(PORT).
+# the app on http://127.0.0.1:$(PORT) (`python -m lib app`: `streamlit run app.py` with the
+# modules its pages import loaded before it listens).
 run: setup
 	$(PY) -m lib demo --if-empty
-	$(VENV)/bin/streamlit run app.py --server.port $(PORT)
+	$(PY) -m lib app --port $(PORT)
 
 # The whole suite, browser tests included (they need Debian's chromium: `make browser`).
 test: setup

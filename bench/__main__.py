@@ -20,7 +20,7 @@ from .common import RESULTS, Recorder, fmt, machine
 
 #: name -> (module, title, time limit in seconds for the full run)
 BENCHES = {
-    "embed": ("bench.embed", "1. Embedding throughput (ViT-B-32, end to end from files)", 480),
+    "embed": ("bench.embed", "1. Embedding throughput (ViT-B-32, end to end from files)", 600),
     "cache": ("bench.cache", "2. Embedding cache: no-op and incremental runs", 200),
     "search": ("bench.search", "3. Vector search at 100k and 1M x 512", 360),
     "eb": ("bench.eb", "4. EB colour scores", 120),

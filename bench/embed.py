@@ -183,6 +183,7 @@ def run(rec: Recorder) -> None:
 
     def report() -> None:
         del rec.rows[base:]
+        del rec.notes[base_notes:]
         rate = {k: n / np.asarray(v) for k, v in wall.items() if v}  # img/s per round
         for k, label in labels.items():
             if k not in rate:
@@ -229,8 +230,29 @@ def run(rec: Recorder) -> None:
             if k in rate:
                 rec.add(f"achieved GFLOP/s, {label}", rate[k].max() * flops / 1e9, "GFLOP/s")
 
+    def where_the_time_goes() -> None:  # with every round's report: a time limit keeps them too
+        per_img_decode = min(decode_s)
+        fwd_core = min(cpu["a"]) / n
+        rec.explain(
+            f"Inputs: {n} corpus files ({fmt_counts}), batch {BATCH}, {torch.get_num_threads()} torch threads, "
+            f"{workers} decode worker(s) for (b) and (c'); {len(wall['a'])} of {rounds} rounds, order reversed every other round; "
+            "ratios are medians of per-round ratios (both sides measured under the same background load).")
+        rec.explain(
+            f"Where the time goes: decode + preprocess {per_img_decode * 1e3:.1f} ms/image on one core of this "
+            f"process (open_image + open_clip transform), fp32 forward {fwd_core * 1e3:.0f} CPU-ms/image: if every "
+            f"decoding ms were taken from the model, (b)/(a) would be at most {1 / (1 + per_img_decode / fwd_core):.3f}. "
+            f"Measured CPU per image, decoding included: (a) {1e3 * min(cpu['a']) / n:.0f} ms, "
+            f"(b) {1e3 * min(cpu['b']) / n:.0f} ms (workers run one torch thread each). The first batch ({BATCH} images, decoded by {workers} workers while the model waits) "
+            f"costs ~{BATCH * per_img_decode / workers / min(wall['a']):.1%} of a {n}-image run.")
+        fast_core = min(cpu["e"]) / n
+        rec.explain(
+            f"Behind the fast forward (ViT-S-32 fp32, {fast_core * 1e3:.0f} CPU-ms/image for the model alone): decoding "
+            f"is {per_img_decode / fast_core:.0%} of the forward's CPU, so taking it from the model's cores would cap "
+            f"(f)/(e) at {1 / (1 + per_img_decode / fast_core):.3f}; measured (f) {1e3 * min(cpu['f']) / n:.0f} CPU-ms/image "
+            "in all.")
+
     print(f"[embed] setup (ingest, models, pre-decoding, warm-up): {time.perf_counter() - t_setup:.0f} s", flush=True)
-    base = len(rec.rows)
+    base, base_notes = len(rec.rows), len(rec.notes)
     for r in range(rounds):
         # Pairs to compare sit side by side; odd rounds run backwards, so slow drifts of the
         # background load cancel. The tuned peer (no goal) only runs in the first round.
@@ -245,25 +267,7 @@ def run(rec: Recorder) -> None:
                 outputs[k] = out
         print(f"[embed] round {r + 1}/{rounds}: " + ", ".join(f"{k} {n / wall[k][-1]:.1f}" for k in keys), flush=True)
         report()  # after every round: a time limit keeps the rounds done
-    per_img_decode = min(decode_s)
-    fwd_core = min(cpu["a"]) / n
-    rec.explain(
-        f"Inputs: {n} corpus files ({fmt_counts}), batch {BATCH}, {torch.get_num_threads()} torch threads, "
-        f"{workers} decode worker(s) for (b) and (c'); {rounds} rounds, order reversed every other round; "
-        "ratios are medians of per-round ratios (both sides measured under the same background load).")
-    rec.explain(
-        f"Where the time goes: decode + preprocess {per_img_decode * 1e3:.1f} ms/image on one core of this "
-        f"process (open_image + open_clip transform), fp32 forward {fwd_core * 1e3:.0f} CPU-ms/image: if every "
-        f"decoding ms were taken from the model, (b)/(a) would be at most {1 / (1 + per_img_decode / fwd_core):.3f}. "
-        f"Measured CPU per image, decoding included: (a) {1e3 * min(cpu['a']) / n:.0f} ms, "
-        f"(b) {1e3 * min(cpu['b']) / n:.0f} ms (workers run one torch thread each). The first batch ({BATCH} images, decoded by {workers} workers while the model waits) "
-        f"costs ~{BATCH * per_img_decode / workers / min(wall['a']):.1%} of a {n}-image run.")
-    fast_core = min(cpu["e"]) / n
-    rec.explain(
-        f"Behind the fast forward (ViT-S-32 fp32, {fast_core * 1e3:.0f} CPU-ms/image for the model alone): decoding "
-        f"is {per_img_decode / fast_core:.0%} of the forward's CPU, so taking it from the model's cores would cap "
-        f"(f)/(e) at {1 / (1 + per_img_decode / fast_core):.3f}; measured (f) {1e3 * min(cpu['f']) / n:.0f} CPU-ms/image "
-        "in all.")
+        where_the_time_goes()
     _gpu(rec, spec, paths, flops)
     os.environ.pop("WORKBENCH_HOME", None)
 

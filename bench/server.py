@@ -1,4 +1,4 @@
-"""The app's server for benchmarks and browser tests: ``streamlit run app.py`` on 127.0.0.1."""
+"""The app's server for benchmarks and browser tests: what ``make run`` runs, on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -20,6 +20,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def app_command(checkout: Path, port: int) -> list[str]:
+    """What ``make run`` runs in ``checkout``, headless on 127.0.0.1:``port``: ``python -m lib
+    app``, or ``streamlit run app.py`` for a checkout older than that verb (a benchmark's
+    side-by-side run of an earlier commit)."""
+    if "def cmd_app(" in (Path(checkout) / "lib" / "cli.py").read_text():
+        return [sys.executable, "-m", "lib", "app", "--port", str(port), "--headless", "--address", "127.0.0.1"]
+    return [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+            "--server.headless", "true", "--server.address", "127.0.0.1"]
+
+
 class Server:
     """A context manager: start the app, wait until ``/_stcore/health`` answers, stop its
     whole process group on exit.
@@ -29,8 +39,7 @@ class Server:
     log : file that receives the server's stdout and stderr (its tail is in every error).
     home : data home (``WORKBENCH_HOME``); default: the one of this process's environment.
     port : default a free one.
-    command : argv to run instead of the default ``streamlit run app.py`` on ``port``
-        (e.g. the line ``make run`` would execute).
+    command : argv to run instead of :func:`app_command` (what ``make run`` runs) on ``port``.
     cwd : the checkout whose app runs (default this one; a benchmark may run an older
         commit's app side by side).
     """
@@ -41,13 +50,11 @@ class Server:
         self.cwd = Path(cwd) if cwd is not None else REPO
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.command = command or [
-            sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(self.port),
-            "--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
+        self.command = command or app_command(self.cwd, self.port)
         self.started_s = float("nan")  # seconds from launch to healthy
 
     def __enter__(self) -> Server:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
         if self.home is not None:
             env["WORKBENCH_HOME"] = str(self.home)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in __exit__)

@@ -332,6 +332,81 @@ def cmd_demo(a) -> int:
     return 0
 
 
+#: Imported by the pages' first run only inside functions (parquet tables, thumbnails, the map,
+#: the vector index): loaded by :func:`preload` too.
+PRELOAD_LAZY = ("pyarrow.parquet", "PIL.Image", "plotly.graph_objects", "faiss")
+
+
+def preload_pages(views) -> list[str]:
+    """Import every module the page files in ``views`` import, and :data:`PRELOAD_LAZY`:
+    ``python -m lib app`` calls it before the server listens, since Streamlit imports a page's
+    modules on its first run, while the first visitor waits (pandas, plotly, lib: ~1-2 s here).
+
+    Returns the names of the modules now loaded (``from lib.x import NAME`` also tries
+    ``lib.x.NAME``, a module only when NAME is one).
+    """
+    import ast
+    import importlib
+    import logging
+    from pathlib import Path
+
+    import streamlit.runtime.caching.cache_data_api  # noqa: F401 (it sets its logger's level on import)
+
+    # st.cache_data checks its parameters at import, and warns there is no runtime yet
+    quiet = logging.getLogger("streamlit.runtime.caching.cache_data_api")
+    names = set(PRELOAD_LAZY)
+    for page in sorted(Path(views).glob("*.py")):
+        for node in ast.walk(ast.parse(page.read_text(encoding="utf-8"), str(page))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module)
+                names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    loaded, level = [], quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        for name in sorted(names):
+            try:
+                importlib.import_module(name)
+            except ModuleNotFoundError:  # a name, not a module; or an optional library this host lacks
+                continue
+            loaded.append(name)
+    finally:
+        quiet.setLevel(level)
+    return loaded
+
+
+@verb("app", "open the app (what `make run` runs): `streamlit run app.py`, with every module its pages "
+             "import loaded before the server listens, so the first visitor does not wait for them")
+@args_for(lambda p: (
+    p.add_argument("--port", type=int, default=8501),
+    p.add_argument("--address", default=None, help="the address to listen on (default: every interface)"),
+    p.add_argument("--headless", action="store_true", help="do not open a browser (other Streamlit settings: "
+                   "STREAMLIT_* environment variables, e.g. STREAMLIT_BROWSER_GATHER_USAGE_STATS=false)"),
+))
+def cmd_app(a) -> int:
+    import os
+    from pathlib import Path
+
+    app = Path(__file__).resolve().parents[1] / "app.py"
+    if os.environ.get("WORKBENCH_HOME"):  # a relative data home means the caller's folder
+        os.environ["WORKBENCH_HOME"] = str(Path(os.environ["WORKBENCH_HOME"]).expanduser().resolve())
+    os.chdir(app.parent)  # Streamlit reads .streamlit/config.toml (loopback only, XSRF on) from here
+    loaded = preload_pages(app.parent / "views")
+    print(f"loaded {len(loaded)} modules the pages import", flush=True)
+    import streamlit.delta_generator as dg
+    from streamlit.web import cli as stcli
+
+    # Streamlit's one-time "not run with `streamlit run`?" check walks the first page run's
+    # whole stack with inspect.stack (0.5 s of the first visitor's wait at 1M rows); this is `streamlit run`
+    if hasattr(dg, "_use_warning_has_been_displayed"):
+        dg._use_warning_has_been_displayed = True
+    sys.argv = ["streamlit", "run", str(app), "--server.port", str(a.port)]
+    sys.argv += ["--server.address", a.address] if a.address else []
+    sys.argv += ["--server.headless", "true"] if a.headless else []
+    return stcli.main()  # serves until stopped; exits through SystemExit like `streamlit run`
+
+
 # ---------------------------------------------------------------- embeddings
 
 

@@ -199,6 +199,16 @@ def test_filter_options():
                            "width": [1, 2, 3, 4]})
     opts = gallery.filter_options(images)
     assert opts == {"label": ["(none)", "x", "y"], "source": ["s", "t"]}
+    # the same as every value turned to a string first, whatever the column's type and missing values
+    rng = np.random.default_rng(0)
+    mixed = pd.DataFrame({"id": [str(i) for i in range(400)], "path": ["p"] * 400,
+                          "label": pd.array(rng.choice(["a", "b", None], 400), dtype="string[pyarrow]"),
+                          "site": pd.Categorical(rng.choice(["x", "y"], 400)),
+                          "score": rng.choice([0.5, 1.0, np.nan], 400), "n": rng.integers(0, 3, 400),
+                          "obj": rng.choice(np.array([1, "1", None, pd.NA, "z"], dtype=object), 400)})
+    ref = {c: sorted(map(str, mixed[c].astype("string").fillna("(none)").unique()))
+           for c in ("label", "site", "score", "n", "obj")}
+    assert gallery.filter_options(mixed) == ref
 
 
 @pytest.mark.parametrize("n,size,page,expected", [

@@ -846,7 +846,7 @@ def make_run_server(tmp_path_factory):
     port = free_port()
     plan = subprocess.run(["make", "-n", "run", f"PORT={port}"], cwd=REPO, capture_output=True, text=True,
                           check=True).stdout
-    line = next(ln for ln in plan.splitlines() if "streamlit run" in ln)
+    line = next(ln for ln in plan.splitlines() if "-m lib app" in ln)
     assert "--server.address" not in line, "the Makefile must rely on .streamlit/config.toml for the address"
     home = tmp_path_factory.mktemp("make-run-home")
     with Server(home / "server.log", home, port=port, command=["bash", "-c", line]) as srv:
@@ -865,6 +865,36 @@ def test_make_run_listens_on_loopback_only(make_run_server):
     for ip in others:  # this machine's other addresses: nothing answers there
         with pytest.raises(OSError), socket.create_connection((ip, make_run_server.port), timeout=2):
             pass
+
+
+def test_app_verb_from_another_folder_listens_on_loopback_only(tmp_path, monkeypatch):
+    """``python -m lib app`` started elsewhere still reads the app's .streamlit/config.toml."""
+    import psutil
+
+    from bench.server import Server, free_port
+
+    port = free_port()
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    cmd = ["bash", "-c", f"cd {tmp_path} && exec {sys.executable} -m lib app --port {port}"]
+    with Server(tmp_path / "server.log", tmp_path / "home", port=port, command=cmd) as srv:
+        proc = psutil.Process(srv.proc.pid)
+        listening = [c for p in (proc, *proc.children(recursive=True)) for c in p.net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN]
+        assert [c.laddr.port for c in listening] == [port], listening
+        assert all(c.laddr.ip in ("127.0.0.1", "::1") for c in listening), listening
+        assert "modules the pages import" in srv.log_tail()
+
+
+def test_app_verb_loads_what_the_pages_import(tmp_path):
+    from lib.cli import PRELOAD_LAZY, preload_pages
+
+    (tmp_path / "1_Page.py").write_text("import json\nimport streamlit as st\nfrom lib import gallery, ui\n"
+                                        "from lib.detector import GROUPS\nfrom lib.no_such_module import x\n")
+    loaded = preload_pages(tmp_path)
+    assert {"json", "streamlit", "lib", "lib.gallery", "lib.ui", "lib.detector"} <= set(loaded)
+    assert set(PRELOAD_LAZY) & set(sys.modules) <= set(loaded)
+    assert "lib.detector.GROUPS" not in loaded and "lib.no_such_module" not in loaded  # names, missing modules
+    assert "lib.ui" in sys.modules
 
 
 def test_make_run_refuses_uploads_without_xsrf_token(make_run_server):
