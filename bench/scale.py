@@ -260,6 +260,7 @@ def _measure(n: int, spec: str, log_dir, repo=None, *, warm_reps: int = 3, check
             for page_name, want in APP_PAGES.items():  # one fresh server per page: its cold paint
                 got[f"{page_name} cold"] = got[f"{page_name} warm"] = float("nan")
                 with Server(log_dir / f"streamlit-{name}-{page_name}{suffix}.log", cwd=repo) as server:
+                    got.setdefault("started", []).append(server.started_s)
                     ctx = browser.new_context(viewport={"width": 1440, "height": 1400})
                     try:
                         page = ctx.new_page()
@@ -399,6 +400,10 @@ def _record(rec: Recorder, sizes: list[int], figs: dict, before: dict | None, be
             rec.add(f"{tag}: {page_name} first paint, warm server", got[f"{page_name} warm"], "s",
                     ("<", 2.0) if one_m else None, note="new tab, best of 3: " + ", ".join(
                         f"{w:.2f}" for w in got.get(f"{page_name} warm all", [])) + beside(f"{page_name} warm"))
+        if got.get("started"):
+            rec.add(f"{tag}: server ready after launch", float(np.median(got["started"])), "s",
+                    note="median of the fresh servers above (launch to /_stcore/health; `python -m lib app` imports "
+                         "the pages' modules before it listens)")
         rec.add(f"{tag}: server RSS after Gallery, Neighbours and Map", got["rss"], "GiB", ("<", 3.0) if one_m else None,
                 note=f"max after one page: {max(got[f'{p_} rss'] for p_ in APP_PAGES):.2f}" + beside("rss"))
         meta, lasso = got.get("meta"), got.get("lasso")
