@@ -18,6 +18,7 @@ shards an uninterrupted one would have.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -52,10 +53,16 @@ class EmbeddingStore:
         self.fingerprint = fingerprint
         self.dir = (root or config.cache_dir() / "emb") / fingerprint[:24]
         self.shard_dir = self.dir / "shards"
-        self._ids: np.ndarray | None = None
+        self._raw_ids: np.ndarray | None = None  # every shard's ids, in shard order (repeats possible)
+        self._raw_locs: np.ndarray | None = None
+        self._ids: np.ndarray | None = None  # each id once (the first), with its lookup index: built on need
         self._locs: np.ndarray | None = None
+        self._index = None
         self._shards: list[str] | None = None
         self._mmaps: list[np.ndarray] = []
+
+    def _forget(self) -> None:
+        self._raw_ids = self._raw_locs = self._ids = self._locs = self._index = self._shards = None
 
     # -- writing
 
@@ -79,7 +86,7 @@ class EmbeddingStore:
                   "vec_sha256": sha256_file(vec_path), "ids_sha256": sha256_file(ids_path),
                   "created": time.time()}
         write_text(self.shard_dir / f"{name}.json", json.dumps(record))  # last: the commit record
-        self._ids = self._locs = self._shards = None
+        self._forget()
         return name
 
     # -- reading
@@ -110,7 +117,7 @@ class EmbeddingStore:
                     if src.exists():
                         shutil.move(src, quarantine / f"{name}{suffix}")
         if bad:
-            self._ids = self._locs = self._shards = None
+            self._forget()
         return bad
 
     def _own(self, rec) -> bool:
@@ -118,8 +125,8 @@ class EmbeddingStore:
         fingerprint was recorded are taken as this store's)."""
         return isinstance(rec, dict) and rec.get("fingerprint", self.fingerprint) == self.fingerprint
 
-    def _open_shard(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
-        """(ids (n,), memory-mapped vectors (n, dim)) of a committed shard, or None when
+    def _open_shard(self, name: str) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """(ids (n,), memory-mapped vectors (n, dim), commit time) of a committed shard, or None when
         it cannot be used: record unreadable or another model's, files missing or not of
         the record's shape. Cheap (no checksums): :meth:`verify` is the thorough check."""
         try:
@@ -133,16 +140,18 @@ class EmbeddingStore:
         if ids.ndim != 1 or vec.ndim != 2 or len(ids) != len(vec) or len(ids) != rec.get("n") \
                 or vec.shape[1] != rec.get("dim"):
             return None
-        return ids, vec
+        created = rec.get("created")
+        return ids, vec, float(created) if isinstance(created, (int, float)) else 0.0
 
     def _load_catalog(self) -> None:
-        if self._ids is not None:
+        if self._raw_ids is not None:
             return
-        import pandas as pd
-
         names, ids, locs, mmaps = [], [], [], []
-        for name in self.shard_names():
-            opened = self._open_shard(name)
+        opened_all = [(name, self._open_shard(name)) for name in self.shard_names()]
+        # in the order they were written: a dataset embedded in one run then reads back in its own
+        # order, and needs no lookup of its ids (:meth:`_find`)
+        opened_all.sort(key=lambda no: (no[1][2], no[0]) if no[1] is not None else (0.0, no[0]))
+        for name, opened in opened_all:
             if opened is None or (mmaps and opened[1].shape[1] != mmaps[0].shape[1]):
                 continue  # its images count as missing: the next embed recomputes them
             si = len(names)
@@ -152,17 +161,38 @@ class EmbeddingStore:
             locs.append(np.stack([np.full(len(opened[0]), si, np.int32),
                                   np.arange(len(opened[0]), dtype=np.int32)], 1))
         self._shards, self._mmaps = names, mmaps
-        all_ids = np.concatenate(ids) if ids else np.zeros(0, ID_DTYPE)
-        all_locs = np.concatenate(locs) if locs else np.zeros((0, 2), np.int32)
+        self._raw_ids = np.concatenate(ids).astype(ID_DTYPE, copy=False) if ids else np.zeros(0, ID_DTYPE)
+        self._raw_locs = np.concatenate(locs) if locs else np.zeros((0, 2), np.int32)
+
+    def _build_index(self) -> None:
+        """Each id once, and a hash index over them (1M ids: 1-2 s, so only when an id must be
+        looked up; a dataset embedded in its own order needs none: :meth:`_find`)."""
+        if self._index is not None:
+            return
+        import pandas as pd
+
+        self._load_catalog()
+        all_ids, all_locs = self._raw_ids, self._raw_locs
         index = pd.Index(all_ids)
         if not index.is_unique:  # shards written side by side (two runs, workers) may share ids: the first is kept
             keep = ~index.duplicated(keep="first")
             all_ids, all_locs, index = all_ids[keep], all_locs[keep], index[keep]
         self._ids, self._locs, self._index = all_ids, all_locs, index
 
-    def ids(self) -> np.ndarray:
-        """Every cached content id, (n,) |S64."""
+    def _find(self, content_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(positions (n,) into ``locs``, -1 for an id without a vector; ``locs`` (m, 2))."""
         self._load_catalog()
+        want = np.asarray(content_ids, dtype=ID_DTYPE)
+        raw = self._raw_ids
+        if len(want) and want.shape == raw.shape and np.array_equal(want.view(np.uint8), raw.view(np.uint8)):
+            return np.arange(len(want)), self._raw_locs  # the store holds exactly these ids, in this order
+        self._build_index()
+        pos = self._index.get_indexer(want) if len(self._ids) else np.full(len(want), -1)
+        return pos, self._locs
+
+    def ids(self) -> np.ndarray:
+        """Every cached content id, once, (n,) |S64."""
+        self._build_index()
         return self._ids
 
     def __len__(self) -> int:
@@ -171,20 +201,16 @@ class EmbeddingStore:
     def missing(self, content_ids: Sequence[str]) -> list[str]:
         """The ids (unique, in order) that have no vector yet."""
         uniq = list(dict.fromkeys(content_ids))
-        self._load_catalog()
-        pos = self._index.get_indexer(np.asarray(uniq, dtype=ID_DTYPE)) if len(self._ids) \
-            else np.full(len(uniq), -1)
+        pos, _ = self._find(uniq)
         return [u for u, p in zip(uniq, pos, strict=True) if p < 0]
 
     def open(self, content_ids: Sequence[str]) -> DatasetEmbeddings:
         """Memory-mapped view of the vectors of ``content_ids`` (in that order)."""
-        self._load_catalog()
-        pos = self._index.get_indexer(np.asarray(content_ids, dtype=ID_DTYPE)) if len(self._ids) \
-            else np.full(len(content_ids), -1)
+        pos, locs = self._find(content_ids)
         if (pos < 0).any():
             raise MissingVectors(f"{int((pos < 0).sum())} of {len(pos)} images have no vector in cache "
                                  f"{self.dir}; run `python -m lib embed` first")
-        return DatasetEmbeddings(list(content_ids), self._locs[pos], list(self._mmaps), self.fingerprint, self.dir,
+        return DatasetEmbeddings(list(content_ids), locs[pos], list(self._mmaps), self.fingerprint, self.dir,
                                  list(self._shards))
 
     def info(self) -> dict:
@@ -234,18 +260,23 @@ class DatasetEmbeddings:
         """All vectors as one (n, dim) float32 array (a copy: for small and mid-size sets)."""
         return self.take(np.arange(len(self)))
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
-        """Changes whenever the rows or the shards behind them change."""
+        """Changes whenever the rows or the shards behind them change (computed once: 1M ids take
+        ~0.5 s; the rows and shards of one instance never change)."""
         h = hashlib.sha256(self.fingerprint.encode())
         h.update(np.asarray(self.ids, dtype=ID_DTYPE).tobytes())
         # the shards these rows read, by name, not their positions among every shard of the
         # store: embedding another dataset with the same model adds shards, and must not make
         # this one's index and maps stale
-        used = np.unique(self.locs[:, 0]) if len(self.locs) else np.zeros(0, np.int64)
-        rank = np.searchsorted(used, self.locs[:, 0]).astype(np.int64) if len(self.locs) else used
-        h.update(np.ascontiguousarray(np.stack([rank, self.locs[:, 1].astype(np.int64)], 1)).tobytes())
         names = self.shard_names
+        used = np.unique(self.locs[:, 0]) if len(self.locs) else np.zeros(0, np.int64)
+        if names:  # ranked by name, not by where the store lists them (it lists them in write order)
+            used = np.asarray(sorted(used, key=lambda i: names[i]), dtype=np.int64)
+        lut = np.zeros(int(used.max()) + 1 if len(used) else 0, np.int64)
+        lut[used] = np.arange(len(used))
+        rank = lut[self.locs[:, 0]] if len(self.locs) else used
+        h.update(np.ascontiguousarray(np.stack([rank, self.locs[:, 1].astype(np.int64)], 1)).tobytes())
         h.update(str([(names[i] if names else "", self.shards[i].shape) for i in used]).encode())
         return h.hexdigest()[:20]
 

@@ -78,10 +78,10 @@ def project(emb, method: str = "umap", n_neighbors: int = 15, min_dist: float = 
     if isinstance(emb, np.ndarray):
         return _compute(np.asarray(emb, dtype=np.float32), method, n_neighbors, min_dist, seed, metric)
     path = cache_path(emb.key, params) if cache else None
-    if path is not None and path.exists():
-        df = pd.read_parquet(path)
-        if len(df) == len(emb) and df["id"].tolist() == list(emb.ids):
-            return df[["x", "y"]].to_numpy(np.float32)
+    if path is not None and path.exists():  # the key hashes every row's id and vector location
+        df = pd.read_parquet(path, columns=["x", "y"])
+        if len(df) == len(emb):
+            return df.to_numpy(np.float32)
     xy = _compute(emb.matrix(), method, n_neighbors, min_dist, seed, metric)
     if path is not None:
         from .files import write_table

@@ -126,8 +126,16 @@ def set_page_param(name: str, value: str | None) -> None:
 
 
 def set_selection(name: str, ids: Sequence[str], source: str) -> None:
-    """Remember a set of images chosen on one page (a plot selection) for the gallery."""
-    _ss()["wb:selection"] = {"dataset": name, "ids": list(dict.fromkeys(map(str, ids))), "source": source}
+    """Remember a set of images chosen on one page (a plot selection) for the gallery; its
+    ``key`` names the set (what cached views of it are keyed on)."""
+    ids = list(dict.fromkeys(map(str, ids)))
+    _ss()["wb:selection"] = {"dataset": name, "ids": ids, "source": source, "key": _ids_key(ids)}
+
+
+def _ids_key(ids: Sequence[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:20]
 
 
 def selection(name: str) -> dict | None:
@@ -415,12 +423,10 @@ def _nudity(home: str, name: str, key: tuple) -> pd.DataFrame | None:
 # Shared (st.cache_resource): as st.cache_data every call unpickled a copy, seconds at 1M rows.
 @st.cache_resource(show_spinner="Projecting…", max_entries=16)
 def _projection(home: str, name: str, spec: str, random_weights: bool, method: str, token: str) -> pd.DataFrame:
-    from .embeddings import load_embeddings
     from .projection import project
 
     ds = load_dataset(name)
-    emb = load_embeddings(name, _resolved(spec, random_weights), dataset=ds)
-    xy = project(emb, method)
+    xy = project(_space(home, name, spec, random_weights, token).emb, method)  # the vectors the space opened
     return pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "id": ds.images["id"].array,
                          "label": ds.images["label"].array, "row": np.arange(len(ds))})
 
@@ -430,15 +436,50 @@ def projection(name: str, choice: ModelChoice, method: str) -> pd.DataFrame:
     return _projection(_home(), name, choice.spec, choice.random_weights, method, _token(name))
 
 
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _map_points(home: str, name: str, spec: str, random_weights: bool, method: str, token: str, decision_key: tuple,
+                _ctx: Ctx) -> pd.DataFrame:
+    ds = _ctx.ds
+    pts = gallery.map_frame(_projection(home, name, spec, random_weights, method, token), _ctx.eb())
+    return pts.assign(**{"safe view": _ctx.decision()["evidence"].to_numpy(), "path": ds.images["path"].array})
+
+
+def map_points(ctx: Ctx, method: str) -> pd.DataFrame:
+    """The Map page's points, one per dataset row: the projection's x, y, id, label, row with
+    ``EB``, ``safe view`` (the decision's evidence) and ``path`` (shared: never modify it)."""
+    return _map_points(_home(), ctx.name, ctx.model.spec, ctx.model.random_weights, method, _token(ctx.name),
+                       ctx._decision_key(), ctx)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _map_figure(home: str, name: str, spec: str, random_weights: bool, method: str, token: str, decision_key: tuple,
+                colour: str, selection_key: str, highlight: str | None, always: tuple, title: str, _pts: pd.DataFrame,
+                _selected):
+    return charts.linked_map(_pts, colour, selected=_selected, highlight=highlight, title=title,
+                             hover=("label", "EB", "file"), always=list(always),
+                             derive={"file": lambda d: [gallery.file_name(p, 32) for p in d["path"]]})
+
+
+def map_figure(ctx: Ctx, method: str, colour: str, *, selection: dict | None, highlight: str | None,
+               always: Sequence[str] = ()):
+    """The Map page's figure (:func:`lib.charts.linked_map` over :func:`map_points`), built
+    once per its inputs: at 1M rows gathering and drawing the sample took ~1.5 s of every
+    run (shared: never modify it; ``st.plotly_chart`` copies it)."""
+    pts = map_points(ctx, method)
+    title = f"{ctx.model.label} · {method.upper()} · {gallery.plural(len(pts), 'image')}"
+    return _map_figure(_home(), ctx.name, ctx.model.spec, ctx.model.random_weights, method, _token(ctx.name),
+                       ctx._decision_key(), colour, (selection.get("key") or _ids_key(selection["ids"])) if selection
+                       else "", highlight, tuple(always),
+                       title, pts, selection["ids"] if selection else None)
+
+
 def projection_cached(name: str, choice: ModelChoice, method: str) -> bool:
     """Whether the map is already on disk (UMAP takes seconds; PCA is instant)."""
-    from .embeddings import load_embeddings
     from .projection import cache_path, projection_params
 
     if method == "pca":
         return True
-    emb = load_embeddings(name, resolved(choice))
-    return cache_path(emb.key, projection_params(method)).exists()
+    return cache_path(load_space(name, choice).emb.key, projection_params(method)).exists()
 
 
 @st.cache_data(show_spinner="Classifying zero-shot…", max_entries=32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ import pandas as pd
 import pytest
 
 from lib import dataset, embeddings
-from lib.embeddings import EmbeddingStore, embed, load_embeddings
+from lib.embeddings import EmbeddingStore, MissingVectors, embed, load_embeddings
 from lib.models import resolve_fingerprint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -173,3 +174,38 @@ def test_embedding_another_dataset_keeps_this_ones_key(corpus_dir, tmp_path, mon
     with pytest.raises(embeddings.WorkbenchError, match="not fully embedded"):
         dataset.ingest(_subset_manifest(corpus_dir, tmp_path / "c.csv", 5, offset=300), "c", root=corpus_dir)
         load_embeddings("c", "color")
+
+
+def test_store_reads_back_in_write_order_and_finds_any_order(tmp_path):
+    """Shards are read in the order they were written, so a dataset embedded in one run opens
+    without hashing its ids; any other order, repeats across shards and missing ids go
+    through the lookup and give the same vectors."""
+    rng = np.random.default_rng(0)
+    ids = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(300)]
+    vecs = rng.normal(size=(300, 8)).astype(np.float32)
+    blocks = sorted((0, 100, 200), key=lambda i: hashlib.sha256("\n".join(ids[i:i + 100]).encode()).hexdigest(),
+                    reverse=True)  # shard names are these hashes: written against their sort order
+    store = EmbeddingStore("f" * 64, root=tmp_path)
+    names = [store.write_shard(ids[i:i + 100], vecs[i:i + 100]) for i in blocks]
+    assert names == sorted(names, reverse=True)
+    ids = [ids[j] for i in blocks for j in range(i, i + 100)]  # the dataset, in the order it was embedded
+    vecs = np.concatenate([vecs[i:i + 100] for i in blocks])
+    want = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+
+    fresh = EmbeddingStore("f" * 64, root=tmp_path)
+    emb = fresh.open(ids)
+    assert fresh._index is None  # same ids, same order: no lookup index was built
+    np.testing.assert_allclose(emb.take(np.arange(300)), want, atol=2e-3)
+    assert fresh.missing(ids) == [] and fresh._index is None
+
+    perm = rng.permutation(300)
+    emb = EmbeddingStore("f" * 64, root=tmp_path).open([ids[i] for i in perm])
+    np.testing.assert_allclose(emb.take(np.arange(300)), want[perm], atol=2e-3)
+
+    # a fourth shard repeating ids (two runs side by side): the first written is kept
+    store.write_shard(ids[50:150], -vecs[50:150])
+    again = EmbeddingStore("f" * 64, root=tmp_path)
+    np.testing.assert_allclose(again.open(ids).take(np.arange(300)), want, atol=2e-3)
+    assert len(again) == 300 and again.missing(ids + ["0" * 64]) == ["0" * 64]
+    with pytest.raises(MissingVectors):
+        again.open(ids[:5] + ["0" * 64])

@@ -20,8 +20,7 @@ with ui.guard():
             and not c3.button("Compute the UMAP map (seconds to minutes)", key="mp-umap"):
         st.caption("Showing PCA until the UMAP map is computed.")
         method = "pca"
-    pts = gallery.map_frame(ui.projection(ctx.name, ctx.model, method), ctx.eb())
-    pts = pts.assign(**{"safe view": ctx.decision()["evidence"].to_numpy(), "path": images["path"].array})
+    pts = ui.map_points(ctx, method)
     sel = ui.selection(ctx.name)
     # this run's click, or every point inside its box / lasso (drawn or not), before drawing
     chosen = charts.selected_ids(st.session_state.get("mp-map"), pts)
@@ -34,10 +33,7 @@ with ui.guard():
                            f"(at most {ui.HOVER_MAX} points: all of a small dataset, else the open image, "
                            "the selection and a sample). Clicks and the lasso need it off.")
     ids = ui.hover_preview_ids(pts["id"], first=[current, *(sel["ids"] if sel else [])]) if hover else []
-    fig = charts.linked_map(pts, colour, selected=sel["ids"] if sel else None, highlight=current,
-                            title=f"{ctx.model.label} · {method.upper()} · {gallery.plural(len(pts), 'image')}",
-                            hover=("label", "EB", "file"), always=ids,
-                            derive={"file": lambda d: [gallery.file_name(p, 32) for p in d["path"]]})
+    fig = ui.map_figure(ctx, method, colour, selection=sel, highlight=current, always=ids)
     if hover:
         ui.hover_map(ctx, fig, ids)
         st.caption(f"Thumbnails for {len(ids)} of {gallery.plural(len(pts), 'point')}"
