@@ -182,7 +182,7 @@ class EmbeddingStore:
     def _find(self, content_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(positions (n,) into ``locs``, -1 for an id without a vector; ``locs`` (m, 2))."""
         self._load_catalog()
-        want = np.asarray(content_ids, dtype=ID_DTYPE)
+        want = np.ascontiguousarray(content_ids, dtype=ID_DTYPE)  # viewed as bytes below
         raw = self._raw_ids
         if len(want) and want.shape == raw.shape and np.array_equal(want.view(np.uint8), raw.view(np.uint8)):
             return np.arange(len(want)), self._raw_locs  # the store holds exactly these ids, in this order

@@ -198,6 +198,9 @@ def test_store_reads_back_in_write_order_and_finds_any_order(tmp_path):
     np.testing.assert_allclose(emb.take(np.arange(300)), want, atol=2e-3)
     assert fresh.missing(ids) == [] and fresh._index is None
 
+    strided = np.repeat(np.asarray(ids, dtype="S64"), 2)[::2]  # the same ids, as a strided array
+    np.testing.assert_allclose(EmbeddingStore("f" * 64, root=tmp_path).open(strided).take(np.arange(300)), want,
+                               atol=2e-3)
     perm = rng.permutation(300)
     emb = EmbeddingStore("f" * 64, root=tmp_path).open([ids[i] for i in perm])
     np.testing.assert_allclose(emb.take(np.arange(300)), want[perm], atol=2e-3)
