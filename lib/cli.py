@@ -333,7 +333,7 @@ def cmd_demo(a) -> int:
 
 
 #: Imported by the pages' first run only inside functions (parquet tables, thumbnails, the map,
-#: the vector index): loaded by :func:`preload` too.
+#: the vector index): loaded by :func:`preload_pages` too.
 PRELOAD_LAZY = ("pyarrow.parquet", "PIL.Image", "plotly.graph_objects", "faiss")
 
 

@@ -128,14 +128,11 @@ def set_page_param(name: str, value: str | None) -> None:
 def set_selection(name: str, ids: Sequence[str], source: str) -> None:
     """Remember a set of images chosen on one page (a plot selection) for the gallery; its
     ``key`` names the set (what cached views of it are keyed on)."""
-    ids = list(dict.fromkeys(map(str, ids)))
-    _ss()["wb:selection"] = {"dataset": name, "ids": ids, "source": source, "key": _ids_key(ids)}
-
-
-def _ids_key(ids: Sequence[str]) -> str:
     import hashlib
 
-    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:20]
+    ids = list(dict.fromkeys(map(str, ids)))
+    key = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:20]
+    _ss()["wb:selection"] = {"dataset": name, "ids": ids, "source": source, "key": key}
 
 
 def selection(name: str) -> dict | None:
@@ -436,25 +433,28 @@ def projection(name: str, choice: ModelChoice, method: str) -> pd.DataFrame:
     return _projection(_home(), name, choice.spec, choice.random_weights, method, _token(name))
 
 
+def _map_key(ctx: Ctx, method: str) -> tuple:
+    """What the Map page's points depend on: data home, dataset, model, projection, ingest and
+    the safe view's evidence (its decision key)."""
+    return (_home(), ctx.name, ctx.model.spec, ctx.model.random_weights, method, _token(ctx.name), ctx._decision_key())
+
+
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _map_points(home: str, name: str, spec: str, random_weights: bool, method: str, token: str, decision_key: tuple,
-                _ctx: Ctx) -> pd.DataFrame:
-    ds = _ctx.ds
+def _map_points(key: tuple, _ctx: Ctx) -> pd.DataFrame:
+    home, name, spec, random_weights, method, token, _ = key
     pts = gallery.map_frame(_projection(home, name, spec, random_weights, method, token), _ctx.eb())
-    return pts.assign(**{"safe view": _ctx.decision()["evidence"].to_numpy(), "path": ds.images["path"].array})
+    return pts.assign(**{"safe view": _ctx.decision()["evidence"].to_numpy(), "path": _ctx.ds.images["path"].array})
 
 
 def map_points(ctx: Ctx, method: str) -> pd.DataFrame:
     """The Map page's points, one per dataset row: the projection's x, y, id, label, row with
     ``EB``, ``safe view`` (the decision's evidence) and ``path`` (shared: never modify it)."""
-    return _map_points(_home(), ctx.name, ctx.model.spec, ctx.model.random_weights, method, _token(ctx.name),
-                       ctx._decision_key(), ctx)
+    return _map_points(_map_key(ctx, method), ctx)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _map_figure(home: str, name: str, spec: str, random_weights: bool, method: str, token: str, decision_key: tuple,
-                colour: str, selection_key: str, highlight: str | None, always: tuple, title: str, _pts: pd.DataFrame,
-                _selected):
+def _map_figure(points_key: tuple, colour: str, selection_key: str, highlight: str | None, always: tuple, title: str,
+                _pts: pd.DataFrame, _selected):
     return charts.linked_map(_pts, colour, selected=_selected, highlight=highlight, title=title,
                              hover=("label", "EB", "file"), always=list(always),
                              derive={"file": lambda d: [gallery.file_name(p, 32) for p in d["path"]]})
@@ -465,12 +465,11 @@ def map_figure(ctx: Ctx, method: str, colour: str, *, selection: dict | None, hi
     """The Map page's figure (:func:`lib.charts.linked_map` over :func:`map_points`), built
     once per its inputs: at 1M rows gathering and drawing the sample took ~1.5 s of every
     run (shared: never modify it; ``st.plotly_chart`` copies it)."""
-    pts = map_points(ctx, method)
+    key = _map_key(ctx, method)
+    pts = _map_points(key, ctx)
     title = f"{ctx.model.label} · {method.upper()} · {gallery.plural(len(pts), 'image')}"
-    return _map_figure(_home(), ctx.name, ctx.model.spec, ctx.model.random_weights, method, _token(ctx.name),
-                       ctx._decision_key(), colour, (selection.get("key") or _ids_key(selection["ids"])) if selection
-                       else "", highlight, tuple(always),
-                       title, pts, selection["ids"] if selection else None)
+    return _map_figure(key, colour, selection["key"] if selection else "", highlight, tuple(always), title, pts,
+                       selection["ids"] if selection else None)
 
 
 def projection_cached(name: str, choice: ModelChoice, method: str) -> bool:
