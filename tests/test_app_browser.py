@@ -115,6 +115,20 @@ def settle(page) -> None:
     page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
 
 
+def choose(page, label: str, option: str) -> None:
+    """Pick ``option`` in the multiselect ``label`` and wait for the rerun; the widget must
+    then hold exactly that option (on a loaded machine a list redrawn under the mouse can
+    take the click on another one: say so, not time out later)."""
+    box = page.get_by_role("combobox", name=label)
+    box.click()
+    page.get_by_role("option", name=option, exact=True).click()
+    page.keyboard.press("Escape")
+    settle(page)
+    widget = page.locator('[data-testid="stMultiSelect"]').filter(has=box)
+    chosen = widget.locator("[data-tag]").evaluate_all("els => els.map(e => e.getAttribute('aria-label'))")
+    assert chosen == [option], (label, chosen)
+
+
 def visit(page, base: str, path: str, title: str, **params) -> None:
     page.goto(f"{base}/{path}?{urlencode(params)}")
     page.get_by_role("heading", name=title).first.wait_for()

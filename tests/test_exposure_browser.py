@@ -44,6 +44,7 @@ from test_app_browser import (  # noqa: F401  (browser, chromium, page are fixtu
     REPO,
     band_energy,
     browser,
+    choose,
     chromium,
     page,
     settle,
@@ -290,7 +291,14 @@ def visit(page, base: str, path: str, title: str, **params) -> None:  # noqa: F8
 
 
 def wait_images(page, n: int) -> None:  # noqa: F811
-    page.locator('[data-testid="stMain"] img[alt^="image "]').nth(n - 1).wait_for()
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    imgs = page.locator('[data-testid="stMain"] img[alt^="image "]')
+    try:
+        imgs.nth(n - 1).wait_for()
+    except PlaywrightTimeout:
+        raise AssertionError(f"waited for {n} images, the page shows {imgs.count()}: "
+                             + page.locator('[data-testid="stMain"]').inner_text()[:800]) from None
     settle(page)
 
 
@@ -477,10 +485,7 @@ def test_policy_changed_in_the_app_changes_what_is_served(page, server, expo):  
         now = _truth(ds, safe={"healthy-skin", "background", "venous"})
         assert sum(not r["censored"] for r in now.values()) > sum(not r["censored"] for r in truth.values())
         visit(page, server.base, "Gallery", "Gallery", dataset="expo-wild", model="color")
-        page.get_by_role("combobox", name="Safe-view evidence").click()
-        page.get_by_role("option", name="cleared by label").click()
-        page.keyboard.press("Escape")
-        settle(page)
+        choose(page, "Safe-view evidence", "cleared by label")
         n = sum(not r["censored"] for r in now.values())
         wait_images(page, min(n, 24))
         c = check_images(page, server.base, now, where="gallery, venous now safe")

@@ -31,6 +31,7 @@ from PIL import Image
 from test_app_browser import (  # noqa: F401  (browser, chromium, page are fixtures)
     band_energy,
     browser,
+    choose,
     chromium,
     page,
     settle,
@@ -151,10 +152,7 @@ def test_gallery_serves_raw_only_what_the_detector_confidently_clears(page, serv
     for group in ("flagged", "unfamiliar", "uncertain"):  # none of these is ever served sharp
         assert all(v["censored"] for v in truth.values() if v["group"] == group), group
     # the Gallery's detector filter: only the images the detector clears
-    page.get_by_role("combobox", name="Detector decision").click()
-    page.get_by_role("option", name="cleared").click()
-    page.keyboard.press("Escape")
-    settle(page)
+    choose(page, "Detector decision", "cleared")
     n_cleared = sum(v["group"] == "cleared" for v in truth.values())
     page.locator('[data-testid="stMain"] img[alt^="image "]').nth(n_cleared - 1).wait_for()
     shown = page.locator('[data-testid="stMain"] img[alt^="image "]').evaluate_all("els => els.map(e => e.alt)")
