@@ -168,6 +168,8 @@ def test_embedding_another_dataset_keeps_this_ones_key(corpus_dir, tmp_path, mon
     dataset.ingest(_subset_manifest(corpus_dir, tmp_path / "b.csv", 20, offset=100), "b", root=corpus_dir)
     embed("a", "color", shard_size=8, workers=0)
     key = load_embeddings("a", "color").key
+    # the same key whether the opener passed the ids as a list alone or with their bytes
+    assert EmbeddingStore(load_embeddings("a", "color").fingerprint).open(dataset.load("a").ids).key == key
     embed("b", "color", shard_size=8, workers=0)
     assert load_embeddings("a", "color").key == key
     assert load_embeddings("b", "color").key != key
@@ -212,3 +214,22 @@ def test_store_reads_back_in_write_order_and_finds_any_order(tmp_path):
     assert len(again) == 300 and again.missing(ids + ["0" * 64]) == ["0" * 64]
     with pytest.raises(MissingVectors):
         again.open(ids[:5] + ["0" * 64])
+
+
+def test_id_bytes_reads_arrow_columns_as_the_element_wise_conversion_does():
+    """Dataset id columns are read from Arrow's buffers (chunked, sliced, either string
+    type); anything else (other lengths, missing ids, a list) converts element by element."""
+    import pyarrow as pa
+
+    ids = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(1000)]
+    for dtype in ("string[pyarrow]", pd.ArrowDtype(pa.large_string())):
+        col = pd.Series(ids, dtype=dtype)
+        chunked = pd.concat([col.iloc[:300], col.iloc[300:]])
+        assert chunked.array._pa_array.num_chunks == 2
+        for s in (col, chunked, chunked.iloc[123:877], col.iloc[:0]):
+            got = embeddings.id_bytes(s)
+            assert got.dtype == np.dtype("S64") and got.shape == (len(s),)
+            assert got.tobytes() == np.asarray(s.tolist(), dtype="S64").tobytes()
+    mixed = pd.Series([ids[0], "abc", ids[1]], dtype="string[pyarrow]")
+    assert embeddings.id_bytes(mixed).tolist() == [ids[0].encode(), b"abc", ids[1].encode()]
+    assert embeddings.id_bytes(ids).tobytes() == np.asarray(ids, dtype="S64").tobytes()
