@@ -23,11 +23,16 @@ run: setup
 	$(PY) -m lib app --port $(PORT)
 
 # The whole suite, browser tests included (they need Debian's chromium: `make browser`).
+# One worker per core (at most 4), each test file on one worker (pytest-xdist): its
+# module fixtures (a server, an ingested folder) are built once, and each worker has its
+# own data home (tests/conftest.py).
+XDIST := -n auto --maxprocesses 4 --dist loadfile
+
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not browser and not slow"
+	$(PY) -m pytest -q $(XDIST) -m "not browser and not slow"
 
 # The exploratory notebooks (notebooks/), in JupyterLab on the same data home as the app.
 notebooks: setup

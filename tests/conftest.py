@@ -14,7 +14,8 @@ TINY = "open_clip:WB-Tiny-ViT"  # real open_clip architecture, seeded random wei
 
 
 def pytest_configure(config):
-    # Every test process gets a private data home; nothing touches the repo's data/.
+    # Every test process gets a private data home (each xdist worker too: a worker inherits
+    # the controller's variable and replaces it here); nothing touches the repo's data/.
     if "WORKBENCH_HOME" not in os.environ or not os.environ.get("WORKBENCH_TEST_KEEP_HOME"):
         import tempfile
 
