@@ -81,14 +81,22 @@ def _truth(ds, *, safe=(), sensitive=(), reviews=None, eb_threshold: float = 1.0
     """{id[:16]: {censored, path, id}} by the fail-closed rule, written out here: flagged by a
     label in ``sensitive``, an EB above the cut, a Blur/Maybe review or p >= the threshold;
     cleared by a label in ``safe``, an Ok review (which beats the label and EB flags), a
-    familiar p below the threshold, or the known-safe mark; everything else censored."""
+    familiar p below the threshold, or the known-safe mark; everything else censored.
+    NudeNet scores already in the data home flag too: another test file on the same worker
+    may have checked corpus images whose copies are here (V_51_1 scores 0.53)."""
+    from lib import nudity
+    from lib.sensitivity import NUDITY_THRESHOLD
+
     eb = independent_eb(ds)
+    scored = nudity.cached(ds.images["id"])
+    nude = set(scored["id"][scored["nudity"].astype(float) >= NUDITY_THRESHOLD])
     reviews = reviews or {}
     p = preds.set_index("id") if preds is not None else None
     out = {}
     for row, (cid, rel, lab) in enumerate(zip(ds.images["id"], ds.images["path"], ds.images["label"], strict=True)):
         lab = None if pd.isna(lab) else str(lab)
-        flags = lab in sensitive or not eb[row] <= eb_threshold or reviews.get(cid) in ("Blur", "Maybe")
+        flags = (lab in sensitive or not eb[row] <= eb_threshold or reviews.get(cid) in ("Blur", "Maybe")
+                 or cid in nude)
         clears = lab in safe or known_safe
         if p is not None and cid in p.index:
             flags |= p.loc[cid, "p"] >= pred_threshold
