@@ -227,6 +227,12 @@ class EmbeddingStore:
     def __len__(self) -> int:
         return len(self.ids())
 
+    def present(self, raw_ids: np.ndarray) -> np.ndarray:
+        """(n,) bool: which of ``raw_ids`` ((n,) |S64, as :func:`id_bytes` gives them) have a
+        vector. Ids in the store's own order are matched without building its index."""
+        pos, _ = self._find(raw_ids)
+        return np.asarray(pos) >= 0
+
     def missing(self, content_ids: Sequence[str]) -> list[str]:
         """The ids (unique, in order) that have no vector yet."""
         uniq = list(dict.fromkeys(content_ids))

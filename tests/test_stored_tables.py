@@ -145,3 +145,47 @@ def test_cache_coverage_is_stored_and_never_stale(corpus_dir, tmp_path, monkeypa
     other.write_shard(ids[:5], np.full((5, backend.dim), 2, np.float32))
     assert other.missing(ids) == [] and len(other.ids()) == len(ids)
     assert catalog.model_status(wounds.name).set_index("spec").loc["color", "vectors"] == len(ids)
+
+
+def test_cache_coverage_counts_each_distinct_image_once(corpus_dir, tmp_path, monkeypatch):
+    """A folder with byte-identical copies: the coverage counts distinct images, whether a
+    cache holds them in the dataset's own order (matched without an index) or in another."""
+    import numpy as np
+
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    m = pd.read_csv(corpus_dir / "manifest.csv")
+    root = tmp_path / "copies"
+    for k, p in enumerate(m.path[:6]):
+        for copy in range(1 + k % 3):  # 0, 1 or 2 extra copies in other folders
+            (root / f"f{copy}").mkdir(parents=True, exist_ok=True)
+            shutil.copy(corpus_dir / p, root / f"f{copy}" / p.replace("/", "_"))
+    dataset.ingest(root, "stored-copies")
+    ds = dataset.load("stored-copies")
+    distinct = list(dict.fromkeys(ds.images["id"]))
+    assert len(ds.images) == 12 and len(distinct) == 6
+
+    from lib import catalog
+    from lib.embeddings import EmbeddingStore
+    from lib.models import load_model
+
+    backend = load_model("color")
+
+    def coverage():
+        row = catalog.model_status("stored-copies").set_index("spec").loc["color"]
+        return int(row["vectors"]), int(row["total"]), row["status"]
+
+    store = EmbeddingStore(backend.fingerprint)
+    store.write_info({**backend.fingerprint_info, "spec": backend.spec, "dim": backend.dim})
+    assert coverage() == (0, 6, "none")
+    picked = [distinct[4], distinct[1], "f" * 64]  # out of order, and an id the dataset lacks
+    store.write_shard(picked, np.ones((3, backend.dim), np.float32))
+    assert coverage() == (2, 6, "partial")
+    store.write_shard([i for i in distinct if i not in picked], np.ones((4, backend.dim), np.float32))
+    assert coverage() == (6, 6, "full")
+
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home2"))  # in the dataset's own order
+    dataset.ingest(root, "stored-copies")
+    store = EmbeddingStore(backend.fingerprint)
+    store.write_info({**backend.fingerprint_info, "spec": backend.spec, "dim": backend.dim})
+    store.write_shard(distinct, np.ones((6, backend.dim), np.float32))
+    assert coverage() == (6, 6, "full")
