@@ -129,6 +129,21 @@ def choose(page, label: str, option: str) -> None:
     assert chosen == [option], (label, chosen)
 
 
+def slide(page, slider, value: float, rounds: int = 5) -> None:
+    """Move ``slider`` (a role=slider locator: Streamlit's is an input range) to ``value`` with the arrow keys and wait for
+    the rerun; it must then read ``value``. A key press that lands during a rerun can be
+    lost on a loaded machine: the missing steps are pressed again, not tested as set."""
+    for _ in range(rounds):
+        now, step = float(slider.input_value()), float(slider.get_attribute("step") or 1)
+        if now == value:
+            return
+        slider.focus()
+        for _ in range(max(1, round(abs(value - now) / step))):
+            page.keyboard.press("ArrowRight" if now < value else "ArrowLeft")
+        settle(page)
+    raise AssertionError(f"slider reads {slider.input_value()}, not {value}")
+
+
 def visit(page, base: str, path: str, title: str, **params) -> None:
     page.goto(f"{base}/{path}?{urlencode(params)}")
     page.get_by_role("heading", name=title).first.wait_for()

@@ -49,6 +49,7 @@ from test_app_browser import (  # noqa: F401  (browser, chromium, page are fixtu
     page,
     settle,
     shot,
+    slide,
 )
 
 from lib import dataset
@@ -449,10 +450,7 @@ def test_moderator_settings_blur_strength_and_grey_reveals(page, server, expo): 
     wait_images(page, 24)
     sidebar = page.locator('[data-testid="stSidebar"]')
     slider = sidebar.get_by_role("slider", name="Blur strength (% of the image)")
-    slider.focus()
-    for _ in range(8):  # 8% -> 16%
-        page.keyboard.press("ArrowRight")
-    settle(page)
+    slide(page, slider, 16)  # 8% -> 16%
     sidebar.get_by_text("Revealed images in greyscale").click()
     settle(page)
     wait_images(page, 24)

@@ -376,16 +376,33 @@ def test_embed_killed_at_random_points_resumes_bit_identical(corpus_dir, tmp_pat
 
 def _kill_chain(args: list[str], home: Path, ref_seconds: float, seed: int, n: int, check) -> list[tuple]:
     """Start ``args`` ``n`` times in ``home``, each SIGKILLed at a seeded random moment of an
-    uninterrupted run's duration (each resumes what the last one left); ``check()`` after each."""
+    uninterrupted run's duration (each resumes what the last one left); ``check()`` after each.
+
+    When no kill found the run still going (the reference run was slowed by other work on
+    the machine, and this chain was not), ``home`` is put back as it was and the chain runs
+    again on the duration its first run took, up to twice."""
     rng = random.Random(seed)
-    kills = []
-    for _ in range(n):
-        at = rng.uniform(0.15, 0.95) * ref_seconds
-        proc = _popen(args, home)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=at)
-        kills.append((round(at, 2), _sigkill(proc)))
-        check()
+    pristine = home.with_name(home.name + "-pristine")
+    shutil.copytree(home, pristine)
+    kills: list[tuple] = []
+    full = ref_seconds
+    for chain in range(3):
+        if chain:
+            shutil.rmtree(home)
+            shutil.copytree(pristine, home)
+        for k in range(n):
+            at = rng.uniform(0.15, 0.95) * full
+            t = time.perf_counter()
+            proc = _popen(args, home)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=at)
+            running = _sigkill(proc)
+            if not running and k == 0:  # it ran whole from the start state: its real duration
+                full = min(full, time.perf_counter() - t)
+            kills.append((round(at, 2), running))
+            check()
+        if any(running for _, running in kills):
+            break
     return kills
 
 
