@@ -308,18 +308,24 @@ st.set_page_config(layout="wide")
 with st.sidebar:
     st.selectbox("Dataset", ["a"])
 st.title("Bare page")
-img = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype("uint8")
-for r in range(4):
-    for c in st.columns(6):
-        with c:
-            st.image(img, alt="image bare", width="stretch")
-            st.caption("caption")
+if st.query_params.get("plot"):  # the floor of a page with a plotly chart: plotly.js loads with it
+    import plotly.graph_objects as go
+    xy = np.random.default_rng(0).random((2, 1000))
+    st.plotly_chart(go.Figure(go.Scattergl(x=xy[0], y=xy[1], mode="markers")), on_select="rerun", key="m")
+else:
+    img = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype("uint8")
+    for r in range(4):
+        for c in st.columns(6):
+            with c:
+                st.image(img, alt="image bare", width="stretch")
+                st.caption("caption")
 """
 
 
 def _floor(log_dir, warm_reps: int = 3) -> dict:
     """Cold and warm first paint of :data:`BARE_APP` (the same Chromium, the same server
-    launch): what this host's Streamlit costs before any page of ours draws anything."""
+    launch): what this host's Streamlit costs before any page of ours draws anything; then
+    ``plot warm``: the same page with one small plotly chart instead of its images."""
     import sys
 
     from playwright.sync_api import sync_playwright
@@ -350,6 +356,17 @@ def _floor(log_dir, warm_reps: int = 3) -> dict:
                     times.append(time.perf_counter() - t)
                     page.close()
                 got = {"cold": times[0], "warm": min(times[1:]), "warm all": times[1:]}
+                plot = []
+                for _ in range(warm_reps + 1):  # the first loads plotly.js into this browser's cache
+                    page = ctx.new_page()
+                    t = time.perf_counter()
+                    page.goto(server.base + "/?plot=1")
+                    page.wait_for_function("() => { const gd = document.querySelector('.js-plotly-plot');"
+                                           " return gd && gd.data && gd.data.length > 0 && gd._fullLayout; }")
+                    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
+                    plot.append(time.perf_counter() - t)
+                    page.close()
+                got.update({"plot warm": min(plot[1:]), "plot warm all": plot[1:]})
                 ctx.close()
         finally:
             browser.close()
@@ -534,10 +551,16 @@ def _app_part(rec: Recorder, sizes: list[int]) -> None:
     rec.add("floor: the bare page, warm server", floor["warm"], "s",
             note="new tab, best of 3: " + ", ".join(f"{w:.2f}" for w in floor["warm all"]) + "; what any Streamlit "
                  "page costs on this host and browser before a page of ours draws anything")
+    rec.add("floor: the bare page with one plotly chart (1,000 WebGL points) instead of its images, warm",
+            floor["plot warm"], "s", note="new tab, best of 3: " + ", ".join(f"{w:.2f}" for w in floor["plot warm all"])
+            + "; plotly.js (4.7 MB) is evaluated on every page load (~1 s on this host's Chromium): the floor of any "
+              "page with a plotly chart, the Map's included")
     top = figs[_tag(sizes[-1])]
     for page_name in APP_PAGES:
         rec.add(f"{_tag(sizes[-1])}: {page_name} warm / bare page warm", top[f"{page_name} warm"] / floor["warm"], "ratio",
                 note="the page's own cost above this host's Streamlit floor, measured in this run")
+    rec.add(f"{_tag(sizes[-1])}: Map warm / bare plotly page warm", top["Map warm"] / floor["plot warm"], "ratio",
+            note="the Map's own cost above the floor of a page with a plotly chart, measured in this run")
     rec.explain("App pages: the datasets above, after their labelling (every image labelled by one annotator, a "
                 "tenth by a second: the safe view reads those reviews), with synthetic clustered 512-d ViT-B-32 "
                 "vectors per synthetic id, each row's EB fractions copied from its file's, the IVF index and the PCA "
