@@ -9,25 +9,29 @@ same pieces through its cached loaders (``lib/ui.py``) and calls
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import sensitivity
 
 
-def reviews(name: str, store=None) -> pd.DataFrame:
+def reviews(name: str, store=None, image_ids: Sequence[str] | None = None) -> pd.DataFrame:
     """:func:`lib.sensitivity.latest_reviews` of dataset ``name`` from the annotation store:
     the default label set's reviews, and those of every named label set whose value means
-    sensitive or safe (``review_class``; a value that means nothing is no review here)."""
+    sensitive or safe (``review_class``; a value that means nothing is no review here).
+    ``image_ids``: only these images' reviews."""
     from .annotations import DEFAULT_SET, AnnotationStore, scope
 
     store = store or AnnotationStore()
     frames = []
     for schema in store.schemas(name):
-        cur = store.current(scope(name, schema.name))
+        cur = store.current(scope(name, schema.name), columns=("image_id", "annotator", "label", "updated_at"),
+                            image_ids=image_ids)
         if cur.empty:
             continue
         if schema.name == DEFAULT_SET:
@@ -69,6 +73,15 @@ def decide_dataset(ds, *, eb_threshold: float | None = sensitivity.EB_THRESHOLD,
 
     A policy file that cannot be read censors every image, with the error as the reason.
     """
+    return sensitivity.decide(ds.images, reviews=reviews(ds.name, store), **dataset_evidence(
+        ds, eb_threshold=eb_threshold, predictions=predictions, pred_threshold=pred_threshold, nudity=nudity,
+        progress=progress))
+
+
+def dataset_evidence(ds, *, eb_threshold: float | None = sensitivity.EB_THRESHOLD, predictions: str | Path | None = None,
+                     pred_threshold: float | None = None, nudity: bool = True, progress=None) -> dict:
+    """:func:`lib.sensitivity.decide`'s keyword arguments for dataset ``ds`` but the reviews:
+    policy (or the error reading it), EB, NudeNet and screening (see :func:`decide_dataset`)."""
     from . import nudity as nudity_mod
     from .gallery import eb_scores
 
@@ -78,12 +91,11 @@ def decide_dataset(ds, *, eb_threshold: float | None = sensitivity.EB_THRESHOLD,
     except sensitivity.PolicyError as e:
         policy, error = sensitivity.LabelPolicy(), str(e)
     nud = nudity_mod.cached(ds.images["id"]) if nudity else None
-    return sensitivity.decide(
-        ds.images, policy=policy, policy_error=error, reviews=reviews(ds.name, store),
-        eb=None if eb_threshold is None else eb_scores(ds, progress=progress),
-        eb_threshold=sensitivity.EB_THRESHOLD if eb_threshold is None else float(eb_threshold),
-        nudity=nud if nud is not None and len(nud) else None,
-        screening=None if predictions is None else screening_from_file(predictions, pred_threshold))
+    return dict(policy=policy, policy_error=error,
+                eb=None if eb_threshold is None else eb_scores(ds, progress=progress),
+                eb_threshold=sensitivity.EB_THRESHOLD if eb_threshold is None else float(eb_threshold),
+                nudity=nud if nud is not None and len(nud) else None,
+                screening=None if predictions is None else screening_from_file(predictions, pred_threshold))
 
 
 def contact_sheet(ds, rows, *, decision: pd.DataFrame | None = None, captions=None, reasons: bool = False,
@@ -182,24 +194,77 @@ def image_evidence(image_id: str, *, label, policy: sensitivity.LabelPolicy, eb:
     return pd.DataFrame(rows, columns=["evidence", "value", "says"])
 
 
-def stored_decision(name: str, key: tuple, decide: Callable[[], pd.DataFrame], *, n_rows: int,
-                    store=None) -> pd.DataFrame:
-    """The safe view's decision of dataset ``name`` (a :func:`lib.sensitivity.decide` table,
-    ``n_rows`` rows), read from disk when an earlier process made it for the same inputs,
-    else ``decide()``, stored for the next one (:func:`lib.files.stored_table`).
+#: At most this many images labelled since the decision this process made last for the same
+#: inputs: only their rows are decided again (more: the whole dataset).
+REDECIDE_MAX = 5_000
 
-    ``key`` must change whenever an input of the decision does (the app's key: dataset,
-    EB cut, prediction table and threshold, policy, vocabulary, latest review, NudeNet
-    scores); the label sets' meanings (a changed meaning writes no event) and the deciding
-    code are added here. A fresh server at 1M rows reads the table instead of gathering a
-    million reviews and deciding again (~20 s).
+# (data home, dataset) -> (key, review event, decision): the last decision made or read here
+_LAST: dict[tuple[str, str], tuple[list, int, pd.DataFrame]] = {}
+
+
+def stored_decision(name: str, images: pd.DataFrame, key: tuple, inputs: Callable[[], dict], *, event: int,
+                    store=None) -> pd.DataFrame:
+    """The safe view's decision of dataset ``name``: :func:`lib.sensitivity.decide` of its
+    ``images`` table with the reviews as of annotation event ``event`` (:func:`reviews`)
+    and ``inputs()`` (the other evidence: policy, EB, NudeNet, screening; called only when
+    something must be decided). Read from disk when an earlier process made it for the same
+    inputs, else decided and stored for the next one (:func:`lib.files.stored_table`).
+
+    ``key`` must change whenever an input other than the reviews does (the app's key:
+    dataset, EB cut, prediction table and threshold, policy, vocabulary, NudeNet scores);
+    the label sets' meanings (a changed meaning writes no event) and the deciding code are
+    added here. A fresh server at 1M rows reads the table instead of gathering a million
+    reviews and deciding again (~20 s). After a few labels (at most :data:`REDECIDE_MAX`
+    images since the decision made here for the same key) only those images' rows are
+    decided again: a row's decision depends on its own evidence alone, and deciding all of
+    1M rows after each label took ~10 s.
     """
     import sys
 
-    from . import files
+    from . import config, files
     from .annotations import AnnotationStore
 
-    schemas = [repr(s) for s in (store or AnnotationStore()).schemas(name)]
-    return files.stored_table(
-        "decisions", name, [name, *key, schemas, files.code_stamp(sensitivity, sys.modules[__name__])], decide,
-        valid=lambda t: len(t) == n_rows and list(t.columns) == sensitivity.DECISION_COLUMNS)
+    store = store or AnnotationStore()
+    full = [name, *key, [repr(s) for s in store.schemas(name)], files.code_stamp(sensitivity, sys.modules[__name__])]
+    slot = (str(config.home()), name)
+
+    def decide() -> pd.DataFrame:
+        last = _LAST.get(slot)
+        if last is not None and last[0] == full and last[1] < event and len(last[2]) == len(images):
+            ids = store.labelled_since(name, last[1], REDECIDE_MAX)
+            if ids is not None:
+                return _redecided(last[2], images, ids, reviews(name, store, image_ids=ids), inputs())
+        return sensitivity.decide(images, reviews=reviews(name, store), **inputs())
+
+    table = files.stored_table("decisions", name, [*full, event], decide,
+                               valid=lambda t: len(t) == len(images) and list(t.columns) == sensitivity.DECISION_COLUMNS)
+    _LAST[slot] = (full, event, table)
+    return table
+
+
+def _redecided(previous: pd.DataFrame, images: pd.DataFrame, ids: list[str], latest: pd.DataFrame,
+               inputs: dict) -> pd.DataFrame:
+    """``previous`` (a decision of ``images``) with the rows of content ids ``ids`` decided
+    again on their ``latest`` reviews and ``inputs`` (narrowed to those ids here)."""
+    rows = np.flatnonzero(images["id"].astype(str).isin(ids).to_numpy(dtype=bool, na_value=False))
+    if not len(rows):
+        return previous
+    wanted = pd.Index(ids)
+
+    def only(value):
+        if isinstance(value, pd.DataFrame) and "id" in value:
+            return value[value["id"].astype(str).isin(wanted).to_numpy(dtype=bool, na_value=False)]
+        if isinstance(value, pd.Series):
+            return value[value.index.astype(str).isin(wanted)]
+        return value if value is None else np.asarray(value)[rows]  # an array per dataset row
+
+    narrowed = dict(inputs)
+    for k in ("eb", "nudity"):
+        narrowed[k] = only(narrowed.get(k))
+    if narrowed.get("screening") is not None:
+        narrowed["screening"] = dataclasses.replace(narrowed["screening"], table=only(narrowed["screening"].table))
+    part = sensitivity.decide(images.iloc[rows], reviews=latest, **narrowed)
+    out = previous.copy()  # Arrow-backed text columns share their buffers until set
+    for k, c in enumerate(sensitivity.DECISION_COLUMNS):
+        out.iloc[rows, k] = part[c].to_numpy()
+    return out

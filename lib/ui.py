@@ -348,27 +348,19 @@ def predictions(path: str | None) -> pd.DataFrame | None:
 # under many sessions glibc kept those per-thread arenas: ~16 MB of server memory per page view.
 # The inputs come as callables, called on a miss only: gathering them on every call (the
 # reviews table, 1M rows once every image is labelled) cost seconds per thumbnail.
-# A fresh server reads the decision an earlier one stored for the same inputs (lib.evidence).
+# A fresh server reads the decision an earlier one stored for the same inputs; after a few
+# labels only their images' rows are decided again (lib.evidence.stored_decision).
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _decision(home: str, name: str, key: tuple, _inputs: Callable[[], dict]) -> pd.DataFrame:
     from .evidence import stored_decision
 
-    images = load_dataset(name).images
-    return stored_decision(name, key, lambda: sensitivity.decide(images, **_inputs()), n_rows=len(images),
+    return stored_decision(name, load_dataset(name).images, key[:-1], _inputs, event=key[-1],
                            store=annotation_store())
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _served(home: str, name: str, key: tuple, _decision_table: Callable[[], pd.DataFrame]) -> tuple:
     return sensitivity.served(_decision_table(), load_dataset(name).copy_rows)
-
-
-# Shared (st.cache_resource): as st.cache_data each call unpickled a copy (1M reviews: seconds).
-@st.cache_resource(show_spinner=False, max_entries=16)
-def _reviews(home: str, name: str, last_event: int) -> pd.DataFrame:
-    from .evidence import reviews
-
-    return reviews(name, annotation_store())
 
 
 def _file_stamp(path) -> str:
@@ -587,10 +579,11 @@ class Ctx:
         return None if preds is None else screening_from_file(self.preds_path, self.pred_threshold, preds)
 
     def _decision_key(self) -> tuple:
+        """Everything the decision depends on; last, the latest annotation event (the reviews)."""
         return (catalog.dataset_token(self.name), float(self.eb_threshold),
                 _file_stamp(self.preds_path) if self.preds_path else "", self.pred_threshold,
                 _file_stamp(sensitivity.policy_path(self.name)), _file_stamp(sensitivity.VOCABULARY_PATH),
-                annotation_store().last_event(self.name), nudity_key(self.name))
+                nudity_key(self.name), annotation_store().last_event(self.name))
 
     def decision(self) -> pd.DataFrame:
         """The safe view's decision per dataset row (:func:`lib.sensitivity.decide`: censored,
@@ -600,11 +593,10 @@ class Ctx:
         return _decision(_home(), self.name, key, _inputs=self._decision_inputs)
 
     def _decision_inputs(self) -> dict:
+        """The decision's evidence but the reviews (:func:`lib.evidence.stored_decision` reads those)."""
         policy, error = self.policy()
-        return dict(policy=policy, policy_error=error,
-                    reviews=_reviews(_home(), self.name, annotation_store().last_event(self.name)),
-                    eb=self.eb(), eb_threshold=float(self.eb_threshold), nudity=nudity_table(self.name),
-                    screening=self.screening())
+        return dict(policy=policy, policy_error=error, eb=self.eb(), eb_threshold=float(self.eb_threshold),
+                    nudity=nudity_table(self.name), screening=self.screening())
 
     def served(self) -> tuple[np.ndarray, np.ndarray, pd.Series]:
         """(censored (n,), source row (n,), reason per row (n,)) per dataset row as the safe

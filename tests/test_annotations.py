@@ -538,3 +538,28 @@ def test_label_counts_follow_every_kind_of_change(store):
     store.restore("ds", "ann", prev)  # the undo of the bulk action: labels back, added ones cleared
     assert store.label_counts("ds") == counted()
     assert store.label_counts("other") == {"Blur": 1}
+
+
+def test_current_of_some_images_and_columns_and_what_changed_since(store):
+    ids = [f"img{k:04d}" for k in range(1200)]  # more than one chunk of parameters
+    store.bulk_label("ds", ids, "ann", "Ok")
+    store.bulk_label("ds", ids[::3], "bob", "Blur")
+    mark = store.last_event("ds")
+    everything = store.current("ds")
+    some = ids[::7] + ["not-there"]
+    got = store.current("ds", image_ids=reversed(some))
+    want = everything[everything["image_id"].isin(some)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, want)
+    narrow = store.current("ds", annotator="bob", columns=["image_id", "label"], image_ids=some)
+    assert list(narrow.columns) == ["image_id", "label"] and set(narrow["label"]) == {"Blur"}
+    assert narrow["image_id"].tolist() == sorted(i for i in some[:-1] if i in ids[::3])
+    with pytest.raises(ValueError, match="columns must be some of"):
+        store.current("ds", columns=["image_id", "secret"])
+
+    assert store.labelled_since("ds", mark, 10) == []
+    store.set_label("ds", ids[5], "ann", "Blur")
+    store.clear("ds", ids[6], "ann")
+    store.set_label("ds/other", ids[7], "ann", "Ok")  # a label set of the dataset counts
+    store.set_label("ds2", ids[8], "ann", "Ok")  # another dataset does not
+    assert sorted(store.labelled_since("ds", mark, 10)) == [ids[5], ids[6], ids[7]]
+    assert store.labelled_since("ds", mark, 2) is None

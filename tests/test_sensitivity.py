@@ -114,6 +114,30 @@ def test_latest_review_consensus_first_else_latest_label():
     assert r.loc["b", "review"] == "Blur" and r.loc["b", "reviewer"] == "consensus"  # consensus wins though older
 
 
+def test_latest_review_of_many_labels_follows_the_rule_row_by_row():
+    """Singles and images with several labels, ties in time, unsorted input (label sets
+    concatenated), against the rule written out: consensus first, else the latest time, a
+    tie going to the later row; one row per image, sorted by id."""
+    rng = np.random.default_rng(1)
+    n = 4000
+    times = [T0, T1, T2]
+    cur = pd.DataFrame({"image_id": [f"i{k:04d}" for k in rng.integers(0, 2500, n)],
+                        "annotator": rng.choice(["ann", "bob", "consensus", "zed"], n),
+                        "label": rng.choice(["Ok", "Blur", "Maybe"], n), "updated_at": rng.choice(times, n),
+                        "review_class": rng.choice(["safe", "sensitive"], n)}).astype({"image_id": "str"})
+    want: dict = {}
+    for row in cur.itertuples():
+        key = (row.annotator == "consensus", row.updated_at)
+        if row.image_id not in want or key >= want[row.image_id][0]:
+            want[row.image_id] = (key, (row.label, row.annotator, row.updated_at, row.review_class))
+    got = sv.latest_reviews(cur)
+    assert got["id"].tolist() == sorted(want)
+    assert list(zip(got["review"], got["reviewer"], got["reviewed_at"], got["review_class"], strict=True)) == \
+        [want[i][1] for i in sorted(want)]
+    ordered = cur.sort_values("image_id", kind="stable").set_index(pd.RangeIndex(n, 2 * n))  # as the store gives it
+    assert sv.latest_reviews(ordered).equals(got)
+
+
 def test_a_flag_beats_a_clearance_unless_a_newer_ok_review():
     imgs = _images(["venous", "venous"])
     screening = sv.Screening(pd.DataFrame({"id": imgs["id"], "p": [0.9, 0.9], "unfamiliar": [False, False]}),

@@ -65,6 +65,13 @@ def _key(name: str, store: AnnotationStore) -> tuple:
     return (policy.stat().st_mtime_ns, store.last_event(name))
 
 
+def _stored(ds, store):
+    def stored(key):
+        return evidence.stored_decision(ds.name, ds.images, key[:-1], lambda: evidence.dataset_evidence(ds, nudity=False),
+                                        event=key[-1], store=store)
+    return stored
+
+
 def test_a_stored_decision_is_never_read_after_its_evidence_changed(wounds, tmp_path):
     store = AnnotationStore(tmp_path / "a.sqlite")
     ds, name = wounds, "stored-wounds"
@@ -72,14 +79,14 @@ def test_a_stored_decision_is_never_read_after_its_evidence_changed(wounds, tmp_
     def decide():
         return evidence.decide_dataset(ds, store=store, nudity=False)
 
-    def stored(key):
-        return evidence.stored_decision(name, key, decide, n_rows=len(ds.images), store=store)
+    stored = _stored(ds, store)
 
     fresh = stored(_key(name, store))
     pd.testing.assert_frame_equal(fresh, decide())
     assert list(fresh.columns) == sv.DECISION_COLUMNS
     raw = fresh.loc[~fresh["censored"], "id"].tolist()
     assert raw and fresh["censored"].any()  # skin raw by the policy, burns censored
+    evidence._LAST.clear()
     assert stored(_key(name, store)) is not fresh  # a fresh process: read from disk ...
     pd.testing.assert_frame_equal(stored(_key(name, store)), fresh)  # ... the same table
 
@@ -98,6 +105,69 @@ def test_a_stored_decision_is_never_read_after_its_evidence_changed(wounds, tmp_
     changed = stored(_key(name, store))
     assert changed.set_index("id").loc[raw[1], "censored"].all()
     pd.testing.assert_frame_equal(changed, decide())
+
+
+def test_after_a_few_labels_only_their_rows_are_decided_again(corpus_dir, tmp_path, monkeypatch):
+    """Labels, a clear, a consensus and a label set's value after a decision: only the rows
+    of those images (every copy) are decided again, and the table equals a decision of the
+    whole dataset; past REDECIDE_MAX images, or with another input changed, all of it."""
+    m = pd.read_csv(corpus_dir / "manifest.csv")
+    root = tmp_path / "few"
+    for k, p in enumerate(m.path[:24]):
+        for copy in range(1 + (k % 4 == 0)):  # every fourth image twice
+            (root / f"f{copy}").mkdir(parents=True, exist_ok=True)
+            shutil.copy(corpus_dir / p, root / f"f{copy}" / p.replace("/", "_"))
+    dataset.ingest(root, "stored-few")
+    sv.set_policy("stored-few", safe=["f1"], by="test")
+    ds = dataset.load("stored-few")
+    store = AnnotationStore(tmp_path / "few.sqlite")
+    store.add_schema("stored-few", LabelSchema("look", ("gross", "fine"), meanings={"gross": "sensitive", "fine": "safe"}))
+    sizes = []
+    real = sv.decide
+    monkeypatch.setattr(sv, "decide", lambda images, **kw: sizes.append(len(images)) or real(images, **kw))
+    evidence._LAST.clear()
+    stored = _stored(ds, store)
+
+    def key():
+        return ("policy", sv.policy_path("stored-few").stat().st_mtime_ns, store.last_event("stored-few"))
+
+    def whole():
+        return real(ds.images, reviews=evidence.reviews("stored-few", store), **evidence.dataset_evidence(ds, nudity=False))
+
+    first = stored(key())
+    assert sizes == [len(ds.images)]
+    ids = ds.images["id"].tolist()
+    copied = ds.images["id"][ds.images["id"].duplicated()].iloc[0]
+    steps = [lambda: store.set_label("stored-few", copied, "ana", "Ok"),
+             lambda: (store.set_label("stored-few", ids[1], "ana", "Blur"), store.set_label("stored-few", ids[2], "bob", "Ok")),
+             lambda: store.clear("stored-few", copied, "ana"),
+             lambda: store.resolve("stored-few", ids[2], "Maybe", by="carol"),  # the consensus
+             lambda: store.set_label(scope("stored-few", "look"), ids[3], "ana", "fine")]
+    touched = [{copied}, {ids[1], ids[2]}, {copied}, {ids[2]}, {ids[3]}]
+    before = first
+    for step, images in zip(steps, touched, strict=True):
+        sizes.clear()
+        step()
+        after = stored(key())
+        assert sizes == [int(ds.images["id"].isin(images).sum())]  # those rows, every copy
+        pd.testing.assert_frame_equal(after.reset_index(drop=True), whole().reset_index(drop=True), check_dtype=False)
+        changed = set(after["id"][after["reason"].to_numpy() != before["reason"].to_numpy()])
+        assert changed <= images
+        before = after
+    assert before["reason"].str.startswith("review").sum() >= 3  # the labels above count
+    sizes.clear()
+    monkeypatch.setattr(evidence, "REDECIDE_MAX", 1)
+    store.set_label("stored-few", ids[5], "ana", "Ok")
+    store.set_label("stored-few", ids[6], "ana", "Ok")
+    stored(key())
+    assert sizes == [len(ds.images)]  # two images labelled: more than the limit
+    sizes.clear()
+    monkeypatch.setattr(evidence, "REDECIDE_MAX", 5000)
+    sv.set_policy("stored-few", safe=["f0"], by="test")  # another input: all of it
+    store.set_label("stored-few", ids[7], "ana", "Ok")
+    pd.testing.assert_frame_equal(stored(key()).reset_index(drop=True), whole().reset_index(drop=True),
+                                  check_dtype=False)
+    assert sizes == [len(ds.images)]
 
 
 def test_eb_scores_stored_equal_the_computed_ones(wounds):
