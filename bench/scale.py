@@ -127,6 +127,36 @@ def _app_data(name: str, spec: str, fingerprint: str, info: dict) -> dict[str, f
     return out
 
 
+def _label_loop(name: str, labels: int = 3) -> dict:
+    """The safe view's decision after each of ``labels`` single labels (what the next page run
+    waits for while a moderator reviews), against deciding the whole dataset once more; and
+    whether the two tables agree. Run after the app's data, on its EB scores."""
+    from lib import dataset, evidence, sensitivity
+    from lib.annotations import AnnotationStore
+
+    store = AnnotationStore()
+    ds = dataset.load(name)
+    inputs = evidence.dataset_evidence(ds, nudity=False)
+
+    def decision() -> object:
+        return evidence.stored_decision(name, ds.images, ("bench",), lambda: inputs, event=store.last_event(name),
+                                        store=store)
+
+    decision()  # the decision as a page left it (decided here or read back)
+    after = []
+    for k in range(labels):
+        store.set_label(name, ds.images["id"].iat[7 + k], "ann", "Ok")
+        t = time.perf_counter()
+        got = decision()
+        after.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    whole = sensitivity.decide(ds.images, reviews=evidence.reviews(name, store), **inputs)
+    whole_s = time.perf_counter() - t
+    same = bool((whole["reason"].to_numpy() == got["reason"].to_numpy()).all()
+                and (whole["censored"].to_numpy() == got["censored"].to_numpy()).all())
+    return {"after": after, "whole": whole_s, "same": same}
+
+
 #: The pages measured at scale, and the images each shows when painted (Neighbours: the
 #: query and its 12 neighbours; Gallery: its first page of 24; Map: the plot).
 APP_PAGES = {"Gallery": 24, "Neighbours": 13, "Map": 0}
@@ -534,6 +564,13 @@ def _app_part(rec: Recorder, sizes: list[int]) -> None:
         steps = _app_data(f"big{tag}", spec, fingerprint, info)
         rec.add(f"{tag}: app setup (vectors, EB fractions, index, PCA map)", sum(steps.values()), "s",
                 note=", ".join(f"{k} {v:.1f} s" for k, v in steps.items()))
+        loop = _label_loop(f"big{tag}")
+        rec.add(f"{tag}: safe view after one label (its image's rows decided again)", float(np.median(loop["after"])),
+                "s", note=f"median of {len(loop['after'])}: " + ", ".join(f"{a:.2f}" for a in loop["after"])
+                + f"; the whole decision again (every review read, every row decided): {loop['whole']:.2f} s "
+                  f"(x{loop['whole'] / max(float(np.median(loop['after'])), 1e-9):.0f}); tables "
+                + ("equal" if loop["same"] else "DIFFER"))
+        rec.add(f"{tag}: incremental decision equals the whole one (1 = yes)", float(loop["same"]), "", (">=", 1))
     logs = RESULTS / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     before, before_name = None, ""
