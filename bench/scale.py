@@ -308,6 +308,14 @@ def _measure(n: int, spec: str, log_dir, repo=None, *, warm_reps: int = 3, check
                             page.close()
                         got[f"{page_name} warm"] = min(warm)
                         got[f"{page_name} warm all"] = warm
+                        if page_name == "Gallery" and checks:  # a moderator's label, then the next page
+                            from lib.annotations import AnnotationStore
+
+                            AnnotationStore().set_label(name, str(ids[11]), "ann", "Blur")
+                            page = ctx.new_page()
+                            page.set_default_timeout(timeout_s * 1000)
+                            got["Gallery after a label"] = _paint(page, url, want)
+                            page.close()
                     except Exception as e:  # a timeout: the figure is missing, the run goes on
                         got["errors"].append(f"{page_name}: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
                     finally:
@@ -447,6 +455,9 @@ def _record(rec: Recorder, sizes: list[int], figs: dict, before: dict | None, be
             rec.add(f"{tag}: {page_name} first paint, warm server", got[f"{page_name} warm"], "s",
                     ("<", 2.0) if one_m else None, note="new tab, best of 3: " + ", ".join(
                         f"{w:.2f}" for w in got.get(f"{page_name} warm all", [])) + beside(f"{page_name} warm"))
+        if "Gallery after a label" in got:
+            rec.add(f"{tag}: Gallery first paint after one new label, warm server", got["Gallery after a label"], "s",
+                    note="the safe view decides that image's rows again, not the dataset" + beside("Gallery after a label"))
         if got.get("started"):
             rec.add(f"{tag}: server ready after launch", float(np.median(got["started"])), "s",
                     note="median of the fresh servers above (launch to /_stcore/health; `python -m lib app` imports "
