@@ -563,3 +563,16 @@ def test_current_of_some_images_and_columns_and_what_changed_since(store):
     store.set_label("ds2", ids[8], "ann", "Ok")  # another dataset does not
     assert sorted(store.labelled_since("ds", mark, 10)) == [ids[5], ids[6], ids[7]]
     assert store.labelled_since("ds", mark, 2) is None
+
+
+def test_progress_and_unlabelled_by_key_or_by_scan_agree(store, monkeypatch):
+    ids = [f"img{k:04d}" for k in range(1500)]
+    store.bulk_label("ds", ids[::2], "ann", "Ok")
+    queue = ids[100:1300:3] + ids[100:110] + ["never-seen"]  # repeats and an unknown id
+    by_key = (store.progress("ds", "ann", queue), store.unlabelled("ds", "ann", queue))
+    monkeypatch.setattr(annotations, "LOOKUP_MAX", 10)  # the same questions through one scan
+    by_scan = (store.progress("ds", "ann", queue), store.unlabelled("ds", "ann", queue))
+    assert by_key == by_scan
+    distinct = list(dict.fromkeys(queue))
+    want = [i for i in distinct if i not in set(ids[::2])]
+    assert by_key[1] == want and by_key[0] == annotations.Progress(len(distinct) - len(want), len(want))

@@ -161,7 +161,7 @@ with ui.guard():
         st.success("Nothing left to label here: change the filters, or untick *Skip my labelled*.")
         st.stop()
     ids = queue["id"].tolist()
-    mine = store.current(where, who)
+    mine = store.current(where, who, columns=("image_id", "label"), image_ids=ids)  # the queue's only
     my_labels = dict(zip(mine["image_id"], mine["label"], strict=True))
     done, left = store.progress(where, who, ids)
     pos = min(max(int(ss.get("an-pos", 0)), 0), len(ids) - 1)
