@@ -10,6 +10,7 @@ same pieces through its cached loaders (``lib/ui.py``) and calls
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -198,8 +199,11 @@ def image_evidence(image_id: str, *, label, policy: sensitivity.LabelPolicy, eb:
 #: inputs: only their rows are decided again (more: the whole dataset).
 REDECIDE_MAX = 5_000
 
-# (data home, dataset) -> (key, review event, decision): the last decision made or read here
+# (data home, dataset) -> (key, review event, decision): the last decision made or read here,
+# for the few datasets used last (a 1M-row decision holds ~0.2 GB)
 _LAST: dict[tuple[str, str], tuple[list, int, pd.DataFrame]] = {}
+_LAST_MAX = 4
+_LAST_LOCK = threading.Lock()
 
 
 def stored_decision(name: str, images: pd.DataFrame, key: tuple, inputs: Callable[[], dict], *, event: int,
@@ -238,7 +242,11 @@ def stored_decision(name: str, images: pd.DataFrame, key: tuple, inputs: Callabl
 
     table = files.stored_table("decisions", name, [*full, event], decide,
                                valid=lambda t: len(t) == len(images) and list(t.columns) == sensitivity.DECISION_COLUMNS)
-    _LAST[slot] = (full, event, table)
+    with _LAST_LOCK:  # the app's sessions run in threads
+        _LAST.pop(slot, None)
+        _LAST[slot] = (full, event, table)
+        while len(_LAST) > _LAST_MAX:
+            _LAST.pop(next(iter(_LAST)))
     return table
 
 
