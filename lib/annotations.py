@@ -834,10 +834,13 @@ class AnnotationStore:
         """The distinct images of ``dataset`` and its label sets with an event (label, clear,
         consensus) after event id ``event``; None when there are more than ``limit``."""
         dataset = _check_text("dataset", dataset)
-        with self._read() as conn:  # a range of the event ids (the primary key): the newest only
+        # NOT INDEXED: a range of the event ids (the primary key), the newest only; by the
+        # dataset's index the planner walked all of its events (1.1M: 120 ms against 0.07 ms)
+        with self._read() as conn:
             rows = conn.execute(
-                "SELECT DISTINCT image_id FROM events WHERE id > ? AND (dataset = ? OR (dataset >= ? AND dataset < ?))"
-                " LIMIT ?", (int(event), dataset, f"{dataset}/", f"{dataset}0", int(limit) + 1)).fetchall()
+                "SELECT DISTINCT image_id FROM events NOT INDEXED WHERE id > ?"
+                " AND (dataset = ? OR (dataset >= ? AND dataset < ?)) LIMIT ?",
+                (int(event), dataset, f"{dataset}/", f"{dataset}0", int(limit) + 1)).fetchall()
         return None if len(rows) > limit else [r[0] for r in rows]
 
     def last_event(self, dataset: str) -> int:
