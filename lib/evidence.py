@@ -277,5 +277,5 @@ def _redecided(previous: pd.DataFrame, images: pd.DataFrame, ids: list[str], lat
         was = pd.Series(previous[c].iloc[rows].to_numpy(), dtype=object)
         now = pd.Series(part[c].to_numpy(), dtype=object)
         if not ((was == now) | (was.isna() & now.isna())).all():  # setting rebuilds an Arrow column: ~50 ms at 1M
-            out.iloc[rows, k] = now.to_numpy()
+            out.iloc[rows, k] = part[c].to_numpy()
     return out

@@ -150,6 +150,7 @@ def test_after_a_few_labels_only_their_rows_are_decided_again(corpus_dir, tmp_pa
         step()
         after = stored(key())
         assert sizes == [int(ds.images["id"].isin(images).sum())]  # those rows, every copy
+        assert after.dtypes.to_dict() == before.dtypes.to_dict()
         pd.testing.assert_frame_equal(after.reset_index(drop=True), whole().reset_index(drop=True), check_dtype=False)
         changed = set(after["id"][after["reason"].to_numpy() != before["reason"].to_numpy()])
         assert changed <= images
