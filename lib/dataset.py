@@ -417,6 +417,17 @@ class Dataset:
             self.__dict__["_copy_rows"] = mask
         return mask
 
+    @property
+    def first_rows(self) -> np.ndarray:
+        """(n,) bool: the first row of each content id (every row without copies, and the
+        first of each copied id), so ``images["id"][first_rows]`` is :attr:`unique_ids` in
+        order without building a list of every id."""
+        keep = ~self.copy_rows
+        copied = np.flatnonzero(~keep)
+        if len(copied):
+            keep[copied[~self.images["id"].iloc[copied].duplicated().to_numpy()]] = True
+        return keep
+
     def n_distinct(self, rows=None) -> int:
         """How many distinct content ids ``rows`` (row numbers; all rows when None) hold:
         each row without copies counts once; only rows with copies are grouped (1M rows

@@ -234,6 +234,7 @@ def test_cache_coverage_counts_each_distinct_image_once(corpus_dir, tmp_path, mo
     ds = dataset.load("stored-copies")
     distinct = list(dict.fromkeys(ds.images["id"]))
     assert len(ds.images) == 12 and len(distinct) == 6
+    assert ds.images["id"][ds.first_rows].tolist() == distinct == ds.unique_ids
 
     from lib import catalog
     from lib.embeddings import EmbeddingStore
