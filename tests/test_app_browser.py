@@ -151,8 +151,11 @@ def visit(page, base: str, path: str, title: str, **params) -> None:
 
 
 def assert_no_exception(page) -> None:
-    assert page.locator('[data-testid="stException"]').count() == 0
-    assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+    """No traceback and no error box on the page; a failure says what the page showed (a CI
+    log keeps only pytest's output, not the server's)."""
+    for testid in ("stException", "stAlertContentError"):
+        shown = page.locator(f'[data-testid="{testid}"]')
+        assert shown.count() == 0, f"{testid} on {page.url}: " + "\n".join(shown.all_inner_texts())[:4000]
 
 
 def served(page, base: str) -> dict[str, tuple[str, bytes]]:

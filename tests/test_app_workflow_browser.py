@@ -39,8 +39,12 @@ def workflow_server(chromium, corpus_color, tmp_path_factory):  # noqa: F811
 
 
 def caption_text(page) -> str:  # noqa: F811
-    """The caption under the image being labelled ("#i of n · id · censored")."""
-    return page.locator('[data-testid="stMain"] [data-testid="stImageCaption"]').first.inner_text()
+    """The caption under the image being labelled ("#i of n · id · censored"); a page that
+    shows a traceback instead fails here with its text."""
+    caption = page.locator('[data-testid="stMain"] [data-testid="stImageCaption"]').first
+    caption.or_(page.locator('[data-testid="stException"]')).first.wait_for()
+    assert_no_exception(page)
+    return caption.inner_text()
 
 
 def press(page, key: str) -> None:  # noqa: F811
