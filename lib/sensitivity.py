@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -539,19 +540,24 @@ def latest_reviews(current: pd.DataFrame, consensus: str = "consensus") -> pd.Da
     return out
 
 
-_POSITIONS: dict = {}
+# per thread: the app's sessions are threads, and a memo keyed by object ids must never
+# outlive (or be cleared under) the decide() that filled it
+_POSITIONS = threading.local()
 
 
 def _positions(table: pd.DataFrame, ids: np.ndarray) -> np.ndarray | None:
     """Row of ``table`` for each of ``ids`` (-1 where absent; the first row of a repeated id),
     or None when the table is already aligned with ``ids`` (the common case: one row per
     dataset row, in order). Memoised per (table, ids) object pair for one :func:`decide`."""
+    memo = _POSITIONS.__dict__.setdefault("memo", {})
     key = (id(table), id(ids))
-    if key in _POSITIONS:
-        return _POSITIONS[key]
+    if key in memo:
+        return memo[key]
     tid = table["id"].astype(str).to_numpy()
     if len(tid) == len(ids) and np.array_equal(tid, ids):
         pos = None
+    elif not len(tid):  # an empty table (none of these images scored): absent everywhere
+        pos = np.full(len(ids), -1, dtype=np.intp)
     else:
         index = pd.Index(tid)
         if not index.is_unique:
@@ -561,7 +567,7 @@ def _positions(table: pd.DataFrame, ids: np.ndarray) -> np.ndarray | None:
             rows = np.arange(len(tid))
         found = index.get_indexer(ids)
         pos = np.where(found >= 0, rows[np.maximum(found, 0)], -1)
-    _POSITIONS[key] = pos
+    memo[key] = pos
     return pos
 
 
@@ -638,7 +644,7 @@ def decide(
     evidence kind that decided, or ``none``), ``evidence`` (``"<status> by <basis>"``, the
     Gallery's filter, one of :data:`EVIDENCE_VALUES`) and ``reason`` (one line, never empty).
     """
-    _POSITIONS.clear()
+    _POSITIONS.memo = {}
     policy = policy or LabelPolicy()
     ids = images["id"].astype(str).to_numpy()
     n = len(ids)
@@ -813,7 +819,7 @@ def decide(
     reason[plain] = clear_text[plain]
     uns = status == UNSCREENED
     reason[uns] = UNSCREENED + np.where(det_note != "", det_note, unknown_note)[uns]
-    _POSITIONS.clear()
+    _POSITIONS.memo = {}
     return _frame(ids, labels, label_class, ebv, p, censored, status, basis, reason)
 
 

@@ -171,6 +171,63 @@ def test_after_a_few_labels_only_their_rows_are_decided_again(corpus_dir, tmp_pa
     assert sizes == [len(ds.images)]
 
 
+
+def test_a_label_on_an_image_no_table_scores_is_decided_again_like_the_whole(wounds, tmp_path):
+    """Evidence tables by id that cover only some images (NudeNet scores of a few, a
+    detector's table of others), then labels on images none of them scores: the rows
+    decided again must equal a decision of the whole dataset. (It raised in the app: the
+    NudeNet table narrowed to the labelled images was empty.)"""
+    ds, name = wounds, "stored-wounds"
+    store = AnnotationStore(tmp_path / "partial.sqlite")
+    skin = ds.images.loc[ds.images["label"] == "skin", "id"].tolist()  # safe by the policy
+    ids = [skin[0], skin[1], *ds.images.loc[ds.images["label"] != "skin", "id"].tolist()[:1], skin[2]]
+    nude = pd.DataFrame({"id": [ids[0]], "nudity": [0.9], "part": ["FEMALE_BREAST_EXPOSED"],
+                         "at": ["2026-12-08T00:00:00+00:00"]})
+    screening = sv.Screening(pd.DataFrame({"id": [ids[1]], "p": [0.99]}), threshold=0.5, name="partial")
+
+    def inputs():
+        return {**evidence.dataset_evidence(ds, nudity=False), "nudity": nude, "screening": screening}
+
+    def whole():
+        return sv.decide(ds.images, reviews=evidence.reviews(name, store), **inputs())
+
+    def stored():
+        return evidence.stored_decision(name, ds.images, ("partial",), inputs, event=store.last_event(name), store=store)
+
+    evidence._LAST.clear()
+    first = stored()
+    pd.testing.assert_frame_equal(first, whole())
+    by = first.set_index("id")["basis"]
+    assert (by[ids[0]], by[ids[1]], by[ids[3]]) == ("NudeNet", "detector", "label")  # the tables count
+    for image, label in ((ids[2], "Blur"), (ids[3], "Ok"), (ids[0], "Ok")):  # last: an Ok after a NudeNet flag
+        store.set_label(name, image, "ana", label)
+        pd.testing.assert_frame_equal(stored().reset_index(drop=True), whole().reset_index(drop=True),
+                                      check_dtype=False)
+    alone = sv.decide(ds.images, nudity=nude.iloc[:0], screening=sv.Screening(screening.table.iloc[:0]))  # empty tables
+    pd.testing.assert_frame_equal(alone, sv.decide(ds.images))
+
+
+
+def test_decisions_in_threads_equal_the_serial_ones(wounds):
+    """The app's sessions are threads: decisions made at once (tables by id in other orders,
+    so each call looks rows up) equal the ones made one by one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ds = wounds
+    ev = evidence.dataset_evidence(ds, nudity=False)
+    ids = ds.images["id"].tolist()
+    cases = []
+    for k in range(8):
+        order = ids[k % len(ids):] + ids[:k % len(ids)]  # each table in another order
+        nude = pd.DataFrame({"id": order[::-1][:k + 1], "nudity": [0.3 + 0.1 * j for j in range(k + 1)]})
+        cases.append({**ev, "eb": ev["eb"].iloc[::-1] if k % 2 else ev["eb"], "nudity": nude})
+    serial = [sv.decide(ds.images, **c) for c in cases]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(5):
+            for got, want in zip(pool.map(lambda c: sv.decide(ds.images, **c), cases), serial, strict=True):
+                pd.testing.assert_frame_equal(got, want)
+
+
 def test_eb_scores_stored_equal_the_computed_ones(wounds):
     from lib.colorscore import DEFAULT_PARAMS
 
