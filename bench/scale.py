@@ -193,6 +193,30 @@ def _paint(page, url: str, images: int) -> float:
     return seconds
 
 
+def _navigate(page, page_name: str, images: int, reps: int = 3) -> list[float]:
+    """Seconds from a click on the sidebar's link to ``page_name`` (the app's own navigation:
+    no page load, plotly.js stays loaded) until its content is drawn and the run finished;
+    ``reps`` times, back to the Home page in between."""
+    times = []
+    nav = page.locator('[data-testid="stSidebarNav"]')
+    for _ in range(reps):
+        nav.get_by_role("link", name="Home", exact=True).click()
+        page.get_by_role("heading", name="Sensitive image workbench").first.wait_for()
+        page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
+        t = time.perf_counter()
+        nav.get_by_role("link", name=page_name, exact=True).click()
+        if images:
+            page.locator('[data-testid="stMain"] img[alt^="image "]').nth(images - 1).wait_for()
+        else:
+            page.wait_for_function("() => { const gd = document.querySelector('[data-testid=\"stMain\"] .js-plotly-plot');"
+                                   " return gd && gd.data && gd.data.length > 0 && gd._fullLayout; }")
+        page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
+        times.append(time.perf_counter() - t)
+        if page.locator('[data-testid="stException"]').count():
+            raise RuntimeError(f"{page_name} raised: " + page.locator('[data-testid="stException"]').first.inner_text()[:500])
+    return times
+
+
 def _convex_inside(x: np.ndarray, y: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
     """Inside a convex polygon: on the inner side of every edge (independent of lib.charts' test)."""
     sign = np.sign(np.sum(px * np.roll(py, -1) - np.roll(px, -1) * py))  # counter-clockwise: +
@@ -330,6 +354,10 @@ def _measure(n: int, spec: str, log_dir, repo=None, *, warm_reps: int = 3, check
                     for page_name, want in APP_PAGES.items():
                         _paint(page, _url(server.base, page_name, name, spec, qid), want)
                     got["rss"] = _rss_tree(server.proc.pid)
+                    for page_name, want in APP_PAGES.items():  # then as a user moves on: the sidebar
+                        if page_name != "Neighbours":  # it needs an image id (its link carries none)
+                            got[f"{page_name} nav all"] = _navigate(page, page_name, want)
+                            got[f"{page_name} nav"] = min(got[f"{page_name} nav all"])
                 except Exception as e:
                     got["errors"].append(f"tour: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
                 finally:
@@ -455,6 +483,12 @@ def _record(rec: Recorder, sizes: list[int], figs: dict, before: dict | None, be
             rec.add(f"{tag}: {page_name} first paint, warm server", got[f"{page_name} warm"], "s",
                     ("<", 2.0) if one_m else None, note="new tab, best of 3: " + ", ".join(
                         f"{w:.2f}" for w in got.get(f"{page_name} warm all", [])) + beside(f"{page_name} warm"))
+        for page_name in APP_PAGES:
+            if f"{page_name} nav" in got:
+                rec.add(f"{tag}: {page_name}, reached from the sidebar (the app's navigation, one tab)",
+                        got[f"{page_name} nav"], "s", note="click to content drawn, best of 3: " + ", ".join(
+                            f"{w:.2f}" for w in got[f"{page_name} nav all"]) + "; no page load, so plotly.js is not "
+                        "evaluated again (the goal rows above are full page loads)" + beside(f"{page_name} nav"))
         if "Gallery after a label" in got:
             rec.add(f"{tag}: Gallery first paint after one new label, warm server", got["Gallery after a label"], "s",
                     note="the safe view decides that image's rows again, not the dataset" + beside("Gallery after a label"))
