@@ -176,27 +176,33 @@ def _url(base: str, page: str, name: str, spec: str, qid: str) -> str:
     return f"{base}/{page}?" + urlencode(params)
 
 
-def _paint(page, url: str, images: int) -> float:
-    """Seconds from navigation until the page's content is on screen (its images, or the
-    map's plot with its traces) and the script run has finished."""
-    t = time.perf_counter()
-    page.goto(url)
+def _drawn(page, images: int, where: str) -> None:
+    """Wait until the page's content is on screen (its first ``images`` images, or the map:
+    the figure whose layout.meta counts the points, not another plotly chart such as the
+    Home page's) and its script run has finished; raise if it shows a traceback."""
     if images:
         page.locator('[data-testid="stMain"] img[alt^="image "]').nth(images - 1).wait_for()
     else:
-        page.wait_for_function("() => { const gd = document.querySelector('.js-plotly-plot');"
-                               " return gd && gd.data && gd.data.length > 0 && gd._fullLayout; }")
+        page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"stMain\"] .js-plotly-plot')]"
+                               ".some(gd => gd.data && gd.data.length > 0 && gd._fullLayout && gd.layout.meta"
+                               " && gd.layout.meta.points > 0)")
     page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
-    seconds = time.perf_counter() - t
     if page.locator('[data-testid="stException"]').count():
-        raise RuntimeError("the page raised: " + page.locator('[data-testid="stException"]').first.inner_text()[:500])
-    return seconds
+        raise RuntimeError(f"{where} raised: " + page.locator('[data-testid="stException"]').first.inner_text()[:500])
 
 
-def _navigate(page, page_name: str, title: str, images: int, reps: int = 3) -> list[float]:
+def _paint(page, url: str, images: int) -> float:
+    """Seconds from navigation until the page's content is on screen and its run finished."""
+    t = time.perf_counter()
+    page.goto(url)
+    _drawn(page, images, url)
+    return time.perf_counter() - t
+
+
+def _navigate(page, page_name: str, images: int, reps: int = 3) -> list[float]:
     """Seconds from a click on the sidebar's link to ``page_name`` (the app's own navigation:
     no page load, plotly.js stays loaded) until its content is drawn and the run finished;
-    ``reps`` times, back to the Home page in between; ``title``: the page's heading."""
+    ``reps`` times, back to the Home page in between. The page's heading is its name."""
     times = []
     nav = page.locator('[data-testid="stSidebarNav"]')
     for _ in range(reps):
@@ -209,19 +215,9 @@ def _navigate(page, page_name: str, title: str, images: int, reps: int = 3) -> l
             link.wait_for()
         t = time.perf_counter()
         link.click()
-        # the new page's own title and content (the Home page also draws plotly charts: the
-        # map is the figure whose layout.meta counts the points)
-        page.get_by_role("heading", name=title).first.wait_for()
-        if images:
-            page.locator('[data-testid="stMain"] img[alt^="image "]').nth(images - 1).wait_for()
-        else:
-            page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"stMain\"] .js-plotly-plot')]"
-                                   ".some(gd => gd.data && gd.data.length > 0 && gd._fullLayout && gd.layout.meta"
-                                   " && gd.layout.meta.points > 0)")
-        page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
+        page.get_by_role("heading", name=page_name).first.wait_for()  # the new page's, not the Home page's content
+        _drawn(page, images, page_name)
         times.append(time.perf_counter() - t)
-        if page.locator('[data-testid="stException"]').count():
-            raise RuntimeError(f"{page_name} raised: " + page.locator('[data-testid="stException"]').first.inner_text()[:500])
     return times
 
 
@@ -364,7 +360,7 @@ def _measure(n: int, spec: str, log_dir, repo=None, *, warm_reps: int = 3, check
                     got["rss"] = _rss_tree(server.proc.pid)
                     for page_name, want in APP_PAGES.items():  # then as a user moves on: the sidebar
                         if page_name != "Neighbours":  # it needs an image id (its link carries none)
-                            got[f"{page_name} nav all"] = _navigate(page, page_name, page_name, want)
+                            got[f"{page_name} nav all"] = _navigate(page, page_name, want)
                             got[f"{page_name} nav"] = min(got[f"{page_name} nav all"])
                 except Exception as e:
                     got["errors"].append(f"tour: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
